@@ -1,0 +1,58 @@
+"""Documents -> page images: format loaders, page hashing, tier resolutions.
+
+Callers (the API and the workers) use only what is exported here:
+
+    ext = check_upload(filename, first_bytes)          # at upload time
+    n = count_pages(path, ext)
+    for chunk in iter_page_chunks(path, ext, start=resume_from):
+        for page in chunk:
+            png_bytes(tier_image(page.image, "small")), page.text, page.content_hash
+
+Every failure a user can cause raises an IngestError subclass whose message is meant for them.
+This package imports neither `kb`, `api` nor `workers`: data flows from here, never back.
+"""
+
+from ingest.errors import (
+    CorruptDocument,
+    DocumentTooLarge,
+    EmptyDocument,
+    EncryptedDocument,
+    IngestError,
+    UnsupportedFormat,
+)
+from ingest.render import (
+    MAX_IMAGE_PIXELS,
+    RenderedPage,
+    count_pages,
+    iter_page_chunks,
+    open_document,
+    page_hash,
+    png_bytes,
+    render_page,
+    tier_image,
+)
+from ingest.text_formats import MAX_TEXT_BYTES
+from ingest.upload import SNIFF_BYTES, SUPPORTED_EXTENSIONS, check_upload, safe_filename
+
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "MAX_TEXT_BYTES",
+    "SNIFF_BYTES",
+    "SUPPORTED_EXTENSIONS",
+    "CorruptDocument",
+    "DocumentTooLarge",
+    "EmptyDocument",
+    "EncryptedDocument",
+    "IngestError",
+    "RenderedPage",
+    "UnsupportedFormat",
+    "check_upload",
+    "count_pages",
+    "iter_page_chunks",
+    "open_document",
+    "page_hash",
+    "png_bytes",
+    "render_page",
+    "safe_filename",
+    "tier_image",
+]

@@ -1,0 +1,255 @@
+"""Documents -> canonical page renders, a chunk of pages at a time.
+
+Every page of every format ends up the same way: rendered so that its longer side is
+CANONICAL.size (1024 px), centered on a white CANONICAL.size square, RGB. The smaller tiers are
+downscaled from that one image (`tier_image`), so a page looks the same at every tier, only
+blurrier, and the encoder sees one geometry.
+
+pymupdf opens PDF, XPS, EPUB and images; the text formats are first laid out into a PDF
+(ingest.text_formats, ingest.layout). pymupdf is not thread-safe: use one document per thread
+(workers are processes, so this never comes up there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+from ingest.errors import (
+    CorruptDocument,
+    DocumentTooLarge,
+    EmptyDocument,
+    EncryptedDocument,
+    IngestError,
+)
+from ingest.layout import PAGE, layout_html
+from ingest.text_formats import html_fragments
+from ingest.tiers import CANONICAL, TEXT, get_tier
+from ingest.upload import (
+    IMAGE_EXTENSIONS,
+    SNIFF_BYTES,
+    TEXT_EXTENSIONS,
+    check_magic,
+    normalize_extension,
+)
+
+MAX_IMAGE_PIXELS = 150_000_000  # per frame; a 600 dpi A2 scan is ~70 Mpx. Decoding a bigger
+# image would take gigabytes of worker memory, and it ends up at 1024 px anyway.
+_FORMAT_NAMES = {
+    ".pdf": "PDF",
+    ".xps": "XPS document",
+    ".epub": "EPUB book",
+    ".png": "PNG image",
+    ".jpg": "JPEG image",
+    ".jpeg": "JPEG image",
+    ".tif": "TIFF image",
+    ".tiff": "TIFF image",
+}
+
+
+@dataclass
+class RenderedPage:
+    number: int  # 1-based, as users and citations count pages
+    image: Image.Image  # RGB, CANONICAL.size x CANONICAL.size, page centered on white
+    text: str  # the page's text layer ("" for a scan or an image)
+    content_hash: str  # sha256 of image pixels + text: equal pages share cached tokens
+
+
+@contextmanager
+def open_document(path: Path, ext: str) -> Iterator[pymupdf.Document]:
+    """Open any supported document as a pymupdf Document with at least one page; always close it.
+
+    `ext` is the upload's extension (the stored file may have none). Raises the IngestError
+    subclasses: UnsupportedFormat, EmptyDocument, EncryptedDocument, CorruptDocument,
+    DocumentTooLarge.
+    """
+    ext = normalize_extension(ext)
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyDocument("the file is empty (0 bytes); upload the document again")
+    with path.open("rb") as file:
+        check_magic(ext, file.read(SNIFF_BYTES))
+
+    if ext in TEXT_EXTENSIONS:
+        pdf = layout_html(html_fragments(path, ext))
+        doc = pymupdf.open(stream=pdf, filetype="pdf")
+    else:
+        if ext in IMAGE_EXTENSIONS:
+            _check_image_size(path)
+        doc = _open_with_pymupdf(path, ext)
+    try:
+        _unlock(doc)
+        if ext == ".epub":  # reflowable: lay out onto the same A4 pages as our text formats
+            doc.layout(rect=PAGE, fontsize=11)
+        if doc.page_count == 0:
+            if doc.is_pdf and doc.is_repaired:
+                raise CorruptDocument("the PDF is damaged: none of its pages could be read")
+            raise EmptyDocument("the document has no pages")
+        yield doc
+    finally:
+        doc.close()
+
+
+def count_pages(path: Path, ext: str) -> int:
+    """Number of pages the document renders to (for text formats: after layout)."""
+    with open_document(path, ext) as doc:
+        return doc.page_count
+
+
+def iter_page_chunks(
+    path: Path, ext: str, chunk_size: int = 16, start: int = 1
+) -> Iterator[list[RenderedPage]]:
+    """Render pages `start`..last, yielding lists of at most `chunk_size` pages.
+
+    Only the chunk being handed out is held here: a 1,000-page PDF never sits in memory whole,
+    as long as the caller lets go of each chunk before asking for the next. `start` (1-based) lets
+    a retried task resume where it stopped; a start past the last page yields nothing. The
+    document is closed when the iteration ends, fails, or is abandoned.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if start < 1:
+        raise ValueError(f"start is a 1-based page number, got {start}")
+    with open_document(path, ext) as doc:
+        last = doc.page_count
+        for first in range(start, last + 1, chunk_size):
+            chunk = [render_page(doc, n) for n in range(first, min(first + chunk_size, last + 1))]
+            yield chunk
+            del chunk  # else this frame keeps it alive while the next chunk renders
+
+
+def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
+    """Render page `number` (1-based) of an open document to its canonical square image."""
+    size = CANONICAL.size
+    try:
+        page = doc.load_page(number - 1)
+        rect = page.rect
+        if rect.width <= 0 or rect.height <= 0:
+            raise CorruptDocument(f"page {number} of the document has no size and cannot be shown")
+        zoom = size / max(rect.width, rect.height)
+        pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
+                                 alpha=False)  # fmt: skip
+        text = page.get_text()
+        rendered = Image.frombuffer(
+            "RGB", (pixmap.width, pixmap.height), pixmap.samples, "raw", "RGB", pixmap.stride, 1
+        )
+        # Rounding can make the long side size + 1 px; dropping that pixel is invisible.
+        rendered = rendered.crop((0, 0, min(pixmap.width, size), min(pixmap.height, size)))
+        del pixmap
+    except IngestError:
+        raise
+    except Exception as exc:  # MuPDF raises RuntimeError subclasses and its own FzError types
+        raise CorruptDocument(
+            f"page {number} of the document could not be rendered; the file may be damaged"
+        ) from exc
+
+    image = Image.new("RGB", (size, size), "white")
+    image.paste(rendered, ((size - rendered.width) // 2, (size - rendered.height) // 2))
+    return RenderedPage(number=number, image=image, text=text, content_hash=page_hash(image, text))
+
+
+def page_hash(image: Image.Image, text: str) -> str:
+    """sha256 hex of the canonical render's raw RGB bytes, then the text as UTF-8.
+
+    The pixel bytes have a fixed length (size * size * 3), so the concatenation is unambiguous.
+    Identical pages in different documents hash the same and share their cached tokens.
+    """
+    digest = hashlib.sha256(image.tobytes())
+    digest.update(text.encode("utf-8", errors="surrogatepass"))
+    return digest.hexdigest()
+
+
+def tier_image(image: Image.Image, tier: str) -> Image.Image:
+    """The canonical render at a vision tier's resolution; "base" returns `image` itself.
+
+    Downscaled with LANCZOS, so small text stays as legible as the pixel count allows.
+    """
+    if tier == TEXT:
+        raise ValueError("the text tier has no image; use RenderedPage.text")
+    target = get_tier(tier).size
+    if image.size != (CANONICAL.size, CANONICAL.size):
+        raise ValueError(
+            f"expected a {CANONICAL.size}x{CANONICAL.size} canonical render, got "
+            f"{image.width}x{image.height}"
+        )
+    if target == CANONICAL.size:
+        return image
+    return image.resize((target, target), Image.Resampling.LANCZOS)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """Encode an image as PNG (lossless: the page images are what the encoder sees)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _open_with_pymupdf(path: Path, ext: str) -> pymupdf.Document:
+    what = _FORMAT_NAMES.get(ext, "document")
+    try:
+        return pymupdf.open(path, filetype=ext.lstrip("."))
+    except Exception as exc:  # FileDataError for damaged files; RuntimeError variants otherwise
+        raise CorruptDocument(
+            f"the {what} could not be opened; it is damaged or not a valid {what}. "
+            "Check that it opens on your computer and upload it again"
+        ) from exc
+
+
+def _unlock(doc: pymupdf.Document) -> None:
+    """Open PDFs that have only an owner password; refuse those that need a user password.
+
+    An owner password only restricts printing or copying in viewers, and MuPDF opens such files
+    with the empty user password, as every reader does. We never ask for a password.
+    """
+    if doc.needs_pass and not doc.authenticate(""):
+        raise EncryptedDocument(
+            "the PDF is protected with a password; upload a copy without a password"
+        )
+
+
+def _check_image_size(path: Path) -> None:
+    """Refuse decompression bombs before MuPDF decodes them (Pillow only reads the headers)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                frames = getattr(image, "n_frames", 1)
+                for index in range(frames):
+                    image.seek(index)
+                    if image.width * image.height > MAX_IMAGE_PIXELS:
+                        raise DocumentTooLarge(
+                            f"the image is {image.width} x {image.height} pixels; the limit is "
+                            f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels. Scale it down and "
+                            "upload it again"
+                        )
+    except IngestError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DocumentTooLarge(
+            f"the image is too large; the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels. "
+            "Scale it down and upload it again"
+        ) from exc
+    except Exception as exc:  # UnidentifiedImageError, truncated headers, bad TIFF tags
+        raise CorruptDocument(
+            "the image could not be read; it is damaged or not a valid image file"
+        ) from exc
+
+
+__all__ = [
+    "RenderedPage",
+    "count_pages",
+    "iter_page_chunks",
+    "open_document",
+    "page_hash",
+    "png_bytes",
+    "render_page",
+    "tier_image",
+]

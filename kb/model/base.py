@@ -1,0 +1,60 @@
+"""The one interface every model backend implements (reference, deepseek-ocr2, ...).
+
+A backend turns page images into per-page tensors worth caching (``encode``), reads a page back
+from those tensors (``read_page``), and answers a question from the tensors of many pages packed
+into one context (``answer``). Tensors are plain ``dict[str, torch.Tensor]`` so they can be stored
+as safetensors under content-addressed keys (model version / tier / page hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+PageTensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class ContextPage:
+    """One page as the reader sees it: where it comes from, its tier, and its cached tensors."""
+
+    document_id: str
+    page: int  # 1-based page number in its document
+    label: str  # a page marker for the prompt, e.g. "report.pdf p.3"
+    tier: str  # "text" or a vision tier name
+    tensors: PageTensors | None = None  # vision tiers
+    text: str | None = None  # the text tier
+
+
+@dataclass
+class Answer:
+    text: str
+    # One score per context page, in the order given, higher = more used to answer (>= 0).
+    page_scores: list[float] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    name: str  # "reference", "deepseek-ocr2"
+    version: str  # changes whenever encodings change: part of every tensor key
+    trained: bool  # False while the weights are a random initialisation
+    context_budget: int  # default max_context_tokens of a question
+    tier_tokens: dict[str, int]  # vision tokens per page per tier this backend supports
+
+    def encode(self, images: list[Image.Image], tier: str) -> list[PageTensors]:
+        """Encode a batch of page renders (already at the tier's size) into one dict per page."""
+        ...
+
+    def text_tokens(self, text: str) -> int:
+        """What the text tier of a page with this text costs in context tokens."""
+        ...
+
+    def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
+        """What the model reads back from one page at its tier."""
+        ...
+
+    def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
+        """Answer from all pages packed into one context."""
+        ...

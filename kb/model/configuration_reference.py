@@ -1,0 +1,83 @@
+"""Configuration of the reference optical-memory model (encoder + reader).
+
+Every default carries its reason. The config travels inside the weights file (safetensors metadata,
+as JSON), so ``from_dict`` must keep old checkpoints loading: unknown keys are ignored and fields
+added since then take their defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _default_tier_sizes() -> dict[str, int]:
+    # The square render of each vision tier, as in ingest/tiers.py: one token per 64 x 64 px cell.
+    return {"base": 1024, "small": 640, "tiny": 512, "gist": 256}
+
+
+@dataclass
+class ReferenceConfig:
+    # --- vocabulary (processing_reference.py) ---
+    vocab_size: int = 262  # 256 byte values + PAD BOS EOS READ ASK SEP: no tokenizer to download
+
+    # --- page images -> vision tokens ---
+    in_channels: int = 1  # grayscale: documents are ink on paper; colour triples the stem's input
+    patch_size: int = 16  # the stem patchifies 16 x 16 pixels: a few glyphs of a 512 px page
+    compress: int = 4  # 4 x 4 stride-4 conv: 16x fewer tokens (DeepSeek-OCR's 16x compressor)
+    tier_sizes: dict[str, int] = field(default_factory=_default_tier_sizes)  # 16 * 4 = 64 px/token
+    enc_conv_dim: int = 128  # channels at 1/16 resolution (32 x 32 cells at tiny): keep it narrow
+    enc_conv_blocks: int = 3  # ConvNeXt blocks; three 7 x 7 depthwise convs see 19 cells, ~300 px
+    enc_layers: int = 2  # transformer layers over the g x g page tokens: page-wide layout context
+
+    # --- page text -> text tokens (the "text" tier) ---
+    text_bytes_per_token: int = 4  # one memory token per 4 UTF-8 bytes: "text tokens = chars / 4"
+
+    # --- shared width of memory tokens and reader ---
+    d_model: int = 256  # wide enough for 4 bytes per text token; fp16 weights stay ~15 MB
+    n_heads: int = 4  # head dim 64, the usual size for scaled_dot_product_attention kernels
+    mlp_ratio: int = 4  # the transformer standard
+
+    # --- reader (byte-level causal decoder with cross-attention to the memory) ---
+    n_layers: int = 4  # each layer caches (k, v) per page: kv bytes = 2 * n_layers * tokens bytes
+    rope_base: float = 10000.0  # rotary positions in self-attention: no maximum question length
+    dropout: float = 0.0  # synthetic training data is unlimited: nothing to regularise yet
+
+    # --- generation: the repetition guard ---
+    repeat_max_ngram: int = 16  # loops longer than 16 bytes are rare in a small byte model
+    repeat_times: int = 4  # an n-gram 4 times in a row is a loop, not text ...
+    repeat_min_span: int = 24  # ... and so is any run covering 24 bytes ("----" rules are shorter)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary")
+        if self.d_model % 4:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of 4 (2D sin/cos)")
+        for tier, size in self.tier_sizes.items():
+            if size % self.cell:
+                raise ValueError(f"tier {tier!r}: size {size} is not a multiple of {self.cell} px")
+
+    @property
+    def cell(self) -> int:
+        """Pixels per vision token side: stem stride times compressor stride."""
+        return self.patch_size * self.compress
+
+    @property
+    def tiers(self) -> list[str]:
+        """Tier names in tier-embedding order: the text tier first, then the vision tiers."""
+        return ["text", *self.tier_sizes]
+
+    def tier_tokens(self, tier: str) -> int:
+        size = self.tier_sizes[tier]
+        return (size // self.cell) ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReferenceConfig:
+        """Keys this version does not know are dropped; fields the data lacks take defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,89 @@
+"""Inputs of the reference model: page images -> pixel tensors, text <-> byte ids.
+
+The vocabulary is the 256 byte values plus six special tokens, so nothing is ever downloaded and
+every string (any language, any symbol) round-trips through UTF-8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+# --- vocabulary: ids 0..255 are the bytes themselves ---
+PAD = 256  # fills batches and the last group of a text page's 4 bytes
+BOS = 257  # starts every reader sequence
+EOS = 258  # the reader is done
+READ = 259  # task: read this page back
+ASK = 260  # task: a question follows
+SEP = 261  # end of the question; the answer follows
+SPECIAL_TOKENS = {"PAD": PAD, "BOS": BOS, "EOS": EOS, "READ": READ, "ASK": ASK, "SEP": SEP}
+VOCAB_SIZE = 262
+# The reader only ever writes bytes or EOS; the other specials are suppressed while generating.
+NEVER_GENERATED = (PAD, BOS, READ, ASK, SEP)
+
+
+def encode_text(text: str) -> list[int]:
+    """UTF-8 bytes of ``text`` as ids 0..255."""
+    return list(text.encode("utf-8"))
+
+
+def decode(ids: list[int] | torch.Tensor) -> str:
+    """Ids back to a string: special tokens are dropped, invalid UTF-8 becomes U+FFFD."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+def read_prompt() -> list[int]:
+    """The reader's prompt to read a page back: BOS READ."""
+    return [BOS, READ]
+
+
+def ask_prompt(question: str) -> list[int]:
+    """The reader's prompt for a question: BOS ASK question SEP."""
+    return [BOS, ASK, *encode_text(question), SEP]
+
+
+def text_to_ids(text: str, bytes_per_token: int = 4) -> torch.Tensor:
+    """A page's text as byte ids, padded with PAD to a whole number of memory tokens.
+
+    Empty text still gives one (all-PAD) token, so every page has at least one memory token.
+    Returns (n,) int64 with n a positive multiple of ``bytes_per_token``.
+    """
+    ids = encode_text(text)
+    n = max(1, -(-len(ids) // bytes_per_token)) * bytes_per_token
+    return torch.tensor(ids + [PAD] * (n - len(ids)), dtype=torch.long)
+
+
+def text_token_count(text: str, bytes_per_token: int = 4) -> int:
+    """Memory tokens of a text page: ceil(UTF-8 bytes / bytes_per_token), at least 1."""
+    return max(1, -(-len(text.encode("utf-8")) // bytes_per_token))
+
+
+def image_to_tensor(image: Image.Image, size: int, channels: int = 1) -> torch.Tensor:
+    """A square page render -> (channels, size, size) float32, ink = 1, paper = 0.
+
+    Grayscale by default: documents are mostly dark ink on light paper, and one channel costs a
+    third of three at the stem. Values are inverted (1 - pixel / 255) so that blank paper is 0:
+    the stem's zero padding then looks like the page margin, and empty regions carry no signal.
+    The image must already be at the tier's size; nothing is resized here (that is the
+    renderer's job, and a silent resize would hide a wrong tier).
+    """
+    if image.size != (size, size):
+        raise ValueError(
+            f"page image is {image.size[0]}x{image.size[1]} px, tier expects {size}x{size}"
+        )
+    if channels == 1:
+        array = np.array(image.convert("L"), dtype=np.uint8)[None]  # (1, S, S)
+    elif channels == 3:
+        array = np.array(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)  # (3, S, S)
+    else:
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    pixels = torch.from_numpy(np.ascontiguousarray(array)).float()  # a writable copy
+    return 1.0 - pixels / 255.0
+
+
+def images_to_batch(images: list[Image.Image], size: int, channels: int = 1) -> torch.Tensor:
+    """Page renders -> (B, channels, size, size) float32."""
+    return torch.stack([image_to_tensor(im, size, channels) for im in images])

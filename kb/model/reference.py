@@ -1,0 +1,270 @@
+"""The reference backend: the project's own small optical-memory model on the CPU.
+
+Weights ship as fp16 safetensors (default ``kb/model/weights/reference.safetensors``) with the
+config and training facts (step, ...) in the file's metadata, and a ``.sha256`` file beside it
+that must match before anything is loaded. Without a weights file the backend builds a
+deterministic random initialisation and says so (``trained = False``): everything runs for real,
+the answers just mean nothing until the model is trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from kb.model.base import Answer, ContextPage, PageTensors
+from kb.model.configuration_reference import ReferenceConfig
+from kb.model.modeling_reference import ReferenceModel
+from kb.model.processing_reference import (
+    ask_prompt,
+    decode,
+    images_to_batch,
+    read_prompt,
+    text_to_ids,
+    text_token_count,
+)
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "reference.safetensors"
+FORMAT = "kb-reference/1"  # the "format" metadata key: what wrote the file
+INIT_SEED = 0  # the random initialisation used while no weights are shipped
+
+
+class WeightsIntegrityError(RuntimeError):
+    """The weights file does not match its recorded sha256 (or has no checksum to match)."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(weights: Path) -> Path:
+    """``reference.safetensors`` -> ``reference.sha256`` beside it."""
+    return Path(weights).with_suffix(".sha256")
+
+
+def save_weights(
+    model: ReferenceModel,
+    config: ReferenceConfig,
+    path: str | Path,
+    extra_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Write fp16 safetensors with the config (and e.g. step, loss) in the metadata, then the
+    ``.sha256`` file beside it (``sha256sum`` format). Returns the file's sha256 hex digest.
+
+    Non-string metadata values are stored as JSON. The file is written under a temporary name
+    and renamed, so a reader never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()
+    }
+    metadata = {"step": "0"}
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    metadata["format"] = FORMAT
+    metadata["config"] = json.dumps(config.to_dict(), sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    digest = sha256_file(path)
+    checksum_path(path).write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_model(
+    path: str | Path, device: str = "cpu"
+) -> tuple[ReferenceModel, ReferenceConfig, dict[str, str]]:
+    """Verify ``path`` against its ``.sha256`` file, then rebuild the model from the config in
+    its metadata. Returns (model in eval mode, config, metadata); the metadata is the file's own
+    plus ``sha256``, the digest that was verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no reference weights at {path}")
+    sums = checksum_path(path)
+    if not sums.is_file():
+        raise WeightsIntegrityError(f"{path}: no checksum file {sums}; refusing to load")
+    recorded = sums.read_text().split()
+    expected = recorded[0].lower() if recorded else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise WeightsIntegrityError(
+            f"{path}: sha256 is {actual} but {sums} says {expected or '(empty)'}; "
+            "refusing to load (corrupt or replaced weights?)"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        state = {key: f.get_tensor(key) for key in f.keys()}
+    if "config" not in metadata:
+        raise ValueError(f"{path}: no 'config' in the safetensors metadata; not reference weights")
+    config = ReferenceConfig.from_dict(json.loads(metadata["config"]))
+    model = ReferenceModel(config)
+    expected_keys = set(model.state_dict())
+    missing, unexpected = expected_keys - set(state), set(state) - expected_keys
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not fit this code's model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    metadata["sha256"] = actual
+    return model.to(device).eval(), config, metadata
+
+
+def random_model(config: ReferenceConfig, seed: int = INIT_SEED) -> ReferenceModel:
+    """The deterministic random initialisation, rounded through fp16 exactly as saving would."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ReferenceModel(config)
+    return model.half().float().eval()
+
+
+def weights_digest(model: ReferenceModel, config: ReferenceConfig) -> str:
+    """sha256 of the config and the fp16 weights: what identifies an in-memory model."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ReferenceBackend:
+    """The Backend of base.py for the reference model.
+
+    ``path``: a weights file, or a directory holding ``reference.safetensors``; default: the
+    shipped weights, else a random initialisation. ``config`` is only for a random
+    initialisation (tests use tiny ones); a weights file brings its own.
+    """
+
+    name = "reference"
+    # 64k memory tokens: 1,000 tiny pages (or 4,000 gist pages) in one question. Its fp32 kv is
+    # 64k * 4 layers * 2 * 256 * 4 B = 0.5 GB of RAM and every answer byte reads all of it once,
+    # which keeps a 32-byte answer within a few seconds on two CPU cores.
+    context_budget = 65536
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        config: ReferenceConfig | None = None,
+        batch_size: int = 16,
+    ):
+        if path is None and config is None and DEFAULT_WEIGHTS.is_file():
+            path = DEFAULT_WEIGHTS
+        self.device = torch.device(device)
+        self.batch_size = batch_size  # pages per encoder call: bounds activation memory at base
+        if path is not None:
+            if config is not None:
+                raise ValueError("a weights file brings its own config; pass path or config")
+            path = Path(path)
+            if path.is_dir():
+                path = path / DEFAULT_WEIGHTS.name
+            model, config, self.metadata = load_model(path, device)
+            self.weights_path: Path | None = path
+            self.version = "reference-" + self.metadata["sha256"][:12]
+            self.trained = int(self.metadata.get("step", "0")) > 0
+        else:
+            config = config or ReferenceConfig()
+            model = random_model(config).to(self.device)
+            self.metadata = {"seed": str(INIT_SEED)}
+            self.weights_path = None
+            self.version = "reference-" + weights_digest(model, config)[:12]
+            self.trained = False
+            log.warning(
+                "no reference weights at %s: using a random initialisation (seed %d, %s); "
+                "encodings are real but answers mean nothing until the model is trained",
+                DEFAULT_WEIGHTS,
+                INIT_SEED,
+                self.version,
+            )
+        self.model = model
+        self.config = config
+        self.tier_tokens = {tier: config.tier_tokens(tier) for tier in config.tier_sizes}
+
+    # --- Backend ---
+
+    def encode(self, images: list[Image.Image], tier: str) -> list[PageTensors]:
+        """Pages at the tier's size -> per page {"tokens": (T, D), "kv": (L, 2, T, D)}, fp16."""
+        if tier not in self.config.tier_sizes:
+            raise ValueError(
+                f"unknown vision tier {tier!r}; expected one of {list(self.tier_tokens)}"
+            )
+        size = self.config.tier_sizes[tier]
+        pages: list[PageTensors] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = images[start : start + self.batch_size]
+                pixels = images_to_batch(batch, size, self.config.in_channels).to(self.device)
+                tokens = self.model.encode_images(pixels, tier)  # (b, T, D)
+                kv = self.model.page_kv(tokens)  # (b, L, 2, T, D)
+                tokens = tokens.to("cpu", torch.float16)
+                kv = kv.to("cpu", torch.float16)
+                # clone: each page owns its memory (no view keeping the whole batch alive)
+                pages.extend(
+                    {"tokens": tokens[i].clone(), "kv": kv[i].clone()} for i in range(len(batch))
+                )
+        return pages
+
+    def text_tokens(self, text: str) -> int:
+        return text_token_count(text, self.config.text_bytes_per_token)
+
+    def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
+        with torch.inference_mode():
+            memory = self.model.pack([self.page_kv(page)])
+            ids, _ = self.model.generate(read_prompt(), memory, max_new_tokens)
+        return decode(ids)
+
+    def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
+        with torch.inference_mode():
+            memory = self.model.pack([self.page_kv(page) for page in pages])  # (1, H, M, hd)/layer
+            ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
+        return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
+
+    # --- helpers ---
+
+    def page_kv(self, page: ContextPage) -> torch.Tensor:
+        """The page's cross-attention kv (L, 2, T, D): cached (vision tiers) or computed (text)."""
+        L, D = self.config.n_layers, self.config.d_model
+        with torch.inference_mode():
+            if page.tier == "text":
+                if page.text is None:
+                    raise ValueError(f"{page.label}: a text-tier page needs page.text")
+                ids = text_to_ids(page.text, self.config.text_bytes_per_token).to(self.device)
+                return self.model.page_kv(self.model.encode_text(ids[None]))[0]  # (L, 2, T, D)
+            if page.tier not in self.tier_tokens:
+                raise ValueError(f"{page.label}: unknown tier {page.tier!r}")
+            tensors = page.tensors or {}
+            T = self.tier_tokens[page.tier]
+            if "kv" in tensors:
+                kv = tensors["kv"]
+                if tuple(kv.shape) != (L, 2, T, D):
+                    raise ValueError(
+                        f"{page.label}: cached kv is {tuple(kv.shape)}, tier {page.tier!r} of "
+                        f"{self.version} expects ({L}, 2, {T}, {D})"
+                    )
+                return kv
+            if "tokens" in tensors:  # a cache that keeps only tokens: the kv is one matmul away
+                tokens = tensors["tokens"]
+                if tuple(tokens.shape) != (T, D):
+                    raise ValueError(
+                        f"{page.label}: cached tokens are {tuple(tokens.shape)}, tier "
+                        f"{page.tier!r} expects ({T}, {D})"
+                    )
+                return self.model.page_kv(tokens.to(self.device, torch.float32))
+            raise ValueError(f"{page.label}: no cached 'kv' or 'tokens' for tier {page.tier!r}")

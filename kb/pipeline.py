@@ -1,0 +1,219 @@
+"""The ingest pipeline and re-indexing, as plain functions the Celery tasks call.
+
+Every function takes ids, looks its rows up again, and is idempotent: a document that is gone is
+logged and skipped; pages already encoded under the current model version are not encoded again;
+an identical page (same content hash) anywhere in the store is encoded once per version and tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+import ingest
+from kb.catalog import repo
+from kb.catalog.models import DocumentStatus, Page
+from kb.context import Context
+
+log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 8  # pages per encoder call: enough to amortise overhead, small enough for RAM
+
+
+def page_image_key(content_hash: str) -> str:
+    return f"pages/{content_hash[:2]}/{content_hash}.png"
+
+
+def original_key(document_id: str, filename: str) -> str:
+    return f"originals/{document_id}/{filename}"
+
+
+@dataclass
+class RenderResult:
+    chunks: list[list[int]]  # page numbers per chunk, each chunk one encode task
+    failed: bool = False
+
+
+def render_document(
+    ctx: Context, document_id: str, on_chunk: Callable[[list[int]], None] | None = None
+) -> RenderResult:
+    """Render a document page by page, in chunks, storing page images and page rows.
+
+    ``on_chunk`` is called with each chunk's page numbers as soon as it is stored, so encoding
+    starts while later pages are still rendering.
+    """
+    with ctx.session() as s:
+        doc = repo.get_document(s, document_id)
+        if doc is None:
+            log.info("render: document %s is gone; nothing to do", document_id)
+            return RenderResult(chunks=[])
+        filename, key = doc.filename, doc.original_key
+        repo.set_status(s, document_id, DocumentStatus.PROCESSING)
+
+    chunks: list[list[int]] = []
+    ext = Path(filename).suffix.lower()
+    with tempfile.TemporaryDirectory(prefix="kb-render-") as tmp:
+        path = Path(tmp) / f"original{ext}"
+        ctx.store.get_file(key, path)
+        try:
+            total = ingest.count_pages(path, ext)
+            with ctx.session() as s:
+                if not repo.set_pages_total(s, document_id, total):
+                    return RenderResult(chunks=[])
+            size = ctx.settings.render_chunk_pages
+            for chunk in ingest.iter_page_chunks(path, ext, chunk_size=size):
+                for page in chunk:
+                    image_key = page_image_key(page.content_hash)
+                    if not ctx.store.exists(image_key):
+                        ctx.store.put(image_key, ingest.png_bytes(page.image), "image/png")
+                with ctx.session() as s:
+                    if repo.get_document(s, document_id) is None:
+                        log.info("render: document %s deleted mid-way; stopping", document_id)
+                        return RenderResult(chunks=chunks)
+                    for page in chunk:
+                        repo.upsert_page(
+                            s,
+                            document_id=document_id,
+                            number=page.number,
+                            content_hash=page.content_hash,
+                            text=page.text,
+                            image_key=page_image_key(page.content_hash),
+                        )
+                numbers = [p.number for p in chunk]
+                chunks.append(numbers)
+                if on_chunk is not None:
+                    on_chunk(numbers)
+        except ingest.IngestError as exc:
+            fail_document(ctx, document_id, str(exc))
+            return RenderResult(chunks=chunks, failed=True)
+    return RenderResult(chunks=chunks)
+
+
+def fail_document(ctx: Context, document_id: str, error: str) -> None:
+    log.warning("document %s failed: %s", document_id, error)
+    with ctx.session() as s:
+        repo.set_status(s, document_id, DocumentStatus.FAILED, error=error)
+
+
+def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) -> None:
+    """Write tensors for every tier of these pages under the current model version."""
+    backend = ctx.backend
+    version = backend.version
+    by_hash = {p.content_hash: p for p in pages}  # identical pages: encode once
+    images: dict[str, Image.Image] = {}
+
+    def image(p: Page) -> Image.Image:
+        if p.content_hash not in images:
+            from io import BytesIO
+
+            with Image.open(BytesIO(ctx.store.get(p.image_key))) as im:
+                images[p.content_hash] = im.convert("RGB")
+        return images[p.content_hash]
+
+    for tier in backend.tier_tokens:
+        todo = [
+            p
+            for h, p in by_hash.items()
+            if force or not ctx.tensors.exists(version, tier, h)
+        ]
+        for i in range(0, len(todo), ENCODE_BATCH):
+            batch = todo[i : i + ENCODE_BATCH]
+            tier_images = [ingest.tier_image(image(p), tier) for p in batch]
+            with ctx.model_lock:
+                outs = backend.encode(tier_images, tier)
+            for p, tensors in zip(batch, outs, strict=True):
+                ctx.tensors.put(version, tier, p.content_hash, tensors)
+
+
+def encode_pages(ctx: Context, document_id: str, numbers: list[int]) -> tuple[int, int | None]:
+    """Encode the given pages of a document; mark the document ready when its last page is done.
+
+    Returns (pages done, pages total) of the document; (0, None) if it is gone.
+    """
+    version = ctx.backend.version
+    with ctx.session() as s:
+        doc = repo.get_document(s, document_id)
+        if doc is None:
+            log.info("encode: document %s is gone; nothing to do", document_id)
+            return 0, None
+        pages = [p for p in doc.pages if p.number in set(numbers)]
+        todo = [p for p in pages if p.encoded_version != version]
+        s.expunge_all()
+    if todo:
+        _encode_missing(ctx, todo)
+    with ctx.session() as s:
+        repo.mark_pages_encoded(s, [p.id for p in todo], version)
+        counts = repo.record_pages_done(s, document_id)
+        if counts is None:
+            return 0, None
+        done, total = counts
+        if total is not None and done >= total:
+            repo.set_status(s, document_id, DocumentStatus.READY)
+    return done, total
+
+
+# -- re-indexing
+
+
+def reindex_plan(ctx: Context, job_id: str, batch_size: int) -> list[list[int]]:
+    """The page ids a reindex job re-encodes, in batches; records the job's total."""
+    with ctx.session() as s:
+        job = repo.get_job(s, job_id)
+        if job is None:
+            return []
+        collection = job.collection.name if job.collection is not None else None
+        ids = [
+            p.id
+            for p in repo.pages_of_collection(s, collection)
+            if p.document.status == DocumentStatus.READY
+        ]
+        repo.set_job_total(s, job_id, len(ids))
+        if not ids:
+            repo.set_job_status(s, job_id, "done")
+        else:
+            repo.set_job_status(s, job_id, "running")
+    return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def reindex_pages(ctx: Context, job_id: str, page_ids: list[int]) -> tuple[int, int] | None:
+    """Re-encode a batch of a reindex job under the current model version.
+
+    New tensors are written beside the old ones (or replace identical keys atomically), so
+    questions keep being answered from the previous tensors; the pages switch to the new version
+    together, when the job's last batch is done.
+    """
+    from sqlalchemy import select
+
+    with ctx.session() as s:
+        if repo.get_job(s, job_id) is None:
+            return None
+        pages = list(s.scalars(select(Page).where(Page.id.in_(page_ids))))
+        s.expunge_all()
+    _encode_missing(ctx, pages, force=True)
+    with ctx.session() as s:
+        progress = repo.update_job_progress(s, job_id, len(page_ids))
+    if progress is not None and progress[0] >= progress[1]:
+        finish_reindex(ctx, job_id)
+    return progress
+
+
+def finish_reindex(ctx: Context, job_id: str) -> None:
+    """Switch every page of the job to the version it was re-encoded under, in one transaction."""
+    version = ctx.backend.version
+    with ctx.session() as s:
+        job = repo.get_job(s, job_id)
+        if job is None:
+            return
+        collection = job.collection.name if job.collection is not None else None
+        ids = [
+            p.id
+            for p in repo.pages_of_collection(s, collection)
+            if p.document.status == DocumentStatus.READY and p.created_at <= job.created_at
+        ]
+        repo.mark_pages_encoded(s, ids, version)
+        repo.set_job_status(s, job_id, "done")

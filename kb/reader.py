@@ -1,0 +1,122 @@
+"""Answering: pack every ready page of a collection into one context and let the model read it.
+
+No retrieval: the packer decides only how many tokens each page keeps, never whether a page is
+looked at (pages are left out only when even the cheapest tier cannot hold them all, and then
+they are counted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kb.catalog import repo
+from kb.catalog.models import Page
+from kb.context import Context
+from kb.model.base import ContextPage
+from kb.packer import Candidate, pack
+from ingest.tiers import TEXT
+
+
+class EmptyCollection(LookupError):
+    """The collection has no ready page to answer from."""
+
+
+class PageNotReady(LookupError):
+    """The page exists but has no tensors yet."""
+
+
+@dataclass
+class Citation:
+    document_id: str
+    page: int
+    score: float
+
+
+@dataclass
+class AskResult:
+    answer: str
+    citations: list[Citation]
+    pages: int
+    tokens: int
+    tiers: dict[str, int]
+    left_out: int
+    model_version: str
+    left_out_pages: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _label(page: Page) -> str:
+    return f"{page.document.filename} p.{page.number}"
+
+
+def ask(
+    ctx: Context,
+    question: str,
+    collection: str = "default",
+    max_context_tokens: int | None = None,
+    max_citations: int = 5,
+) -> AskResult:
+    backend = ctx.backend
+    budget = backend.context_budget if max_context_tokens is None else max_context_tokens
+    with ctx.session() as s:
+        pages = [p for p in repo.ready_pages(s, collection) if p.encoded_version]
+        s.expunge_all()
+    if not pages:
+        raise EmptyCollection(f"collection {collection!r} has no ready pages yet")
+
+    # Newer documents rank higher; within a document, pages keep their order.
+    candidates = [
+        Candidate(key=i, recency=p.document.created_at.timestamp() + p.number * 1e-6)
+        for i, p in enumerate(pages)
+    ]
+    packing = pack(candidates, backend.tier_tokens, budget)
+    context: list[ContextPage] = []
+    for i, tier in packing.chosen:
+        p = pages[i]  # type: ignore[index]
+        tensors = ctx.tensors.get(p.encoded_version, tier, p.content_hash)  # type: ignore[arg-type]
+        context.append(
+            ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors)
+        )
+    with ctx.model_lock:
+        answer = backend.answer(question, context)
+
+    ranked = sorted(
+        zip(context, answer.page_scores, strict=True), key=lambda cs: cs[1], reverse=True
+    )
+    citations = [
+        Citation(c.document_id, c.page, round(float(score), 4))
+        for c, score in ranked[:max_citations]
+        if score > 0
+    ]
+    left = [(pages[i].document_id, pages[i].number) for i in packing.left_out]  # type: ignore[index]
+    return AskResult(
+        answer=answer.text,
+        citations=citations,
+        pages=len(context),
+        tokens=packing.tokens,
+        tiers=packing.tiers,
+        left_out=len(left),
+        left_out_pages=left,
+        model_version=backend.version,
+    )
+
+
+def read_page(ctx: Context, document_id: str, number: int, tier: str) -> str:
+    """What the model reads back from one page at one tier (the text tier is the page's text)."""
+    backend = ctx.backend
+    with ctx.session() as s:
+        page = repo.get_page(s, document_id, number)
+        if page is None:
+            raise LookupError(f"document {document_id} has no page {number}")
+        s.expunge(page)
+    if tier == TEXT:
+        return page.text
+    if tier not in backend.tier_tokens:
+        raise ValueError(
+            f"unknown tier {tier!r}; expected one of {', '.join([TEXT, *backend.tier_tokens])}"
+        )
+    version = page.encoded_version or backend.version
+    if not ctx.tensors.exists(version, tier, page.content_hash):
+        raise PageNotReady(f"page {number} of document {document_id} is not encoded yet")
+    tensors = ctx.tensors.get(version, tier, page.content_hash)
+    with ctx.model_lock:
+        return backend.read_page(ContextPage(document_id, number, "", tier, tensors=tensors))

@@ -1,0 +1,90 @@
+"""One settings object, built once and imported everywhere (env prefix KB_, see .env.example)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KB_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Unset means the embedded default: SQLite under data_dir, an embedded Redis, a local store.
+    database_url: str | None = None
+    redis_url: str | None = None
+    s3_endpoint: str | None = None  # host:port, e.g. minio:9000
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "kb"
+    s3_secure: bool = False  # https to the S3 endpoint
+
+    model: Literal["reference", "deepseek-ocr2"] = "reference"
+    model_path: Path | None = None  # weights directory or file; default: the shipped weights
+    device: str = "cpu"
+
+    api_key: SecretStr | None = None  # unset: generated once, kept in data_dir
+    admin_key: SecretStr | None = None
+
+    max_upload_mb: int = Field(200, ge=1)
+    render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
+    task_time_limit_s: int = Field(1800, ge=10)  # hard limit of one task
+    worker_concurrency: int = Field(1, ge=1)
+    tensor_cache_mb: int = Field(1024, ge=1)  # RAM for cached page tensors in the API process
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'catalog.sqlite3').resolve()}"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_endpoint)
+
+    def key(self, name: Literal["api", "admin"]) -> str:
+        """The API or admin key: from settings, else generated once and kept in data_dir."""
+        given = self.api_key if name == "api" else self.admin_key
+        if given is not None:
+            value = given.get_secret_value()
+            if self.env == "production" and (len(value) < 16 or value.startswith("change")):
+                raise ValueError(f"KB_{name.upper()}_KEY is a placeholder; set a real secret")
+            return value
+        path = self.data_dir / f"{name}_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.data_dir, prefix=f".{name}_key.")
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "w") as f:  # mkstemp makes it 0600
+                    f.write(secrets.token_urlsafe(24))
+                # Two processes starting at once must agree on one key: linking fails if the
+                # other one got there first, and then its key is the one.
+                path.hardlink_to(tmp)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,70 @@
+"""Page tensors in the object store: safetensors under content-addressed keys, plus a RAM cache.
+
+Key = model version / tier / page content hash, so an identical page (in any document, any
+collection) is encoded once per model version and tier.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from kb.model.base import PageTensors
+from kb.store import ObjectStore
+
+
+def tensor_key(model_version: str, tier: str, page_hash: str) -> str:
+    return f"tensors/{model_version}/{tier}/{page_hash[:2]}/{page_hash}.safetensors"
+
+
+def dumps(tensors: PageTensors) -> bytes:
+    return st_save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def loads(data: bytes) -> PageTensors:
+    return st_load(data)
+
+
+def _nbytes(tensors: PageTensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class TensorCache:
+    """Loads page tensors from the store, keeping the most recently used in RAM up to a byte cap."""
+
+    def __init__(self, store: ObjectStore, max_bytes: int = 1 << 30):
+        self.store = store
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, PageTensors] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model_version: str, tier: str, page_hash: str) -> PageTensors:
+        key = tensor_key(model_version, tier, page_hash)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        tensors = loads(self.store.get(key))  # outside the lock: store reads may be slow
+        with self._lock:
+            self.misses += 1
+            if key not in self._items:
+                self._items[key] = tensors
+                self._bytes += _nbytes(tensors)
+                while self._bytes > self.max_bytes and len(self._items) > 1:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= _nbytes(old)
+        return tensors
+
+    def put(self, model_version: str, tier: str, page_hash: str, tensors: PageTensors) -> None:
+        self.store.put(tensor_key(model_version, tier, page_hash), dumps(tensors))
+
+    def exists(self, model_version: str, tier: str, page_hash: str) -> bool:
+        return self.store.exists(tensor_key(model_version, tier, page_hash))
+

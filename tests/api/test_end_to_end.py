@@ -1,0 +1,194 @@
+"""The whole service through its HTTP API, with a real Celery worker process.
+
+Run twice: on the embedded defaults (embedded Redis, SQLite, a local store directory) and on
+real servers (Redis, PostgreSQL, an S3-protocol server on loopback).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.stack import ADMIN_KEY, Stack, make_pdf, wait_document, wait_for
+
+pytestmark = pytest.mark.slow
+
+PDF_PAGES = [
+    "Quarterly report. Revenue in the third quarter was 4.2 million euros.",
+    "Staffing. The Lisbon office employs 37 engineers and 5 designers.",
+    "Risks. The main supplier of optical sensors is located in Osaka.",
+]
+NOTE_TEXT = "Meeting note\n\nThe board approved the new warehouse in Rotterdam.\n" * 3
+
+
+@pytest.fixture(scope="module", params=["embedded", "services"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env: dict[str, str] = {}
+    if request.param == "services":
+        s3 = request.getfixturevalue("s3_server")
+        env = {
+            "KB_REDIS_URL": request.getfixturevalue("redis_url"),
+            "KB_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "KB_S3_ENDPOINT": s3.endpoint,
+            "KB_S3_ACCESS_KEY": s3.access_key,
+            "KB_S3_SECRET_KEY": s3.secret_key,
+            "KB_S3_BUCKET": "kb-e2e",
+        }
+    data_dir = tmp_path_factory.mktemp(f"stack-{request.param}") / "data"
+    s = Stack(data_dir, env).start()
+    s.mode = request.param  # type: ignore[attr-defined]
+    try:
+        yield s
+    finally:
+        code = s.stop()
+        assert code == 0, s.log()
+        assert s.children() == [], "Ctrl-C left processes behind"
+
+
+@pytest.fixture(scope="module")
+def corpus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A 3-page PDF and a text note, uploaded and ready."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    pdf = make_pdf(tmp / "report.pdf", PDF_PAGES)
+    note = tmp / "note.txt"
+    note.write_text(NOTE_TEXT)
+    ids = {}
+    with stack.client() as c:
+        for name, path in [("pdf", pdf), ("note", note)]:
+            r = c.post("/v1/documents", files={"file": (path.name, path.read_bytes())})
+            assert r.status_code == 202, r.text
+            assert r.json()["status"] == "queued"
+            ids[name] = r.json()["id"]
+        for doc_id in ids.values():
+            doc = wait_document(c, doc_id)
+            assert doc["status"] == "ready", (doc, stack.log())
+    return ids
+
+
+def test_health_reports_every_part(stack: Stack) -> None:
+    with stack.client() as c:
+        h = c.get("/healthz").json()
+    assert h["status"] == "ok"
+    for part in ("queue", "store", "catalog"):
+        assert h[part]["status"] == "ok", h
+    assert h["model"]["name"] == "reference"
+    assert isinstance(h["model"]["trained"], bool)
+    assert h["model"]["version"].startswith("reference-")
+    expected_store = "S3Store" if stack.mode == "services" else "LocalStore"  # type: ignore[attr-defined]
+    assert h["store"]["backend"] == expected_store
+    expected_db = "postgresql" if stack.mode == "services" else "sqlite"  # type: ignore[attr-defined]
+    assert h["catalog"]["backend"] == expected_db
+
+
+def test_documents_are_rendered_and_listed(stack: Stack, corpus: dict[str, str]) -> None:
+    with stack.client() as c:
+        doc = c.get(f"/v1/documents/{corpus['pdf']}").json()
+        assert doc["filename"] == "report.pdf"
+        assert doc["collection"] == "default"
+        assert doc["pages"] == 3 and doc["pages_done"] == 3 and doc["error"] is None
+        note = c.get(f"/v1/documents/{corpus['note']}").json()
+        assert note["pages"] >= 1 and note["status"] == "ready"
+
+        listed = {d["id"] for d in c.get("/v1/documents", params={"collection": "default"}).json()["documents"]}
+        assert set(corpus.values()) <= listed
+        assert c.get("/v1/documents", params={"collection": "nope"}).json()["documents"] == []
+
+        png = c.get(f"/v1/documents/{corpus['pdf']}/pages/2/image")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (1024, 1024)
+
+        text = c.get(f"/v1/documents/{corpus['pdf']}/pages/2/text", params={"tier": "text"}).json()
+        assert "Lisbon office" in text["text"]
+        note_text = c.get(f"/v1/documents/{corpus['note']}/pages/1/text", params={"tier": "text"})
+        assert "Rotterdam" in note_text.json()["text"]
+        for tier in ("tiny", "gist"):
+            r = c.get(f"/v1/documents/{corpus['pdf']}/pages/1/text", params={"tier": tier})
+            assert r.status_code == 200, r.text
+            assert r.json()["tier"] == tier and isinstance(r.json()["text"], str)
+
+        assert c.get(f"/v1/documents/{corpus['pdf']}/pages/4/image").status_code == 404
+        assert c.get(f"/v1/documents/{corpus['pdf']}/pages/0/text").status_code == 422
+        bad_tier = c.get(f"/v1/documents/{corpus['pdf']}/pages/1/text", params={"tier": "huge"})
+        assert bad_tier.status_code == 422 and "tier" in bad_tier.json()["detail"]
+
+
+def test_ask_packs_every_page_and_cites_them(stack: Stack, corpus: dict[str, str]) -> None:
+    with stack.client() as c:
+        r = c.post("/v1/ask", json={"question": "Where is the optical sensor supplier?"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        note_pages = c.get(f"/v1/documents/{corpus['note']}").json()["pages"]
+        total_pages = 3 + note_pages
+        assert isinstance(body["answer"], str)
+        assert body["context"]["pages"] == total_pages
+        assert body["context"]["left_out"] == 0
+        assert sum(body["context"]["tiers"].values()) == total_pages
+        assert body["citations"], body
+        for cit in body["citations"]:
+            assert cit["document_id"] in corpus.values()
+            assert 1 <= cit["page"] <= (3 if cit["document_id"] == corpus["pdf"] else note_pages)
+            assert cit["score"] > 0
+
+        # A tight budget fades pages to cheaper tiers, and below one gist per page leaves pages
+        # out, counted, never silently.
+        tight = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 16 * total_pages})
+        assert tight.json()["context"]["tiers"] == {"gist": total_pages}
+        assert tight.json()["context"]["tokens"] == 16 * total_pages
+        tiny = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 40}).json()
+        assert tiny["context"]["pages"] == 2 and tiny["context"]["left_out"] == total_pages - 2
+
+        assert c.post("/v1/ask", json={"question": ""}).status_code == 422
+        assert c.post("/v1/ask", json={"question": "x", "max_context_tokens": 0}).status_code == 422
+        empty = c.post("/v1/ask", json={"question": "x", "collection": "empty-one"})
+        assert empty.status_code == 404 and "no ready pages" in empty.json()["detail"]
+
+
+def test_auth(stack: Stack, corpus: dict[str, str]) -> None:
+    with stack.client(key="wrong") as c:
+        assert c.get("/v1/documents").status_code == 401
+        assert c.get("/healthz").status_code == 200  # the only open route
+    with stack.client() as c:
+        assert c.post("/v1/admin/reindex", json={}).status_code == 403
+        assert c.get("/docs").status_code == 200
+        assert "/v1/ask" in c.get("/openapi.json").json()["paths"]
+
+
+def test_reindex_keeps_answering_then_completes(stack: Stack, corpus: dict[str, str]) -> None:
+    with stack.client(key=ADMIN_KEY) as admin, stack.client() as c:
+        r = admin.post("/v1/admin/reindex", json={"collection": "default"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        during = c.post("/v1/ask", json={"question": "How many engineers work in Lisbon?"})
+        assert during.status_code == 200 and during.json()["context"]["pages"] >= 3
+
+        job: dict = {}
+
+        def done() -> bool:
+            nonlocal job
+            job = admin.get(f"/v1/admin/jobs/{job_id}").json()
+            return job["status"] in ("done", "failed")
+
+        wait_for(done, "reindex job")
+        assert job["status"] == "done", job
+        assert job["total"] == job["done"] >= 4
+        assert admin.get("/v1/admin/jobs/nope").status_code == 404
+        assert admin.post("/v1/admin/reindex", json={"collection": "missing"}).status_code == 404
+        after = c.post("/v1/ask", json={"question": "How many engineers work in Lisbon?"})
+        assert after.status_code == 200
+
+
+def test_delete_removes_pages_from_later_answers(stack: Stack, corpus: dict[str, str]) -> None:
+    with stack.client() as c:
+        before = c.post("/v1/ask", json={"question": "What was approved?"}).json()
+        assert c.delete(f"/v1/documents/{corpus['note']}").status_code == 204
+        assert c.get(f"/v1/documents/{corpus['note']}").status_code == 404
+        assert c.delete(f"/v1/documents/{corpus['note']}").status_code == 404
+        after = c.post("/v1/ask", json={"question": "What was approved?"}).json()
+        assert after["context"]["pages"] == 3 < before["context"]["pages"]
+        assert all(cit["document_id"] == corpus["pdf"] for cit in after["citations"])
+        # The other document is untouched.
+        assert c.get(f"/v1/documents/{corpus['pdf']}").json()["status"] == "ready"

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kb.model.configuration_reference import ReferenceConfig
+from kb.model.modeling_reference import KVCache, ReferenceModel, repeated_tail
+from kb.model.processing_reference import EOS, VOCAB_SIZE, ask_prompt, text_to_ids
+
+from .conftest import tiny_config
+
+
+def pages(model: ReferenceModel, n: int, tier: str = "gist", seed: int = 0) -> torch.Tensor:
+    """(n, T, D) tokens of n random page images."""
+    size = model.config.tier_sizes[tier]
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(n, 1, size, size, generator=g)
+    with torch.no_grad():
+        return model.encode_images(pixels, tier)
+
+
+def prompt(n: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("tier", "size", "tokens"),
+    [("gist", 256, 16), ("tiny", 512, 64), ("small", 640, 100), ("base", 1024, 256)],
+)
+def test_one_encoder_serves_every_tier(model, config, tier, size, tokens):
+    with torch.no_grad():
+        out = model.encode_images(torch.rand(2, 1, size, size), tier)
+        kv = model.page_kv(out)
+    assert out.shape == (2, tokens, config.d_model)
+    assert kv.shape == (2, config.n_layers, 2, tokens, config.d_model)
+    assert torch.isfinite(kv).all()
+
+
+def test_wrong_input_size_fails_loudly(model):
+    with pytest.raises(
+        ValueError,
+        match=r"tier 'tiny' expects pixels \(B, 1, 512, 512\), got "
+        r"\(2, 1, 640, 640\)",
+    ):
+        model.encode_images(torch.rand(2, 1, 640, 640), "tiny")
+    with pytest.raises(ValueError, match=r"got \(1, 3, 256, 256\)"):
+        model.encode_images(torch.rand(1, 3, 256, 256), "gist")
+    with pytest.raises(ValueError, match="unknown vision tier 'huge'"):
+        model.encode_images(torch.rand(1, 1, 256, 256), "huge")
+    with pytest.raises(
+        ValueError, match=r"page tokens must be \(T, 32\) or \(B, T, 32\), got \(16, 31\)"
+    ):
+        model.page_kv(torch.rand(16, 31))
+    with pytest.raises(
+        ValueError, match=r"page 1: kv must be \(2, 2, T, 32\), got \(2, 2, 16, 8\)"
+    ):
+        model.pack([torch.rand(2, 2, 16, 32), torch.rand(2, 2, 16, 8)])
+
+
+def test_text_memory_is_one_token_per_four_bytes(model, config):
+    ids = text_to_ids("twenty-one bytes long")  # 21 bytes -> 6 tokens
+    with torch.no_grad():
+        tokens = model.encode_text(ids[None])
+    assert tokens.shape == (1, 6, config.d_model)
+    with pytest.raises(ValueError, match="length 5 are not a positive multiple of 4"):
+        model.encode_text(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_reader_is_causal(model):
+    memory = model.pack(list(model.page_kv(pages(model, 2))))
+    idx = prompt(10)
+    changed = idx.clone()
+    changed[0, 6] = (changed[0, 6] + 1) % 256
+    with torch.no_grad():
+        a, _, _ = model(idx, memory)
+        b, _, _ = model(changed, memory)
+    assert torch.equal(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_cached_page_kv_concatenated_equals_computing_in_one_go(model):
+    tokens = pages(model, 3)  # (3, T, D)
+    with torch.no_grad():
+        cached = [model.page_kv(t).half().float() for t in tokens]  # one page at a time, fp16 cache
+        one_go = model.page_kv(tokens.half().float())  # (3, L, 2, T, D), all pages in one call
+        one_go = one_go.permute(1, 2, 0, 3, 4).flatten(2, 3)  # (L, 2, 3 * T, D)
+        T = tokens.shape[1]
+        a, _, _ = model(prompt(), model.pack(cached))
+        b, _, _ = model(prompt(), model.memory(one_go[None], page_lengths=[T, T, T]))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_page_kv_depends_on_its_own_page_only(model):
+    tokens = pages(model, 2)
+    other = tokens.clone()
+    other[1] += 1.0
+    with torch.no_grad():
+        kv, kv_other = model.page_kv(tokens), model.page_kv(other)
+    assert torch.equal(kv[0], kv_other[0])
+    assert not torch.equal(kv[1], kv_other[1])
+
+
+def test_incremental_decoding_equals_full_recompute(model):
+    memory = model.pack(list(model.page_kv(pages(model, 2))))
+    idx = prompt(9)
+    with torch.no_grad():
+        full, _, _ = model(idx, memory)
+        cache = KVCache(model.config.n_layers)
+        steps = [model(idx[:, :4], memory, cache=cache)[0]]  # a prompt ...
+        steps += [model(idx[:, i : i + 1], memory, cache=cache)[0] for i in range(4, 6)]  # bytes
+        steps.append(model(idx[:, 6:], memory, cache=cache)[0])  # ... and a chunk after a cache
+    assert cache.length == 9
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_page_mass_path_gives_the_same_logits_and_a_distribution(model):
+    kv = model.page_kv(pages(model, 3))
+    memory = model.pack(list(kv))
+    with torch.no_grad():
+        plain, _, _ = model(prompt(), memory)
+        weighed, _, mass = model(prompt(), memory, need_page_mass=True)
+    torch.testing.assert_close(plain, weighed, atol=1e-5, rtol=0)
+    assert mass.shape == (1, 3)
+    assert (mass >= 0).all()
+    torch.testing.assert_close(mass.sum(), torch.tensor(1.0))
+
+
+def test_padded_memory_with_a_mask_equals_the_unpadded_memory(model, config):
+    kv = model.page_kv(pages(model, 1))  # (1, L, 2, T, D)
+    padded = torch.cat([kv, torch.randn_like(kv)[:, :, :, :5]], dim=3)  # 5 junk tokens
+    mask = torch.ones(1, padded.shape[3], dtype=torch.bool)
+    mask[:, -5:] = False
+    with torch.no_grad():
+        a, _, _ = model(prompt(), model.memory(kv))
+        b, _, _ = model(prompt(), model.memory(padded, mask=mask))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_training_step_reduces_the_loss(config):
+    torch.manual_seed(0)
+    model = ReferenceModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    pixels = torch.rand(2, 1, 256, 256)
+    idx = torch.randint(0, 256, (2, 17))
+    losses = []
+    for _ in range(5):
+        memory = model.memory(model.page_kv(model.encode_images(pixels, "gist")))
+        _, loss, _ = model(idx[:, :-1], memory, targets=idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_empty_memory_still_reads(model):
+    ids, scores = model.generate(ask_prompt("?"), model.pack([]), max_new_tokens=3)
+    assert len(ids) <= 3 and scores.shape == (0,)
+
+
+def scripted(model, monkeypatch, script):
+    """Make the model's forward predict script[i] at its i-th call."""
+    calls = iter(script)
+
+    def forward(idx, memory, targets=None, cache=None, need_page_mass=False):
+        logits = torch.zeros(idx.shape[0], idx.shape[1], VOCAB_SIZE)
+        logits[:, -1, next(calls)] = 1.0
+        return logits, None, torch.full((idx.shape[0], memory.n_pages), 1 / max(memory.n_pages, 1))
+
+    monkeypatch.setattr(model, "forward", forward)
+
+
+def test_generation_stops_at_max_new_tokens(model, monkeypatch):
+    scripted(model, monkeypatch, range(100))  # 100 distinct bytes: no loop, no EOS
+    memory = model.pack(list(model.page_kv(pages(model, 2))))
+    ids, scores = model.generate([1, 2], memory, max_new_tokens=7)
+    assert ids == list(range(7))
+    assert scores.tolist() == [0.5, 0.5]
+
+
+def test_generation_stops_at_eos(model, monkeypatch):
+    scripted(model, monkeypatch, [104, 105, EOS, 33])
+    ids, _ = model.generate([1], model.pack([]), max_new_tokens=10)
+    assert ids == [104, 105]
+
+
+def test_the_repetition_guard_stops_a_loop(model, monkeypatch):
+    scripted(model, monkeypatch, [ord(c) for c in "Total: ab" + "cab" * 100])
+    ids, _ = model.generate([1], model.pack([]), max_new_tokens=200)
+    # "abc" 8 times covers 24 bytes: the loop is seen there and cut back to one copy.
+    assert bytes(ids).decode() == "Total: abc"
+
+
+def test_repeated_tail():
+    assert repeated_tail(list(b"xxabababab"), max_ngram=4, times=4, min_span=0) == (2, 4)
+    assert repeated_tail(list(b"xxababab"), max_ngram=4, times=4, min_span=0) is None
+    assert repeated_tail(list(b"-" * 23), max_ngram=4, times=4, min_span=24) is None
+    assert repeated_tail(list(b"-" * 24), max_ngram=4, times=4, min_span=24) == (1, 24)
+
+
+def test_default_config_fits_the_budget():
+    model = ReferenceModel(ReferenceConfig())
+    assert model.num_parameters() * 2 < 40e6  # fp16 bytes
+    assert model.num_parameters() * 2 < 20e6  # and with room to grow
+
+
+def test_tiny_config_is_tiny():
+    assert ReferenceModel(tiny_config()).num_parameters() < 100_000

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from kb.model.processing_reference import (
+    ASK,
+    BOS,
+    EOS,
+    PAD,
+    READ,
+    SEP,
+    VOCAB_SIZE,
+    ask_prompt,
+    decode,
+    encode_text,
+    image_to_tensor,
+    images_to_batch,
+    read_prompt,
+    text_to_ids,
+    text_token_count,
+)
+
+
+def test_vocabulary_is_bytes_plus_specials():
+    assert sorted([PAD, BOS, EOS, READ, ASK, SEP]) == list(range(256, VOCAB_SIZE))
+
+
+def test_text_round_trips_through_bytes():
+    text = "Invoice № 42 — total 3,14 € (ünïcödé, 日本)"
+    ids = encode_text(text)
+    assert all(0 <= i < 256 for i in ids)
+    assert len(ids) == len(text.encode("utf-8"))
+    assert decode(ids) == text
+    assert decode(torch.tensor(ids)) == text
+
+
+def test_decode_drops_specials_and_replaces_invalid_utf8():
+    assert decode([BOS, *encode_text("ok"), EOS, PAD]) == "ok"
+    assert decode([0x61, 0xFF, 0x62]) == "a\ufffdb"
+    assert decode(encode_text("é")[:1]) == "\ufffd"  # a cut multi-byte character
+
+
+def test_prompts():
+    assert read_prompt() == [BOS, READ]
+    assert ask_prompt("hi?") == [BOS, ASK, ord("h"), ord("i"), ord("?"), SEP]
+
+
+def test_text_ids_pad_to_whole_tokens():
+    ids = text_to_ids("hello")  # 5 bytes -> 2 tokens of 4
+    assert ids.tolist() == [*encode_text("hello"), PAD, PAD, PAD]
+    assert text_token_count("hello") == 2
+    assert text_to_ids("").tolist() == [PAD] * 4  # every page has at least one token
+    assert text_token_count("") == 1
+    assert text_token_count("é" * 4) == 2  # bytes, not characters
+
+
+def test_image_ink_is_one_paper_is_zero():
+    image = Image.new("RGB", (256, 256), "white")
+    image.putpixel((3, 5), (0, 0, 0))
+    x = image_to_tensor(image, 256)
+    assert x.shape == (1, 256, 256) and x.dtype == torch.float32
+    assert x[0, 5, 3] == 1.0 and x.sum() == 1.0
+    assert image_to_tensor(image, 256, channels=3).shape == (3, 256, 256)
+    assert images_to_batch([image, image], 256).shape == (2, 1, 256, 256)
+
+
+def test_image_of_the_wrong_size_fails_with_numbers():
+    with pytest.raises(ValueError, match="page image is 500x512 px, tier expects 512x512"):
+        image_to_tensor(Image.new("L", (500, 512), 255), 512)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+from kb.model import load_backend
+from kb.model.base import Answer, Backend, ContextPage
+from kb.model.reference import (
+    ReferenceBackend,
+    WeightsIntegrityError,
+    checksum_path,
+    load_model,
+    random_model,
+    save_weights,
+    sha256_file,
+)
+
+from .conftest import tiny_config
+
+
+def page_image(size: int, text: str) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(image).text((8, 8), text, fill="black")
+    return image
+
+
+def vision_pages(backend: ReferenceBackend, n: int, tier: str = "gist") -> list[ContextPage]:
+    size = backend.config.tier_sizes[tier]
+    encoded = backend.encode([page_image(size, f"page {i}") for i in range(n)], tier)
+    return [
+        ContextPage("doc", i + 1, f"doc p.{i + 1}", tier, tensors=tensors)
+        for i, tensors in enumerate(encoded)
+    ]
+
+
+@pytest.fixture
+def backend(config) -> ReferenceBackend:
+    return ReferenceBackend(config=config)
+
+
+@pytest.fixture
+def weights(tmp_path, config) -> Path:
+    path = tmp_path / "reference.safetensors"
+    save_weights(random_model(config, seed=3), config, path, {"step": 1200, "loss": 0.5})
+    return path
+
+
+def test_random_init_says_so_and_has_a_stable_version(config, caplog):
+    backend: Backend = ReferenceBackend(config=config)  # checked by mypy: Backend is a Protocol
+    for member in ("encode", "text_tokens", "read_page", "answer", "context_budget"):
+        assert hasattr(backend, member)
+    assert backend.name == "reference"
+    assert backend.trained is False
+    assert "random initialisation" in caplog.text
+    assert (
+        backend.version.startswith("reference-") and len(backend.version) == len("reference-") + 12
+    )
+    assert ReferenceBackend(config=config).version == backend.version
+    assert ReferenceBackend(config=tiny_config(n_layers=3)).version != backend.version
+    assert backend.tier_tokens == {"base": 256, "small": 100, "tiny": 64, "gist": 16}
+
+
+@pytest.mark.parametrize("tier", ["gist", "tiny"])
+def test_encode_gives_fp16_tokens_and_kv_per_page(backend, config, tier):
+    T, L, D = backend.tier_tokens[tier], config.n_layers, config.d_model
+    encoded = backend.encode([page_image(config.tier_sizes[tier], "x")] * 3, tier)
+    assert len(encoded) == 3
+    for tensors in encoded:
+        assert tensors["tokens"].shape == (T, D) and tensors["tokens"].dtype == torch.float16
+        assert tensors["kv"].shape == (L, 2, T, D) and tensors["kv"].dtype == torch.float16
+        assert tensors["kv"].is_contiguous() and tensors["kv"].untyped_storage().nbytes() == (
+            L * 2 * T * D * 2
+        )  # owns its memory: not a view of the batch
+    assert backend.encode([], tier) == []
+
+
+def test_encode_batches_do_not_change_the_result(config):
+    one = ReferenceBackend(config=config, batch_size=1)
+    many = ReferenceBackend(config=config, batch_size=4)
+    images = [page_image(256, f"page {i}") for i in range(3)]
+    for a, b in zip(one.encode(images, "gist"), many.encode(images, "gist"), strict=True):
+        torch.testing.assert_close(a["kv"], b["kv"], atol=1e-3, rtol=0)
+
+
+def test_encode_refuses_the_wrong_size(backend):
+    with pytest.raises(ValueError, match="page image is 512x512 px, tier expects 256x256"):
+        backend.encode([page_image(512, "x")], "gist")
+    with pytest.raises(ValueError, match="unknown vision tier 'text'"):
+        backend.encode([page_image(256, "x")], "text")
+
+
+def test_text_tokens_are_bytes_over_four(backend):
+    assert backend.text_tokens("a" * 40) == 10
+    assert backend.text_tokens("a" * 41) == 11
+
+
+def test_answer_scores_every_page(backend):
+    pages = vision_pages(backend, 3) + [
+        ContextPage("notes", 1, "notes.txt p.1", "text", text="The total is 42 EUR."),
+        ContextPage("notes", 2, "notes.txt p.2", "text", text=""),
+    ]
+    answer = backend.answer("What is the total?", pages, max_new_tokens=8)
+    assert isinstance(answer, Answer) and isinstance(answer.text, str)
+    assert len(answer.page_scores) == len(pages)
+    assert all(s >= 0 for s in answer.page_scores)
+    assert sum(answer.page_scores) == pytest.approx(1.0, abs=1e-4)
+    assert backend.answer("?", [], max_new_tokens=4).page_scores == []
+
+
+def test_answer_is_deterministic_and_uses_tokens_only_caches(backend):
+    pages = vision_pages(backend, 2)
+    first = backend.answer("Which page?", pages, max_new_tokens=8)
+    assert backend.answer("Which page?", pages, max_new_tokens=8) == first
+    tokens_only = [
+        ContextPage(p.document_id, p.page, p.label, p.tier, tensors={"tokens": p.tensors["tokens"]})
+        for p in pages
+    ]
+    again = backend.answer("Which page?", tokens_only, max_new_tokens=8)
+    assert again.page_scores == pytest.approx(first.page_scores, abs=1e-3)
+
+
+def test_read_page_from_vision_and_text_tiers(backend):
+    page = vision_pages(backend, 1)[0]
+    assert isinstance(backend.read_page(page, max_new_tokens=8), str)
+    text_page = ContextPage("d", 1, "d p.1", "text", text="hello")
+    assert len(backend.read_page(text_page, max_new_tokens=5).encode()) <= 5 * 1
+    with pytest.raises(ValueError, match="cached kv is .* expects"):
+        backend.read_page(ContextPage("d", 1, "d p.1", "tiny", tensors=page.tensors))
+    with pytest.raises(ValueError, match="needs page.text"):
+        backend.read_page(ContextPage("d", 1, "d p.1", "text"))
+
+
+def test_save_load_round_trip_gives_identical_outputs(weights, config):
+    model, loaded_config, metadata = load_model(weights)
+    assert loaded_config == config
+    assert metadata["step"] == "1200" and json.loads(metadata["loss"]) == 0.5
+    assert metadata["sha256"] == sha256_file(weights)
+    original = random_model(config, seed=3)  # fp16-rounded like the file
+    for key, value in original.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    backend = ReferenceBackend(weights)
+    assert backend.trained is True
+    assert backend.version == "reference-" + sha256_file(weights)[:12]
+    pages = vision_pages(backend, 2)
+    again = ReferenceBackend(weights.parent)  # a directory holding reference.safetensors
+    assert again.version == backend.version
+    for a, b in zip(pages, vision_pages(again, 2), strict=True):
+        assert torch.equal(a.tensors["kv"], b.tensors["kv"])
+    assert backend.answer("q?", pages, 6) == again.answer("q?", pages, 6)
+
+
+def test_untrained_weights_file_reports_untrained(tmp_path, config):
+    path = tmp_path / "w.safetensors"
+    save_weights(random_model(config), config, path)
+    assert ReferenceBackend(path).trained is False
+
+
+def test_config_with_unknown_and_missing_keys_still_loads(weights, config):
+    state = load_file(weights)
+    old = config.to_dict()
+    old["field_of_a_newer_version"] = "ignored"
+    del old["repeat_min_span"]  # a field this file predates: takes its default
+    save_file(state, weights, metadata={"config": json.dumps(old), "step": "5"})
+    checksum_path(weights).write_text(f"{sha256_file(weights)}  {weights.name}\n")
+    backend = ReferenceBackend(weights)
+    assert backend.config == config
+    assert backend.trained is True
+
+
+def test_checksum_mismatch_refuses_to_load(weights):
+    checksum_path(weights).write_text("0" * 64 + "  reference.safetensors\n")
+    with pytest.raises(WeightsIntegrityError, match="sha256 is [0-9a-f]{64} but .* says 0{64}"):
+        ReferenceBackend(weights)
+    checksum_path(weights).unlink()
+    with pytest.raises(WeightsIntegrityError, match="no checksum file"):
+        load_model(weights)
+
+
+def test_corrupted_weights_refuse_to_load(weights):
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="refusing to load"):
+        load_model(weights)
+
+
+def test_load_backend(tmp_path, weights):
+    assert load_backend("reference", weights).version == ReferenceBackend(weights).version
+    with pytest.raises(FileNotFoundError):
+        load_backend("reference", tmp_path / "missing.safetensors")
+    with pytest.raises(NotImplementedError, match="not yet available"):
+        load_backend("deepseek-ocr2")
+    with pytest.raises(ValueError, match="unknown model backend 'gpt'"):
+        load_backend("gpt")

@@ -1,0 +1,136 @@
+"""The whole service started the way `make run` starts it (`python -m kb.cli run`), for tests.
+
+The stack is a real process tree: the launcher, an embedded Redis (unless KB_REDIS_URL is given),
+a Celery worker process and the API. Tests talk to it over HTTP only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pymupdf
+
+from tests.conftest_services import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "test-api-key-0123456789"
+ADMIN_KEY = "test-admin-key-0123456789"
+
+
+class Stack:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"{data_dir.name}-stack.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KB_")},
+            "KB_DATA_DIR": str(data_dir),
+            "KB_PORT": str(self.port),
+            "KB_API_KEY": API_KEY,
+            "KB_ADMIN_KEY": ADMIN_KEY,
+            "KB_RENDER_CHUNK_PAGES": "4",
+            **(env or {}),
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180) -> Stack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kb.cli", "run"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kb run exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the stack did not become healthy in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def children(self) -> list[int]:
+        """Every process in the launcher's tree (pids), read from /proc."""
+        assert self.proc is not None
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        tree, frontier = [], [self.proc.pid]
+        while frontier:
+            pid = frontier.pop()
+            kids = [p for p, pp in parents.items() if pp == pid]
+            tree.extend(kids)
+            frontier.extend(kids)
+        return tree
+
+    def stop(self) -> int:
+        """Ctrl-C, as a person would: SIGINT to the launcher. Returns its exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            self._log.close()
+
+    def client(self, key: str = API_KEY) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not happen within {timeout}s")
+
+
+def wait_document(client: httpx.Client, doc_id: str, timeout: float = 300) -> dict:
+    final: dict = {}
+
+    def settled() -> bool:
+        nonlocal final
+        final = client.get(f"/v1/documents/{doc_id}").json()
+        return final["status"] in ("ready", "failed")
+
+    wait_for(settled, f"document {doc_id} to settle", timeout)
+    return final
+
+
+def make_pdf(path: Path, pages: list[str], **save_kwargs: object) -> Path:
+    doc = pymupdf.open()
+    for text in pages:
+        page = doc.new_page(width=595, height=842)
+        page.insert_textbox(pymupdf.Rect(50, 50, 545, 792), text, fontsize=12)
+    doc.save(path, **save_kwargs)
+    doc.close()
+    return path
