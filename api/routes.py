@@ -8,6 +8,7 @@ import logging
 import mimetypes
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from sqlalchemy import text
@@ -111,8 +112,8 @@ def healthz(ctx: CtxDep, response: Response) -> Health:
 def upload_document(
     ctx: CtxDep,
     response: Response,
-    file: UploadFile = File(...),
-    collection: str = Form("default", min_length=1, max_length=100),
+    file: Annotated[UploadFile, File(description="the document")],
+    collection: Annotated[str, Form(min_length=1, max_length=100)] = "default",
 ) -> DocumentAccepted:
     try:
         filename = ingest.safe_filename(file.filename or "")
@@ -176,7 +177,7 @@ def upload_document(
 
 @v1.get("/documents", response_model=DocumentList)
 def list_documents(
-    ctx: CtxDep, collection: str | None = Query(None, min_length=1, max_length=100)
+    ctx: CtxDep, collection: Annotated[str | None, Query(min_length=1, max_length=100)] = None
 ) -> DocumentList:
     with ctx.session() as s:
         return DocumentList(documents=[_doc_out(d) for d in repo.list_documents(s, collection)])
@@ -285,4 +286,3 @@ def get_job(ctx: CtxDep, job_id: str) -> JobOut:
             model_version=job.model_version,
             error=job.error,
         )
-

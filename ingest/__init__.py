@@ -20,6 +20,7 @@ from ingest.errors import (
     IngestError,
     UnsupportedFormat,
 )
+from ingest.layout import FONT_FACES, layout_styled_html
 from ingest.render import (
     MAX_IMAGE_PIXELS,
     RenderedPage,
@@ -29,12 +30,14 @@ from ingest.render import (
     page_hash,
     png_bytes,
     render_page,
+    render_pdf_bytes,
     tier_image,
 )
 from ingest.text_formats import MAX_TEXT_BYTES
 from ingest.upload import SNIFF_BYTES, SUPPORTED_EXTENSIONS, check_upload, safe_filename
 
 __all__ = [
+    "FONT_FACES",
     "MAX_IMAGE_PIXELS",
     "MAX_TEXT_BYTES",
     "SNIFF_BYTES",
@@ -49,10 +52,12 @@ __all__ = [
     "check_upload",
     "count_pages",
     "iter_page_chunks",
+    "layout_styled_html",
     "open_document",
     "page_hash",
     "png_bytes",
     "render_page",
+    "render_pdf_bytes",
     "safe_filename",
     "tier_image",
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import pymupdf
 
@@ -38,9 +40,13 @@ pre { white-space: pre-wrap; margin: 0 0 0.5em 0; }
 blockquote { margin: 0.5em 0 0.5em 1.5em; }
 ul, ol { margin: 0 0 0.5em 0; padding-left: 1.6em; }
 li p { margin: 0; }
+li ul, li ol { margin: 0; }
 table { border-collapse: collapse; margin: 0.3em 0 0.6em 0; }
 td, th { border: 0.5pt solid #888; padding: 2pt 4pt; vertical-align: top; }
 td p, th p { margin: 0; }
+div.table { margin: 0.3em 0 0.6em 0; border-bottom: 0.5pt solid #888; }
+div.row { border-top: 0.5pt solid #888; padding: 2pt 0; }
+div.head { font-weight: bold; }
 """
 
 
@@ -55,24 +61,142 @@ def layout_html(fragments: Iterable[str]) -> bytes:
     pages = 0
     try:
         for fragment in fragments:
+            if "<table" in fragment and _overflows(fragment):
+                # MuPDF cannot split a table row across pages: a row taller than a page runs off
+                # its bottom and the rest of the row is lost. Cells as plain blocks can split.
+                fragment = flatten_tables(fragment)
             story = pymupdf.Story(fragment, user_css=BASE_CSS, em=BASE_FONT_PT)
             more = True
             while more:
                 pages += 1
-                if pages > MAX_LAYOUT_PAGES:
-                    raise DocumentTooLarge(
-                        f"the document lays out to more than {MAX_LAYOUT_PAGES:,} pages; "
-                        "split it into smaller files"
-                    )
+                _check_page_count(pages)
                 device = writer.begin_page(PAGE)
                 more, filled = story.place(CONTENT)
                 story.draw(device)
                 writer.end_page()
                 if pymupdf.Rect(filled).y1 > CONTENT.y1 + _OVERFLOW_TOLERANCE:
-                    # Seen with some font sizes in pymupdf 2.0: text beyond the page is lost.
                     log.warning(
                         "layout overflowed page %d (%s); text may be cut off", pages, filled
                     )
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # a writer with no pages refuses to close; the first error matters
+            pass
+        raise
+    writer.close()
+    return buffer.getvalue()
+
+
+def _overflows(fragment: str) -> bool:
+    """Dry run: does any page of this fragment's layout run past the bottom margin?"""
+    story = pymupdf.Story(fragment, user_css=BASE_CSS, em=BASE_FONT_PT)
+    more, pages = True, 0
+    while more:
+        pages += 1
+        _check_page_count(pages)
+        more, filled = story.place(CONTENT)
+        if pymupdf.Rect(filled).y1 > CONTENT.y1 + _OVERFLOW_TOLERANCE:
+            return True
+        story.draw(None)  # drawing to no device is what moves the story on to the next page
+    return False
+
+
+_TABLE_TAG = re.compile(r"<(/?)(table|thead|tbody|tfoot|tr|td|th|caption)\b[^>]*>")
+_FLAT_CLASS = {"table": "table", "tr": "row", "td": "cell", "th": "cell head", "caption": "cell"}
+
+
+def flatten_tables(fragment: str) -> str:
+    """Tables -> nested <div>s: one block per row, one per cell (our sanitized HTML only)."""
+
+    def replace(match: re.Match[str]) -> str:
+        closing, tag = match.groups()
+        if tag in ("thead", "tbody", "tfoot"):
+            return ""
+        return "</div>" if closing else f'<div class="{_FLAT_CLASS[tag]}">'
+
+    return _TABLE_TAG.sub(replace, fragment)
+
+
+def _check_page_count(pages: int) -> None:
+    if pages > MAX_LAYOUT_PAGES:
+        raise DocumentTooLarge(
+            f"the document lays out to more than {MAX_LAYOUT_PAGES:,} pages; split it into "
+            "smaller files"
+        )
+
+
+FONT_FACES = ("regular", "bold", "italic", "bolditalic")  # the keys of layout_styled_html's fonts
+_FACE_CSS = {
+    "regular": "",
+    "bold": " font-weight: bold;",
+    "italic": " font-style: italic;",
+    "bolditalic": " font-weight: bold; font-style: italic;",
+}
+
+
+def layout_styled_html(
+    fragments: Iterable[str],
+    font_family: str = "sans-serif",
+    font_size: float = BASE_FONT_PT,
+    columns: int = 1,
+    font_files: dict[str, str] | None = None,
+    column_gap: float = 18.0,
+) -> bytes:
+    """``layout_html`` with a chosen body font, size and 1 or 2 columns, on the same A4 pages.
+
+    ``font_family`` is a CSS family MuPDF knows without files ("sans-serif" = Helvetica,
+    "serif" = Times, "monospace" = Courier), or, with ``font_files``, the name given to the
+    TrueType files it maps from FONT_FACES ("regular", "bold", ...; paths, all in one directory).
+    With two columns each page is filled left column first, then right; the text layer reads
+    in that order too. Used by the model's synthetic documents (kb/model/data.py); uploads keep
+    ``layout_html``.
+    """
+    if columns not in (1, 2):
+        raise ValueError(f"columns must be 1 or 2, got {columns}")
+    if not 4.0 <= font_size <= 36.0:
+        raise ValueError(f"font_size {font_size} pt is outside 4..36")
+    css = BASE_CSS
+    archive = None
+    if font_files:
+        unknown = set(font_files) - set(FONT_FACES)
+        if unknown or "regular" not in font_files:
+            raise ValueError(f"font_files needs 'regular' and only keys of {FONT_FACES}")
+        paths = {face: Path(file) for face, file in font_files.items()}
+        folders = {p.parent for p in paths.values()}
+        if len(folders) != 1:
+            raise ValueError(f"font files must share one directory, got {sorted(folders)}")
+        archive = pymupdf.Archive(str(folders.pop()))
+        css += "".join(
+            f"@font-face {{ font-family: {font_family}; src: url({p.name});{_FACE_CSS[face]} }}\n"
+            for face, p in paths.items()
+        )
+    css += f"body {{ font-family: {font_family}; }}\n"
+    if columns == 1:
+        rects = [CONTENT]
+    else:
+        width = (CONTENT.width - column_gap) / 2
+        rects = [
+            pymupdf.Rect(CONTENT.x0, CONTENT.y0, CONTENT.x0 + width, CONTENT.y1),
+            pymupdf.Rect(CONTENT.x1 - width, CONTENT.y0, CONTENT.x1, CONTENT.y1),
+        ]
+    buffer = io.BytesIO()
+    writer = pymupdf.DocumentWriter(buffer, "compress")
+    pages = 0
+    try:
+        for fragment in fragments:
+            story = pymupdf.Story(fragment, user_css=css, em=font_size, archive=archive)
+            more = True
+            while more:
+                pages += 1
+                _check_page_count(pages)
+                device = writer.begin_page(PAGE)
+                for rect in rects:
+                    if not more:
+                        break
+                    more, _ = story.place(rect)
+                    story.draw(device)
+                writer.end_page()
     except BaseException:
         try:
             writer.close()

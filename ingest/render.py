@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ from ingest.upload import (
 
 MAX_IMAGE_PIXELS = 150_000_000  # per frame; a 600 dpi A2 scan is ~70 Mpx. Decoding a bigger
 # image would take gigabytes of worker memory, and it ends up at 1024 px anyway.
+# pymupdf's defaults for plain text, minus ligature preservation: "ﬁ" (one glyph, U+FB01) reads
+# back as "fi", so the text tier and text search see ordinary words.
+_TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES
 _FORMAT_NAMES = {
     ".pdf": "PDF",
     ".xps": "XPS document",
@@ -79,20 +83,13 @@ def open_document(path: Path, ext: str) -> Iterator[pymupdf.Document]:
         check_magic(ext, file.read(SNIFF_BYTES))
 
     if ext in TEXT_EXTENSIONS:
-        pdf = layout_html(html_fragments(path, ext))
-        doc = pymupdf.open(stream=pdf, filetype="pdf")
+        doc = pymupdf.open(stream=_text_layout(path, ext), filetype="pdf")
     else:
         if ext in IMAGE_EXTENSIONS:
             _check_image_size(path)
         doc = _open_with_pymupdf(path, ext)
     try:
-        _unlock(doc)
-        if ext == ".epub":  # reflowable: lay out onto the same A4 pages as our text formats
-            doc.layout(rect=PAGE, fontsize=11)
-        if doc.page_count == 0:
-            if doc.is_pdf and doc.is_repaired:
-                raise CorruptDocument("the PDF is damaged: none of its pages could be read")
-            raise EmptyDocument("the document has no pages")
+        _prepare(doc, ext)
         yield doc
     finally:
         doc.close()
@@ -137,7 +134,7 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         zoom = size / max(rect.width, rect.height)
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                                  alpha=False)  # fmt: skip
-        text = page.get_text()
+        text = page.get_text(flags=_TEXT_FLAGS)
         rendered = Image.frombuffer(
             "RGB", (pixmap.width, pixmap.height), pixmap.samples, "raw", "RGB", pixmap.stride, 1
         )
@@ -154,6 +151,13 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
     image = Image.new("RGB", (size, size), "white")
     image.paste(rendered, ((size - rendered.width) // 2, (size - rendered.height) // 2))
     return RenderedPage(number=number, image=image, text=text, content_hash=page_hash(image, text))
+
+
+def render_pdf_bytes(pdf: bytes) -> list[RenderedPage]:
+    """Every page of an in-memory PDF (a few pages, e.g. from ``layout_styled_html``) rendered
+    exactly as an uploaded document's pages are."""
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        return [render_page(doc, n) for n in range(1, doc.page_count + 1)]
 
 
 def page_hash(image: Image.Image, text: str) -> str:
@@ -192,6 +196,41 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class _LastLayout:
+    """The PDF of the last text document laid out in this process, keyed by file identity.
+
+    A render task calls count_pages and then iter_page_chunks (and a retry resumes with `start`):
+    without this, a 20 MB text file would be laid out (~10 s) for each call. One entry only; the
+    PDF is about a quarter of the text's size.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, int, int, str] | None = None
+        self._pdf = b""
+
+    def get(self, key: tuple[str, int, int, str]) -> bytes | None:
+        with self._lock:
+            return self._pdf if key == self._key else None
+
+    def put(self, key: tuple[str, int, int, str], pdf: bytes) -> None:
+        with self._lock:
+            self._key, self._pdf = key, pdf
+
+
+_last_layout = _LastLayout()
+
+
+def _text_layout(path: Path, ext: str) -> bytes:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, ext)
+    pdf = _last_layout.get(key)
+    if pdf is None:
+        pdf = layout_html(html_fragments(path, ext))
+        _last_layout.put(key, pdf)
+    return pdf
+
+
 def _open_with_pymupdf(path: Path, ext: str) -> pymupdf.Document:
     what = _FORMAT_NAMES.get(ext, "document")
     try:
@@ -201,6 +240,24 @@ def _open_with_pymupdf(path: Path, ext: str) -> pymupdf.Document:
             f"the {what} could not be opened; it is damaged or not a valid {what}. "
             "Check that it opens on your computer and upload it again"
         ) from exc
+
+
+def _prepare(doc: pymupdf.Document, ext: str) -> None:
+    """Unlock, lay out (EPUB) and check that there is a page to render."""
+    try:
+        _unlock(doc)
+        if ext == ".epub":  # reflowable: lay out onto the same A4 pages as our text formats
+            doc.layout(rect=PAGE, fontsize=11)
+        page_count = doc.page_count
+    except IngestError:
+        raise
+    except Exception as exc:  # MuPDF fails late on some damaged files (EPUB chapters, xref)
+        what = _FORMAT_NAMES.get(ext, "document")
+        raise CorruptDocument(f"the {what} is damaged and could not be read") from exc
+    if page_count == 0:
+        if doc.is_pdf and doc.is_repaired:
+            raise CorruptDocument("the PDF is damaged: none of its pages could be read")
+        raise EmptyDocument("the document has no pages")
 
 
 def _unlock(doc: pymupdf.Document) -> None:
@@ -251,5 +308,6 @@ __all__ = [
     "page_hash",
     "png_bytes",
     "render_page",
+    "render_pdf_bytes",
     "tier_image",
 ]

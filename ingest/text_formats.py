@@ -14,6 +14,7 @@ under FRAGMENT_CHARS (nearly all of them) is one fragment and gets no extra page
 
 from __future__ import annotations
 
+import codecs
 import html
 import re
 import zipfile
@@ -32,33 +33,40 @@ MAX_DOCX_UNCOMPRESSED = 200 * 1024 * 1024  # python-docx reads every part into m
 FRAGMENT_CHARS = 400_000  # HTML per Story: ~100-150 pages, laid out in well under a second
 _MARKDOWN_SECTION_CHARS = 256_000  # markdown-it-py memory is ~80x its input; parse in sections
 _READ_CHUNK_CHARS = 1_000_000  # how much decoded text is handed to the HTML parser at a time
+_PRE_LINE_CHARS = 80  # monospace characters that always fit a line (~85 at the layout's sizes)
+_WORD_CHARS = 30  # proportional characters that fit a line even in wide glyphs and big headings
 
-# Control characters other than tab, newline, carriage return and form feed: they have no glyph
-# and some confuse the layout engine.
+# Control characters other than tab, newline and carriage return (form feeds become newlines):
+# they have no glyph and some confuse the layout engine.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, declared: str | None = None) -> str:
     """Bytes of a text file -> str, whatever its encoding, never failing.
 
-    A BOM decides when there is one; then UTF-8; then cp1252 (what "ANSI" files from Windows
-    are); then latin-1, which accepts any byte. A wrong guess shows odd accents, not a crash.
+    A BOM decides when there is one; then the encoding the file declares (an HTML <meta
+    charset>), if Python knows it and the bytes fit; then UTF-8; then cp1252 (what "ANSI" files
+    from Windows are); then latin-1, which accepts any byte. A wrong guess shows odd accents,
+    not a crash.
     """
     if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         text = data.decode("utf-32", errors="replace")
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
         text = data.decode("utf-16", errors="replace")
     else:
-        for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        candidates: tuple[str, ...] = ("utf-8-sig", "cp1252", "latin-1")
+        if declared and _known_codec(declared):
+            candidates = (declared, *candidates)
+        for encoding in candidates:
             try:
                 text = data.decode(encoding)
                 break
             except UnicodeDecodeError:
                 continue
-    return _CONTROL_CHARS.sub("", text)
+    return _CONTROL_CHARS.sub("", text.replace("\f", "\n"))
 
 
-def read_text_file(path: Path) -> str:
+def read_text_file(path: Path, html_page: bool = False) -> str:
     """Read and decode a text file, refusing files over MAX_TEXT_BYTES."""
     size = path.stat().st_size
     if size > MAX_TEXT_BYTES:
@@ -66,7 +74,23 @@ def read_text_file(path: Path) -> str:
             f"the file is {size / 2**20:.0f} MB of text; the limit is "
             f"{MAX_TEXT_BYTES // 2**20} MB. Split it into smaller files"
         )
-    return decode_text(path.read_bytes())
+    data = path.read_bytes()
+    declared = None
+    if html_page:
+        match = _META_CHARSET.search(data[:4096])
+        declared = match.group(1).decode("ascii") if match else None
+    return decode_text(data, declared)
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def _known_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
 
 
 def html_fragments(path: Path, ext: str) -> Iterator[str]:
@@ -79,7 +103,8 @@ def html_fragments(path: Path, ext: str) -> Iterator[str]:
     elif ext == ".md":
         pieces, what = _markdown_html(read_text_file(path)), "the Markdown file"
     elif ext in (".html", ".htm"):
-        pieces, what = _chunks(read_text_file(path), _READ_CHUNK_CHARS), "the HTML page"
+        text = read_text_file(path, html_page=True)
+        pieces, what = _chunks(text, _READ_CHUNK_CHARS), "the HTML page"
     elif ext == ".docx":
         pieces, what = _docx_html(path), "the Word document"
     else:
@@ -538,15 +563,15 @@ class HtmlSplitter(HTMLParser):
                 cut = data.find(separator, 1)
                 if cut == -1:
                     break
-            self._emit_text(data[:cut])
+            self._emit_text(data[:cut], in_pre)
             self._cut()
             data = data[cut + 1 :]
-        self._emit_text(data)
+        self._emit_text(data, in_pre)
 
-    def _emit_text(self, data: str) -> None:
+    def _emit_text(self, data: str, in_pre: bool) -> None:
         if data and not data.isspace():
             self.has_text = self._fragment_has_text = True
-        self._emit(html.escape(data, quote=False))
+        self._emit(html.escape(_break_long_words(data, in_pre), quote=False))
 
     def _emit(self, chunk: str) -> None:
         self._out.append(chunk)
@@ -557,6 +582,7 @@ class HtmlSplitter(HTMLParser):
         if not self._stack:
             return
         if tag in _BLOCK and self._stack[-1].tag == "p":
+            self._emit("</p>")
             self._stack.pop()
         elif tag == "li":
             self._pop_back_to(("li",), ("ul", "ol"))
@@ -572,6 +598,8 @@ class HtmlSplitter(HTMLParser):
             if self._stack[i].tag in stops:
                 return
             if self._stack[i].tag in closes:
+                for open_ in reversed(self._stack[i:]):
+                    self._emit(f"</{open_.tag}>")
                 del self._stack[i:]
                 return
 
@@ -593,6 +621,26 @@ class HtmlSplitter(HTMLParser):
     def _take(self) -> list[str]:
         done, self._done = self._done, []
         return done
+
+
+_LONG_WORD_PRE = re.compile(rf"\S{{{_PRE_LINE_CHARS + 1},}}")
+_LONG_WORD = re.compile(rf"\S{{{_WORD_CHARS + 1},}}")
+
+
+def _break_long_words(data: str, in_pre: bool) -> str:
+    """Give words too long for a line somewhere to break, or MuPDF cuts them off at the margin.
+
+    Long URLs, hashes and base64 have no spaces. In <pre> we break them with a newline every
+    _PRE_LINE_CHARS (a wrapped line reads back with a newline anyway); elsewhere with a zero-width
+    space every _WORD_CHARS, which is invisible but reads back as a space in the page's text.
+    """
+    if in_pre:
+        return _LONG_WORD_PRE.sub(lambda m: _split_every(m.group(), _PRE_LINE_CHARS, "\n"), data)
+    return _LONG_WORD.sub(lambda m: _split_every(m.group(), _WORD_CHARS, "\u200b"), data)
+
+
+def _split_every(word: str, n: int, separator: str) -> str:
+    return separator.join(word[i : i + n] for i in range(0, len(word), n))
 
 
 def _reopen(open_: _Open) -> str:

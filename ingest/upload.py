@@ -28,15 +28,15 @@ MAX_FILENAME_CHARS = 200  # fits a database column and a Content-Disposition hea
 
 _SUPPORTED_HINT = "PDF, XPS, EPUB, PNG, JPEG, TIFF, TXT, Markdown (.md), HTML or Word (.docx)"
 _TYPE_NAMES = {
-    ".pdf": "PDF",
-    ".xps": "XPS document",
-    ".epub": "EPUB book",
-    ".png": "PNG image",
-    ".jpg": "JPEG image",
-    ".jpeg": "JPEG image",
-    ".tif": "TIFF image",
-    ".tiff": "TIFF image",
-    ".docx": "Word document",
+    ".pdf": "a PDF",
+    ".xps": "an XPS document",
+    ".epub": "an EPUB book",
+    ".png": "a PNG image",
+    ".jpg": "a JPEG image",
+    ".jpeg": "a JPEG image",
+    ".tif": "a TIFF image",
+    ".tiff": "a TIFF image",
+    ".docx": "a Word document",
 }
 _ZIP = b"PK\x03\x04"
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy Office: .doc, .xls, .ppt
@@ -156,18 +156,16 @@ def check_magic(ext: str, head: bytes) -> None:
 
 def _mismatch(ext: str, head: bytes) -> UnsupportedFormat:
     """Say what the file claims to be and, when we can tell, what it really is."""
-    claimed = _TYPE_NAMES.get(ext, "text file")
+    claimed = _TYPE_NAMES.get(ext, "a text file")
     for signature, what, right_ext in _KNOWN_SIGNATURES:
         if head.startswith(signature):
             fix = (
                 f"rename it to {right_ext}"
                 if right_ext and right_ext != ext
-                else f"upload it as a {_SUPPORTED_HINT} file"
+                else f"convert it to one of: {_SUPPORTED_HINT}"
             )
-            return UnsupportedFormat(
-                f"the file is named {ext} but is {what}, not a {claimed}; {fix}"
-            )
+            return UnsupportedFormat(f"the file is named {ext} but is {what}, not {claimed}; {fix}")
     return UnsupportedFormat(
-        f"the file is named {ext} but is not a {claimed}; check that it was saved or exported "
+        f"the file is named {ext} but is not {claimed}; check that it was saved or exported "
         "correctly"
     )

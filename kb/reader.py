@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ingest.tiers import TEXT
 from kb.catalog import repo
 from kb.catalog.models import Page
 from kb.context import Context
 from kb.model.base import ContextPage
 from kb.packer import Candidate, pack
-from ingest.tiers import TEXT
 
 
 class EmptyCollection(LookupError):
@@ -73,9 +73,7 @@ def ask(
     for i, tier in packing.chosen:
         p = pages[i]  # type: ignore[index]
         tensors = ctx.tensors.get(p.encoded_version, tier, p.content_hash)  # type: ignore[arg-type]
-        context.append(
-            ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors)
-        )
+        context.append(ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors))
     with ctx.model_lock:
         answer = backend.answer(question, context)
 

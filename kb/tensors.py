@@ -67,4 +67,3 @@ class TensorCache:
 
     def exists(self, model_version: str, tier: str, page_hash: str) -> bool:
         return self.store.exists(tensor_key(model_version, tier, page_hash))
-

@@ -344,9 +344,11 @@ def redis_url() -> Iterator[str]:
     import redis
 
     given = os.environ.get("KB_TEST_REDIS_URL")
-    if given is None and port_open(LOOPBACK, 6379):
+    if given and not _redis_ping(given):
+        pytest.fail(f"KB_TEST_REDIS_URL is set but does not answer: {given}")
+    if not given and port_open(LOOPBACK, 6379) and _redis_ping(f"redis://{LOOPBACK}:6379/15"):
         given = f"redis://{LOOPBACK}:6379/15"
-    if given is not None and _redis_ping(given):
+    if given:
         client = redis.Redis.from_url(given)
         client.flushdb()
         client.close()

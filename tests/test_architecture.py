@@ -28,7 +28,5 @@ def imported_roots(path: Path) -> set[str]:
 def test_core_packages_import_no_framework(package: str) -> None:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files
-    bad = {
-        str(f.relative_to(ROOT)): sorted(imported_roots(f) & FORBIDDEN[package]) for f in files
-    }
+    bad = {str(f.relative_to(ROOT)): sorted(imported_roots(f) & FORBIDDEN[package]) for f in files}
     assert {f: m for f, m in bad.items() if m} == {}

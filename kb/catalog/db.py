@@ -136,7 +136,7 @@ def migration_connection(url: str | URL) -> Iterator[Connection]:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(
-                    text("SELECT :id"), {"id": PG_MIGRATION_LOCK_ID}
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": PG_MIGRATION_LOCK_ID}
                 )
             yield conn
     finally:
@@ -157,6 +157,6 @@ def _sqlite_migration_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin_immediate(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

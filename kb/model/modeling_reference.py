@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -249,7 +250,7 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append (B, H, t, hd) new keys/values; returns all of them, (B, H, past + t, hd)."""
         past_k, past_v = self.k[layer], self.v[layer]
-        if past_k is not None:
+        if past_k is not None and past_v is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         self.k[layer], self.v[layer] = k, v
         return k, v
@@ -342,7 +343,7 @@ class ReaderBlock(nn.Module):
         self.ln1 = nn.LayerNorm(config.d_model)
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(config.d_model)
-        self.cross = CrossAttention(config)
+        self.cross: CrossAttention = CrossAttention(config)
         self.ln3 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, config.mlp_ratio, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
@@ -360,6 +361,8 @@ class ReaderBlock(nn.Module):
 
 
 class ReferenceModel(nn.Module):
+    inv_freq: torch.Tensor  # (hd/2,) rotary frequencies, a buffer
+
     def __init__(self, config: ReferenceConfig):
         super().__init__()
         self.config = config
@@ -420,7 +423,8 @@ class ReferenceModel(nn.Module):
             w = mask[..., None].to(tokens.dtype)  # (B, T, 1)
             summary = (tokens * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
         x = tokens + self.page_signature(summary)  # (B, T, D)
-        kv = torch.stack([block.cross.page_kv(x) for block in self.blocks], dim=1)  # (B,L,2,T,D)
+        blocks = cast(list[ReaderBlock], self.blocks)
+        kv = torch.stack([block.cross.page_kv(x) for block in blocks], dim=1)  # (B, L, 2, T, D)
         return kv[0] if one_page else kv
 
     def memory(
@@ -497,10 +501,10 @@ class ReferenceModel(nn.Module):
         angles = positions[:, None] * self.inv_freq[None, :]  # (t, hd/2)
         cos, sin = angles.cos(), angles.sin()
         x = self.wte(idx)  # (B, t, D)
-        mass = x.new_zeros(B, memory.length) if need_page_mass else None
+        mass = x.new_zeros(B, memory.length)  # (B, M)
         for layer, block in enumerate(self.blocks):
             x, layer_mass = block(x, memory, layer, cos, sin, cache, need_page_mass)
-            if need_page_mass:
+            if layer_mass is not None:
                 mass = mass + layer_mass / len(self.blocks)  # (B, M)
         logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, t, V)
         loss = None

@@ -154,8 +154,8 @@ class ReferenceBackend:
 
     name = "reference"
     # 64k memory tokens: 1,000 tiny pages (or 4,000 gist pages) in one question. Its fp32 kv is
-    # 64k * 4 layers * 2 * 256 * 4 B = 0.5 GB of RAM and every answer byte reads all of it once,
-    # which keeps a 32-byte answer within a few seconds on two CPU cores.
+    # 64k * 4 layers * 2 * 256 * 4 B = 0.5 GB of RAM and every answer byte reads all of it once:
+    # a 32-byte answer over it took ~1 s on two CPU cores (cost is linear in memory tokens).
     context_budget = 65536
 
     def __init__(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -26,7 +25,9 @@ NOTE_TEXT = "Meeting note\n\nThe board approved the new warehouse in Rotterdam.\
 
 
 @pytest.fixture(scope="module", params=["embedded", "services"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     env: dict[str, str] = {}
     if request.param == "services":
         s3 = request.getfixturevalue("s3_server")
@@ -93,7 +94,10 @@ def test_documents_are_rendered_and_listed(stack: Stack, corpus: dict[str, str])
         note = c.get(f"/v1/documents/{corpus['note']}").json()
         assert note["pages"] >= 1 and note["status"] == "ready"
 
-        listed = {d["id"] for d in c.get("/v1/documents", params={"collection": "default"}).json()["documents"]}
+        listed = {
+            d["id"]
+            for d in c.get("/v1/documents", params={"collection": "default"}).json()["documents"]
+        }
         assert set(corpus.values()) <= listed
         assert c.get("/v1/documents", params={"collection": "nope"}).json()["documents"] == []
 
@@ -135,7 +139,9 @@ def test_ask_packs_every_page_and_cites_them(stack: Stack, corpus: dict[str, str
 
         # A tight budget fades pages to cheaper tiers, and below one gist per page leaves pages
         # out, counted, never silently.
-        tight = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 16 * total_pages})
+        tight = c.post(
+            "/v1/ask", json={"question": "revenue?", "max_context_tokens": 16 * total_pages}
+        )
         assert tight.json()["context"]["tiers"] == {"gist": total_pages}
         assert tight.json()["context"]["tokens"] == 16 * total_pages
         tiny = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 40}).json()

@@ -47,9 +47,10 @@ def test_docker_compose_config_parses() -> None:
     env = {**os.environ, "KB_API_KEY": "k" * 20, "KB_ADMIN_KEY": "a" * 20}
     if shutil.which("docker-compose"):
         cmd = ["docker-compose", "config", "-q"]
-    elif shutil.which("docker") and subprocess.run(
-        ["docker", "compose", "version"], capture_output=True
-    ).returncode == 0:
+    elif (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
         cmd = ["docker", "compose", "config", "-q"]
     else:
         pytest.skip("no docker compose client on this machine")

@@ -132,7 +132,7 @@ def test_sqlite_connections_are_set_up_for_several_processes(tmp_path: Path) -> 
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10_000
+        assert int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()) >= 10_000
     engine.dispose()
 
 
@@ -179,9 +179,10 @@ def test_downgrade_to_base_and_back(db_url: str) -> None:
 
 def test_upgrade_from_several_processes_at_once(db_url: str) -> None:
     # API and worker processes all migrate at start-up; they must queue, not collide. Each
-    # process imports first and then waits for "go", so that the migrations really overlap.
+    # process imports, says "ready", and waits for "go", so that the migrations really overlap.
     script = (
-        "import sys; from kb.catalog import upgrade; sys.stdin.readline(); upgrade(sys.argv[1])"
+        "import sys; from kb.catalog import upgrade; print('ready', flush=True); "
+        "sys.stdin.readline(); upgrade(sys.argv[1])"
     )
     procs = [
         subprocess.Popen(
@@ -193,15 +194,21 @@ def test_upgrade_from_several_processes_at_once(db_url: str) -> None:
         )
         for _ in range(4)
     ]
-    for p in procs:
-        assert p.stdout is not None
-        assert p.stdout.readline() == "ready\n", p.communicate()[1]
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(procs), [err for _, err in results]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline() == "ready\n"  # "" if it died: its stderr follows below
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * len(procs), errors
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     engine = make_engine(db_url)
     try:
         assert current_revision(engine) == head_revision()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import pytest
 import urllib3
 from minio import Minio
+from pydantic import SecretStr
 
 from kb.settings import Settings
 from kb.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, make_store
@@ -320,7 +321,7 @@ def test_make_store_s3_when_endpoint_set(tmp_path: Path, s3_server: S3Server) ->
         data_dir=tmp_path,
         s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key,
-        s3_secret_key=s3_server.secret_key,
+        s3_secret_key=SecretStr(s3_server.secret_key),
         s3_bucket=_bucket_name(),
     )
     store = make_store(settings)

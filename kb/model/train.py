@@ -1,0 +1,699 @@
+"""Train the reference model on synthetic documents. Flat and resumable, after nanoGPT's train.py.
+
+    python -m kb.model.train --config smoke                  # the CPU, a couple of minutes
+    python -m kb.model.train --config cpu --max_time_s 4200  # what a 2-core CPU can do in 70 min
+    python -m kb.model.train --config gpu                    # the real run (GPU, see deploy/)
+    python -m kb.model.train --out_dir D --resume            # go on from D/ckpt.pt
+    python -m kb.model.train --out_dir D --export            # D/ckpt.pt -> shipped weights
+
+Every default below can be overridden on the command line (``--lr 3e-4``); a preset
+(``--config``) sets several at once and explicit flags win over it.
+
+Three tasks, mixed in every batch, each prompted exactly as the backend prompts at inference
+(processing_reference.read_prompt / ask_prompt) and reading a memory packed the way
+``ReferenceModel.pack`` packs cached pages (per-page kv with its page signature, concatenated):
+  read    one page at a random vision tier -> its text layer (BOS READ text EOS). Targets are cut
+          to ``read_bytes`` (no EOS then, so the model never learns to stop early): on a CPU the
+          top of the page only; on a GPU whole pages.
+  needle  a page with a fact among N-1 other pages (N drawn log-uniform up to ``haystack``, the
+          fact's page at ``needle_tiers``, tiny first: the product's headline) -> the answer.
+  cross   the pages of a cross-document set (data.cross_document_set) -> a count or comparison.
+Pages of a haystack beyond ``grad_pages`` are encoded without gradient: they are distractors,
+and encoding them with backward would cost most of the step.
+
+The loss is the mean over a sample's target bytes, averaged over samples (an 8-byte answer weighs
+as much as a 300-byte read-back). A checkpoint (out_dir/ckpt.pt) carries the model config, the
+training config, step, optimizer, data version and tokenizer facts; ``load_checkpoint`` rebuilds
+the model from it through ReferenceConfig.from_dict, so old checkpoints keep loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kb.model.configuration_reference import ReferenceConfig
+from kb.model.data import DATA_VERSION, Pool, PoolSpec, build_pool
+from kb.model.modeling_reference import ReferenceModel
+from kb.model.processing_reference import (
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    VOCAB_SIZE,
+    ask_prompt,
+    decode,
+    encode_text,
+    read_prompt,
+)
+from kb.model.reference import DEFAULT_WEIGHTS, save_weights
+
+CHECKPOINT_FORMAT = "kb-reference-ckpt/1"
+
+# --- defaults (the "gpu" preset below is the real run; others override) ---
+_names_before_defaults = set(globals())
+out_dir = "data/train/reference"
+data_dir = "data/synth"  # rendered pools are cached here, keyed by their spec and data version
+device = "cpu"
+threads = 2  # torch threads on the CPU: this machine has two cores
+seed = 1337
+model = "{}"  # JSON overrides of ReferenceConfig; "{}" = the shipped architecture's defaults
+# data
+pool_documents, pool_needles, pool_fillers, pool_cross = 20000, 20000, 5000, 3000
+pool_max_pages = 3
+pool_target_chars = ""  # "lo,hi": document page lengths (log-uniform); "" = the data's own mix
+heldout_documents, heldout_needles, heldout_fillers, heldout_cross = 200, 200, 100, 50
+pool_workers = 16
+# task mix and tiers ("tier:weight,...")
+p_read, p_needle, p_cross = 0.5, 0.4, 0.1
+read_tiers = "gist:1,tiny:3,small:2,base:2"
+needle_tiers = "gist:1,tiny:4,small:1,base:1"
+haystack_tiers = "gist:2,tiny:3,small:1"
+read_bytes = 4096  # read-back targets are cut here (a full page is 600-5,200 bytes)
+read_bytes_start = 4096  # curriculum: the cut grows linearly from this to read_bytes ...
+haystack = 64  # ... and haystack sizes from haystack_start pages to this
+haystack_start = 2
+curriculum_steps = 20000
+grad_pages = 4  # pages per haystack encoded with gradient (the fact's page always is)
+# optimisation
+batch_size = 32
+grad_accum = 1
+max_steps = 100000
+max_time_s = 0.0  # stop (checkpoint, export if asked) after this much wall time; 0 = no bound
+lr = 6e-4
+min_lr = 6e-5
+warmup_steps = 1000
+weight_decay = 0.05
+beta1, beta2 = 0.9, 0.98
+grad_clip = 1.0
+amp = "bf16"  # autocast dtype on cuda ("bf16", "fp16" or "none"); the CPU always runs fp32
+# bookkeeping
+log_interval = 20
+eval_interval = 1000
+eval_samples = 64  # fixed held-out samples per eval task
+eval_generate = 8  # greedy generations per eval (read-back precision, needle accuracy)
+ckpt_interval_s = 300.0
+resume = False
+export = False  # write the shipped weights (save_weights) from out_dir/ckpt.pt, then exit
+export_path = str(DEFAULT_WEIGHTS)
+export_at_end = False  # export when training stops
+
+CONFIG_KEYS = [k for k in globals() if k not in _names_before_defaults and not k.startswith("_")]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A tiny model on a tiny pool: the whole loop (pool, eval, checkpoint, resume) in minutes.
+    "smoke": dict(
+        out_dir="data/train/smoke",
+        model=json.dumps(
+            dict(
+                enc_conv_dim=16,
+                enc_conv_blocks=1,
+                enc_layers=1,
+                d_model=64,
+                n_heads=2,
+                n_layers=2,
+                mlp_ratio=2,
+            )  # fmt: skip
+        ),
+        pool_documents=12,
+        pool_needles=12,
+        pool_fillers=6,
+        pool_cross=3,
+        pool_max_pages=1,
+        heldout_documents=4,
+        heldout_needles=4,
+        heldout_fillers=2,
+        heldout_cross=1,
+        pool_workers=1,
+        read_tiers="gist:1,tiny:1",
+        needle_tiers="gist:1,tiny:1",
+        haystack_tiers="gist:1",
+        read_bytes=64,
+        read_bytes_start=64,
+        haystack=4,
+        haystack_start=2,
+        curriculum_steps=10,
+        batch_size=4,
+        max_steps=40,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        log_interval=5,
+        eval_interval=20,
+        eval_samples=8,
+        eval_generate=2,
+        ckpt_interval_s=60.0,
+    ),  # fmt: skip
+    # What two CPU cores learn in about an hour: the shipped architecture, short pages, the top
+    # of each page read back, small haystacks, mostly the tiny tier; no base tier (16x the
+    # encoder cost of tiny).
+    "cpu": dict(
+        out_dir="data/train/cpu",
+        pool_documents=1500,
+        pool_needles=1200,
+        pool_fillers=300,
+        pool_cross=150,
+        pool_max_pages=1,
+        pool_target_chars="300,2400",
+        heldout_documents=60,
+        heldout_needles=60,
+        heldout_fillers=20,
+        heldout_cross=10,
+        pool_workers=2,
+        read_tiers="gist:1,tiny:4,small:1",
+        needle_tiers="gist:1,tiny:5,small:1",
+        haystack_tiers="gist:1,tiny:2",
+        read_bytes=192,
+        read_bytes_start=96,
+        haystack=8,
+        haystack_start=1,
+        curriculum_steps=3000,
+        grad_pages=2,
+        batch_size=8,
+        max_steps=8000,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=200,
+        log_interval=20,
+        eval_interval=500,
+        eval_samples=32,
+        eval_generate=6,
+        ckpt_interval_s=300.0,
+    ),  # fmt: skip
+    "gpu": dict(device="cuda", threads=8, out_dir="data/train/gpu"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """Defaults, then the preset, then explicit flags."""
+    defaults = {k: globals()[k] for k in CONFIG_KEYS}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="", help=f"preset: {', '.join(PRESETS)}")
+    for key, value in defaults.items():
+        if isinstance(value, bool):
+            parser.add_argument(f"--{key}", nargs="?", const=True, default=None,
+                                type=lambda s: s.lower() in ("1", "true", "yes"))  # fmt: skip
+        else:
+            parser.add_argument(f"--{key}", type=type(value), default=None)
+    args = parser.parse_args(argv)
+    if args.config and args.config not in PRESETS:
+        parser.error(f"unknown --config {args.config!r}; expected one of {', '.join(PRESETS)}")
+    cfg = dict(defaults)
+    cfg.update(PRESETS.get(args.config, {}))
+    cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
+    cfg["config"] = args.config
+    return cfg
+
+
+def weights(spec: str) -> dict[str, float]:
+    """ "tiny:3,gist:1" -> {"tiny": 3.0, "gist": 1.0}"""
+    out = {}
+    for part in spec.split(","):
+        name, _, w = part.partition(":")
+        out[name.strip()] = float(w or 1)
+    return out
+
+
+def pick(rng: random.Random, table: dict[str, float]) -> str:
+    return rng.choices(list(table), weights=list(table.values()))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples and batches
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    task: str  # "read" | "needle" | "cross"
+    pages: list[tuple[int, str, bool]]  # (pool page, tier, with gradient), in context order
+    prompt: list[int]
+    target: list[int]  # what the reader must write (EOS included when it must stop)
+    answer: str = ""  # the exact answer / the full page text, for generation metrics
+
+
+class Sampler:
+    """Draws training (or evaluation) samples from a pool."""
+
+    def __init__(self, pool: Pool, cfg: dict[str, Any]):
+        self.pool, self.cfg = pool, cfg
+        self.read_tiers = weights(cfg["read_tiers"])
+        self.needle_tiers = weights(cfg["needle_tiers"])
+        self.haystack_tiers = weights(cfg["haystack_tiers"])
+        self.n_pages = len(pool.texts)
+        self.fact_items = [
+            it for it in pool.items if it.kind in ("document", "needle") and it.facts
+        ]
+        self.cross_items = [it for it in pool.items if it.kind == "cross" and it.facts]
+
+    def curriculum(self, step: int) -> tuple[int, int]:
+        """(read-back cut in bytes, largest haystack) at this step."""
+        c = self.cfg
+        t = min(step / max(c["curriculum_steps"], 1), 1.0)
+        cut = int(c["read_bytes_start"] + t * (c["read_bytes"] - c["read_bytes_start"]))
+        hay = int(round(c["haystack_start"] + t * (c["haystack"] - c["haystack_start"])))
+        return max(cut, 1), max(hay, 1)
+
+    def sample(self, rng: random.Random, step: int, task: str | None = None) -> Sample:
+        c = self.cfg
+        if task is None:
+            tasks = {"read": c["p_read"], "needle": c["p_needle"], "cross": c["p_cross"]}
+            if not self.cross_items:
+                tasks["cross"] = 0.0
+            task = pick(rng, tasks)
+        cut, hay = self.curriculum(step)
+        if task == "read":
+            page = rng.randrange(self.n_pages)
+            text = self.pool.texts[page]
+            ids = encode_text(text)
+            target = ids[:cut] if len(ids) > cut else ids + [EOS]
+            return Sample("read", [(page, pick(rng, self.read_tiers), True)], read_prompt(),
+                          target, text)  # fmt: skip
+        if task == "needle":
+            item = rng.choice(self.fact_items)
+            question, answer, page = rng.choice([f for f in item.facts if f[2] >= 0])
+            n = int(math.exp(rng.uniform(0, math.log(hay + 0.999))))  # log-uniform 1..hay
+            pages = [(page, pick(rng, self.needle_tiers), True)]
+            pages += self._distractors(rng, n - 1, set(item.pages), c["grad_pages"] - 1)
+            pages.insert(rng.randrange(len(pages)), pages.pop(0))  # the needle at any depth
+        else:
+            item = rng.choice(self.cross_items)
+            question, answer, _ = rng.choice(item.facts)
+            pages = [(p, pick(rng, self.haystack_tiers), i < c["grad_pages"])
+                     for i, p in enumerate(item.pages)]  # fmt: skip
+            rng.shuffle(pages)
+        return Sample(task, pages, ask_prompt(question), encode_text(answer) + [EOS], answer)
+
+    def _distractors(self, rng, n: int, exclude: set[int], with_grad: int):
+        out = []
+        while len(out) < n:
+            page = rng.randrange(self.n_pages)
+            if page not in exclude:
+                exclude.add(page)
+                out.append((page, pick(rng, self.haystack_tiers), len(out) < with_grad))
+        return out
+
+
+def pixels(pool: Pool, pages: list[int], tier: str) -> torch.Tensor:
+    """(b, 1, S, S) float32, ink = 1, exactly processing_reference.image_to_tensor's values."""
+    array = np.stack([pool.tiers[tier][p] for p in pages])  # (b, S, S) uint8
+    return 1.0 - torch.from_numpy(array).float()[:, None] / 255.0
+
+
+def batch_memory(model: ReferenceModel, pool: Pool, samples: list[Sample], dev: torch.device):
+    """Encode every page of the batch (grouped by tier and gradient), per-page kv, then pack each
+    sample's pages in its order: kv (B, L, 2, M, D) padded to the longest, and mask (B, M)."""
+    groups: dict[tuple[str, bool], list[tuple[int, int, int]]] = {}
+    for s, sample in enumerate(samples):
+        for j, (page, tier, grad) in enumerate(sample.pages):
+            groups.setdefault((tier, grad), []).append((s, j, page))
+    kv_of: dict[tuple[int, int], torch.Tensor] = {}
+    for (tier, grad), members in groups.items():
+        x = pixels(pool, [m[2] for m in members], tier).to(dev)
+        with nullcontext() if grad else torch.no_grad():
+            kv = model.page_kv(model.encode_images(x, tier))  # (b, L, 2, T, D)
+        for i, (s, j, _) in enumerate(members):
+            kv_of[(s, j)] = kv[i]
+    per_sample = [
+        torch.cat([kv_of[(s, j)] for j in range(len(sample.pages))], dim=2)  # (L, 2, M_s, D)
+        for s, sample in enumerate(samples)
+    ]
+    M = max(k.shape[2] for k in per_sample)
+    mask = torch.zeros(len(samples), M, dtype=torch.bool, device=dev)
+    padded = []
+    for s, k in enumerate(per_sample):
+        mask[s, : k.shape[2]] = True
+        padded.append(F.pad(k, (0, 0, 0, M - k.shape[2])))
+    return torch.stack(padded), mask
+
+
+def batch_tokens(samples: list[Sample], dev: torch.device):
+    """idx (B, t) = prompt + target[:-1], targets (B, t) = the next byte where it is a target
+    byte, -100 elsewhere (prompt, padding)."""
+    seqs = [s.prompt + s.target for s in samples]
+    t = max(len(q) for q in seqs) - 1
+    idx = torch.full((len(samples), t), PAD, dtype=torch.long)
+    tgt = torch.full((len(samples), t), -100, dtype=torch.long)
+    for i, (s, q) in enumerate(zip(samples, seqs, strict=True)):
+        idx[i, : len(q) - 1] = torch.tensor(q[:-1])
+        start = len(s.prompt) - 1  # the position that predicts the first target byte
+        tgt[i, start : len(q) - 1] = torch.tensor(q[len(s.prompt) :])
+    return idx.to(dev), tgt.to(dev)
+
+
+def sample_losses(model, pool, samples, dev, autocast) -> torch.Tensor:
+    """(B,) mean loss over each sample's target bytes."""
+    kv, mask = batch_memory(model, pool, samples, dev)
+    memory = model.memory(kv, mask=mask)
+    idx, tgt = batch_tokens(samples, dev)
+    with autocast:
+        logits, _, _ = model(idx, memory)
+    per_byte = F.cross_entropy(
+        logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none"
+    ).view(tgt.shape)
+    counts = (tgt != -100).sum(1).clamp(min=1)
+    return per_byte.sum(1) / counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation on the held-out pool
+# ---------------------------------------------------------------------------------------------
+
+
+def eval_sets(sampler: Sampler, cfg: dict[str, Any]) -> dict[str, list[Sample]]:
+    """Fixed held-out samples: read-back at each vision tier trained, needles at tiny with the
+    largest haystack, cross-document questions."""
+    n, hay = cfg["eval_samples"], cfg["haystack"]
+    sets: dict[str, list[Sample]] = {}
+    final = 10**9  # curriculum finished: full read cut, largest haystack
+    for tier in sampler.read_tiers:
+        rng = random.Random(f"eval-read-{tier}")
+        sets[f"read_{tier}"] = []
+        for _ in range(n):
+            s = sampler.sample(rng, final, "read")
+            s.pages = [(s.pages[0][0], tier, False)]
+            sets[f"read_{tier}"].append(s)
+    rng = random.Random("eval-needle")
+    sets[f"needle_tiny_{hay}"] = []
+    for _ in range(n):
+        s = sampler.sample(rng, final, "needle")
+        s.pages = [(p, "tiny", False) for p, _, _ in s.pages]
+        sets[f"needle_tiny_{hay}"].append(s)
+    if sampler.cross_items:
+        rng = random.Random("eval-cross")
+        sets["cross"] = [sampler.sample(rng, final, "cross") for _ in range(n)]
+    return sets
+
+
+def char_precision(predicted: str, reference: str) -> float:
+    """1 - edit distance / reference length, floored at 0 (the eval's read-back precision)."""
+    if not reference:
+        return float(predicted == reference)
+    prev = list(range(len(reference) + 1))
+    for i, a in enumerate(predicted, 1):
+        cur = [i]
+        for j, b in enumerate(reference, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
+        prev = cur
+    return max(0.0, 1.0 - prev[-1] / len(reference))
+
+
+@torch.no_grad()
+def evaluate(model, pool, sets, cfg, dev, autocast) -> dict[str, Any]:
+    model.eval()
+    out: dict[str, Any] = {}
+    bs = cfg["batch_size"]
+    for name, samples in sets.items():
+        losses = [
+            sample_losses(model, pool, samples[i : i + bs], dev, autocast)
+            for i in range(0, len(samples), bs)
+        ]
+        out[f"loss_{name}"] = round(float(torch.cat(losses).mean()), 4)
+    # Greedy generation, as the backend does it: read-back precision on the cut the model was
+    # trained to write, exact answers for needles.
+    k = cfg["eval_generate"]
+    cut = cfg["read_bytes"]
+    examples = []
+    for name, samples in sets.items():
+        if k == 0:
+            break
+        scores = []
+        for s in samples[:k]:
+            kv, mask = batch_memory(model, pool, [s], dev)
+            memory = model.memory(kv, mask=mask)
+            limit = cut if s.task == "read" else 48
+            ids, _ = model.generate(s.prompt, memory, limit)
+            text = decode(ids)
+            if s.task == "read":
+                reference = decode(encode_text(s.answer)[:cut])
+                scores.append(char_precision(text, reference))
+            else:
+                scores.append(float(text.strip() == s.answer))
+            if len(examples) < 12 and len(scores) <= 2:
+                examples.append({"set": name, "expected": s.answer[:cut], "got": text})
+        key = "precision" if name.startswith("read") else "accuracy"
+        out[f"{key}_{name}"] = round(sum(scores) / max(len(scores), 1), 4)
+    out["examples"] = examples
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def tokenizer_facts() -> dict[str, Any]:
+    return {"kind": "utf-8 bytes", "vocab_size": VOCAB_SIZE, "special_tokens": SPECIAL_TOKENS}
+
+
+def save_checkpoint(
+    path: Path, model, optimizer, config, cfg, step, best, history, elapsed_s: float = 0.0
+) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config.to_dict(),
+            "train_config": cfg,
+            "step": step,
+            "best_val": best,
+            "history": history,
+            "elapsed_s": elapsed_s,  # training wall time so far: the time-bounded schedule
+            "data_version": DATA_VERSION,
+            "tokenizer": tokenizer_facts(),
+            "torch": torch.__version__,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> tuple[ReferenceModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint: the config through from_dict (unknown keys dropped,
+    new fields at their defaults); parameters this code added since keep their initialisation."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    tok = ckpt.get("tokenizer", tokenizer_facts())
+    if tok.get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE:
+        raise ValueError(f"{path}: vocabulary of {tok['vocab_size']}, this code has {VOCAB_SIZE}")
+    config = ReferenceConfig.from_dict(ckpt["config"])
+    model = ReferenceModel(config).to(device)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: parameters this code does not have: {sorted(unexpected)}")
+    if missing:
+        print(f"{path}: new parameters keep their initialisation: {sorted(missing)}")
+    return model, ckpt
+
+
+def export_weights(ckpt_path: Path, path: str | Path) -> str:
+    model, ckpt = load_checkpoint(ckpt_path)
+    meta = {
+        "step": ckpt["step"],
+        "data_version": ckpt.get("data_version", 0),
+        "tokenizer": ckpt.get("tokenizer", tokenizer_facts()),
+        "train_config": ckpt.get("train_config", {}).get("config", ""),
+        "val": ckpt.get("best_val") or {},
+    }
+    digest = save_weights(model, model.config, path, meta)
+    size = Path(path).stat().st_size
+    print(f"exported step {ckpt['step']} to {path}: {size / 2**20:.1f} MiB, sha256 {digest}")
+    return digest
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: dict[str, Any], elapsed: float = 0.0) -> float:
+    """Linear warmup, then cosine down to min_lr at max_steps, or at max_time_s of training
+    (``elapsed``) when that comes first: a wall-bounded run still ends its schedule."""
+    if step < cfg["warmup_steps"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
+    t = (step - cfg["warmup_steps"]) / max(cfg["max_steps"] - cfg["warmup_steps"], 1)
+    if cfg["max_time_s"]:
+        t = max(t, elapsed / cfg["max_time_s"])
+    t = min(t, 1.0)
+    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * t)) * (cfg["lr"] - cfg["min_lr"])
+
+
+def pool_spec(cfg: dict[str, Any], split: str) -> PoolSpec:
+    prefix = "pool" if split == "train" else "heldout"
+    target = None
+    if cfg["pool_target_chars"]:
+        lo, hi = (int(x) for x in cfg["pool_target_chars"].split(","))
+        target = (lo, hi)
+    return PoolSpec(
+        split=split,
+        documents=cfg[f"{prefix}_documents"],
+        needles=cfg[f"{prefix}_needles"],
+        fillers=cfg[f"{prefix}_fillers"],
+        cross_sets=cfg[f"{prefix}_cross"],
+        max_pages=cfg["pool_max_pages"],
+        target_chars=target,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_args(argv)
+    out = Path(cfg["out_dir"])
+    ckpt_path = out / "ckpt.pt"
+    if cfg["export"]:
+        export_weights(ckpt_path, cfg["export_path"])
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(cfg["device"])
+    if dev.type == "cpu":
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    autocast: Any = nullcontext()
+    if dev.type == "cuda" and cfg["amp"] != "none":
+        dtype = torch.bfloat16 if cfg["amp"] == "bf16" else torch.float16
+        autocast = torch.autocast("cuda", dtype=dtype)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(out / "log.txt", "a") as f:
+            f.write(line + "\n")
+
+    tiers = tuple(
+        sorted(set(weights(cfg["read_tiers"])) | set(weights(cfg["needle_tiers"]))
+               | set(weights(cfg["haystack_tiers"])) | {"tiny"})
+    )  # fmt: skip
+    t0 = time.time()
+    train_pool = build_pool(
+        pool_spec(cfg, "train"), cfg["data_dir"], tiers, cfg["pool_workers"], log
+    )
+    held_pool = build_pool(
+        pool_spec(cfg, "heldout"), cfg["data_dir"], tiers, cfg["pool_workers"], log
+    )
+    log(f"pools: {len(train_pool.texts)} train pages, {len(held_pool.texts)} held-out pages, "
+        f"tiers {tiers}, {time.time() - t0:.0f} s")  # fmt: skip
+
+    step, best, history = 0, None, []
+    if cfg["resume"] and ckpt_path.is_file():
+        model, ckpt = load_checkpoint(ckpt_path, str(dev))
+        config = model.config
+        step, best, history = ckpt["step"], ckpt.get("best_val"), ckpt.get("history", [])
+        elapsed_before = ckpt.get("elapsed_s", 0.0)
+        log(f"resumed from {ckpt_path} at step {step}")
+    else:
+        config = ReferenceConfig.from_dict(json.loads(cfg["model"]))
+        model = ReferenceModel(config).to(dev)
+        ckpt = None
+        elapsed_before = 0.0
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "emb" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg["weight_decay"]},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), fused=dev.type == "cuda",
+    )  # fmt: skip
+    if ckpt is not None and "optimizer" in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as exc:  # the parameters changed since: start the moments afresh
+            log(f"optimizer state not restored ({exc})")
+    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, config {config.to_dict()}")
+
+    sampler = Sampler(train_pool, cfg)
+    held = Sampler(held_pool, cfg)
+    sets = eval_sets(held, cfg)
+    model.train()
+    started, start_step = time.time(), step
+
+    def train_time() -> float:
+        """Seconds of training so far, over every session of this run (pools not counted)."""
+        return elapsed_before + time.time() - started
+
+    last_ckpt = time.time()
+    window: dict[str, list[float]] = {}
+    stop_reason = "max_steps"
+    while step < cfg["max_steps"]:
+        if step % cfg["eval_interval"] == 0 and (step > 0 or not cfg["resume"]):
+            t = time.time()
+            metrics = evaluate(model, held_pool, sets, cfg, dev, autocast)
+            examples = metrics.pop("examples")
+            metrics["step"] = step
+            history.append(metrics)
+            val = {k: v for k, v in metrics.items() if k.startswith("loss_")}
+            if best is None or sum(val.values()) < sum(v for k, v in best.items() if k in val):
+                best = {**val, "step": step}
+            log(f"eval step {step} ({time.time() - t:.0f} s): {json.dumps(metrics)}")
+            for ex in examples[:6]:
+                log(f"  {ex['set']}: expected {ex['expected'][:80]!r} got {ex['got'][:80]!r}")
+            save_checkpoint(
+                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time()
+            )
+            last_ckpt = time.time()
+
+        lr_now = lr_at(step, cfg, train_time())
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        rng = random.Random(f"{cfg['seed']}/{step}")  # resuming at step s draws the same data
+        total = 0.0
+        for _ in range(cfg["grad_accum"]):
+            samples = [sampler.sample(rng, step) for _ in range(cfg["batch_size"])]
+            losses = sample_losses(model, train_pool, samples, dev, autocast)
+            loss = losses.mean() / cfg["grad_accum"]
+            loss.backward()
+            total += loss.item()
+            for s, value in zip(samples, losses.tolist(), strict=True):
+                window.setdefault(s.task, []).append(value)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % cfg["log_interval"] == 0:
+            session = time.time() - started
+            per_task = " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(window.items()))
+            cut, hay = sampler.curriculum(step)
+            log(f"step {step} loss {total:.4f} ({per_task}) lr {lr_now:.2e} norm {norm:.2f} "
+                f"cut {cut} hay {hay} {session / (step - start_step):.2f} s/step "
+                f"elapsed {train_time():.0f} s")  # fmt: skip
+            window = {}
+        if time.time() - last_ckpt > cfg["ckpt_interval_s"]:
+            save_checkpoint(
+                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time()
+            )
+            last_ckpt = time.time()
+        if cfg["max_time_s"] and train_time() > cfg["max_time_s"]:
+            stop_reason = f"max_time_s {cfg['max_time_s']:.0f}"
+            break
+
+    metrics = evaluate(model, held_pool, sets, cfg, dev, autocast)
+    examples = metrics.pop("examples")
+    metrics["step"] = step
+    history.append(metrics)
+    log(f"final eval step {step}: {json.dumps(metrics)}")
+    for ex in examples:
+        log(f"  {ex['set']}: expected {ex['expected'][:120]!r} got {ex['got'][:120]!r}")
+    best = {**{k: v for k, v in metrics.items() if k.startswith("loss_")}, "step": step}
+    save_checkpoint(ckpt_path, model, optimizer, config, cfg, step, best, history, train_time())
+    log(f"stopped at step {step} ({stop_reason}) after {time.time() - started:.0f} s")
+    if cfg["export_at_end"]:
+        export_weights(ckpt_path, cfg["export_path"])
+    return {"step": step, "metrics": metrics, "history": history}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The evaluation: its scoring functions on known cases, and a whole quick run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from kb.model import eval as kb_eval
+from kb.model.base import ContextPage
+from kb.model.reference import ReferenceBackend
+
+
+def dp_distance(a: str, b: str) -> int:
+    """The textbook Levenshtein DP, to check the vectorised one against."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def test_edit_distance_known_cases():
+    assert kb_eval.edit_distance("kitten", "sitting") == 3
+    assert kb_eval.edit_distance("", "abc") == 3
+    assert kb_eval.edit_distance("abc", "") == 3
+    assert kb_eval.edit_distance("same", "same") == 0
+    assert kb_eval.edit_distance("flaw", "lawn") == 2
+    assert kb_eval.edit_distance("Straße 5 €", "Strasse 5 $") == 3  # code points, not bytes
+
+
+def test_edit_distance_matches_the_textbook_dp():
+    rng = random.Random(0)
+    for _ in range(200):
+        a = "".join(rng.choice("abcé ") for _ in range(rng.randint(0, 30)))
+        b = "".join(rng.choice("abcé ") for _ in range(rng.randint(0, 30)))
+        assert kb_eval.edit_distance(a, b) == dp_distance(a, b), (a, b)
+
+
+def test_precision():
+    page = "The Vireo project is led by Maria Okafor."
+    assert kb_eval.precision(page, page) == 1.0
+    assert kb_eval.precision("", page) == 0.0
+    assert kb_eval.precision("sitting", "kitten") == pytest.approx(1 - 3 / 6)
+    assert kb_eval.precision("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    # Far longer than the reference: clipped at 0, never negative.
+    assert kb_eval.precision("x" * 100, "abc") == 0.0
+    # Layout whitespace is not content: runs of spaces and line breaks count as one space.
+    assert kb_eval.precision("Total:\n\n  42  EUR", "Total: 42 EUR") == 1.0
+    with pytest.raises(ValueError):
+        kb_eval.precision("abc", " \n ")
+
+
+def test_text_tokens_and_buckets():
+    assert kb_eval.text_tokens("abcd" * 650) == 650
+    assert kb_eval.text_tokens("ab  cd\n") == 5 / 4  # "ab cd"
+    assert kb_eval.bucket_of(0) == "short"
+    assert kb_eval.bucket_of(599.75) == "short"
+    assert kb_eval.bucket_of(600) == "600-700"
+    assert kb_eval.bucket_of(699.99) == "600-700"
+    assert kb_eval.bucket_of(1000) == "1000-1100"
+    assert kb_eval.bucket_of(1299.75) == "1200-1300"
+    assert kb_eval.bucket_of(1300) is None
+    names = [name for name, _, _ in kb_eval.BUCKETS]
+    assert names == ["short"] + [f"{lo}-{lo + 100}" for lo in range(600, 1300, 100)]
+
+
+def test_answer_matching_ignores_case_and_whitespace_only():
+    assert kb_eval.answer_matches("  maria   OKAFOR\n", "Maria Okafor")
+    assert not kb_eval.answer_matches("Maria Okafor.", "Maria Okafor")
+    assert not kb_eval.answer_matches("Maria", "Maria Okafor")
+
+
+@pytest.mark.parametrize(
+    ("depth", "n", "index"),
+    [(0.0, 10, 0), (1.0, 10, 9), (0.5, 10, 5), (0.25, 100, 25), (0.75, 1000, 749), (0.5, 1, 0)],
+)
+def test_needle_position(depth, n, index):
+    assert kb_eval.needle_position(depth, n) == index
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_haystack_puts_the_needle_at_its_depth(depth):
+    order = kb_eval.haystack(1000, 100, depth, random.Random(1))
+    assert len(order) == 100
+    assert order.index(None) == kb_eval.needle_position(depth, 100)
+    assert order.count(None) == 1
+    fillers = [i for i in order if i is not None]
+    assert len(set(fillers)) == 99 and all(0 <= i < 1000 for i in fillers)
+    # Another draw: another subset or order of the same pool.
+    assert kb_eval.haystack(1000, 100, depth, random.Random(2)) != order
+    with pytest.raises(ValueError):
+        kb_eval.haystack(10, 100, depth, random.Random(1))
+    with pytest.raises(ValueError):
+        kb_eval.needle_position(1.5, 10)
+
+
+def test_batched_read_back_is_read_page(config):
+    """The eval reads pages in batches; it must read exactly what read_page reads, one by one."""
+    backend = ReferenceBackend(config=config)
+    size = config.tier_sizes["gist"]
+    images = []
+    for i in range(3):
+        image = Image.new("RGB", (size, size), "white")
+        ImageDraw.Draw(image).text((4 + 9 * i, 8), f"page {i} " * (i + 1), fill="black")
+        images.append(image)
+    pages = [
+        ContextPage("d", i + 1, "", "gist", tensors=t)
+        for i, t in enumerate(backend.encode(images, "gist"))
+    ]
+    budgets = [40, 300, 7]
+    batched = kb_eval.read_back(backend, pages, budgets)
+    one_by_one = [backend.read_page(p, m) for p, m in zip(pages, budgets, strict=True)]
+    assert batched == one_by_one
+    assert len(batched[2].encode()) <= 7
+
+
+def test_quick_run_writes_every_section(config, tmp_path: Path):
+    backend = ReferenceBackend(config=config)
+    out = tmp_path / "eval.json"
+    cache = tmp_path / "cache"
+    argv = ["--quick", "--out", str(out), "--cache-dir", str(cache)]
+    report = kb_eval.main(argv, backend=backend)
+
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report))
+    for key in ("model", "machine", "command", "date", "loadavg", "sizes", "goals"):
+        assert key in written
+    assert written["model"]["version"] == backend.version
+    assert written["model"]["trained"] is False
+    assert written["command"] == "python -m kb.model.eval " + " ".join(argv)
+    assert written["machine"]["cpu_count"] and written["machine"]["torch_threads"]
+    assert len(written["loadavg"]["start"]) == 3
+
+    readback = written["readback"]
+    assert [b["bucket"] for b in readback["buckets"]] == ["short", "600-700"]
+    for bucket in readback["buckets"]:
+        assert set(bucket["tiers"]) == {"base", "small", "tiny", "gist"}
+        for tier, cell in bucket["tiers"].items():
+            assert 0.0 <= cell["precision"] <= 1.0
+            vision = backend.tier_tokens[tier]
+            assert cell["compression"] == pytest.approx(bucket["mean_text_tokens"] / vision, abs=0.01)
+    assert "characters / 4" in readback["text_tokens"]
+
+    needle = written["needle"]
+    assert {(r["tier"], r["n"]) for r in needle["results"]} == {
+        ("tiny", 10),
+        ("small", 10),
+        ("gist", 10),
+    }
+    assert sorted({r["depth"] for r in needle["results"]}) == [0.0, 0.5, 1.0]
+    for r in needle["results"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["citation_accuracy"] <= 1.0
+
+    cross = written["cross_document"]
+    assert cross["tiers"]["tiny"]["questions"] >= 5
+    assert 0.0 <= cross["tiers"]["tiny"]["accuracy"] <= 1.0
+
+    speed = written["speed"]
+    assert set(speed["encode"]) == {"base", "small", "tiny", "gist"}
+    assert all(cell["pages_per_s"] > 0 for cell in speed["encode"].values())
+    assert [r["n"] for r in speed["latency"]] == [1, 10]
+    assert all(r["median_s"] > 0 for r in speed["latency"])
+
+    goals = {g["goal"]: g for g in written["goals"]}
+    assert len(goals) == 5
+    assert all(g["met"] is None for g in goals.values() if g["measured"] is None)
+
+    # Pool pages are encoded once per tier and model version, then read from the cache.
+    cached = list((cache / "tensors" / backend.version).rglob("*.safetensors"))
+    assert len(cached) == 3 * written["needle"]["pool_pages"]

@@ -1,0 +1,158 @@
+"""The pipeline functions the tasks call, on real components in-process (SQLite, local store,
+the reference model at a tiny size): chunking, content addressing, idempotency, re-indexing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from kb import pipeline, reader
+from kb.catalog import repo
+from kb.context import Context
+from kb.model.reference import ReferenceBackend
+from kb.settings import Settings
+from kb.tensors import tensor_key
+from tests.kb.model.conftest import tiny_config
+from tests.stack import make_pdf
+
+
+class CountingBackend(ReferenceBackend):
+    """The real reference backend, counting the pages it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__(config=tiny_config())
+        self.encoded: list[str] = []
+
+    def encode(self, images: list[Image.Image], tier: str):  # type: ignore[no-untyped-def]
+        self.encoded += [tier] * len(images)
+        return super().encode(images, tier)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Context:
+    c = Context(Settings(data_dir=tmp_path / "data", render_chunk_pages=4))
+    c._backend = CountingBackend()
+    return c
+
+
+def upload(ctx: Context, path: Path, collection: str = "default") -> str:
+    key = pipeline.original_key(path.stem, path.name)
+    ctx.store.put_file(key, path)
+    with ctx.session() as s:
+        return repo.create_document(
+            s,
+            collection=collection,
+            filename=path.name,
+            content_type="application/pdf",
+            size_bytes=path.stat().st_size,
+            sha256=path.stem,
+            original_key=key,
+        ).id
+
+
+def process(ctx: Context, doc_id: str) -> list[list[int]]:
+    chunks: list[list[int]] = []
+    pipeline.render_document(ctx, doc_id, on_chunk=chunks.append)
+    for numbers in chunks:
+        pipeline.encode_pages(ctx, doc_id, numbers)
+    return chunks
+
+
+def test_render_in_chunks_then_encode_every_tier(ctx: Context, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "ten.pdf", [f"Page number {i} of ten." for i in range(1, 11)])
+    doc_id = upload(ctx, pdf)
+    chunks = process(ctx, doc_id)
+    assert chunks == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    backend = ctx.backend
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None
+        assert (doc.status, doc.pages_total, doc.pages_done) == ("ready", 10, 10)
+        pages = doc.pages
+        assert "Page number 7" in pages[6].text
+        for p in pages:
+            assert p.encoded_version == backend.version
+            assert ctx.store.exists(p.image_key)
+            for tier in backend.tier_tokens:
+                assert ctx.store.exists(tensor_key(backend.version, tier, p.content_hash))
+    assert len(backend.encoded) == 10 * len(backend.tier_tokens)
+
+
+def test_identical_pages_are_encoded_once(ctx: Context, tmp_path: Path) -> None:
+    texts = ["Same page A.", "Same page B.", "Same page A."]  # a repeat inside the document too
+    first = upload(ctx, make_pdf(tmp_path / "one.pdf", texts))
+    process(ctx, first)
+    n_tiers = len(ctx.backend.tier_tokens)
+    assert len(ctx.backend.encoded) == 2 * n_tiers
+    second = upload(ctx, make_pdf(tmp_path / "two.pdf", texts[:2]), collection="other")
+    process(ctx, second)
+    assert len(ctx.backend.encoded) == 2 * n_tiers  # nothing new to encode
+    with ctx.session() as s:
+        assert repo.get_document(s, second).status == "ready"  # type: ignore[union-attr]
+
+
+def test_tasks_are_idempotent(ctx: Context, tmp_path: Path) -> None:
+    doc_id = upload(ctx, make_pdf(tmp_path / "a.pdf", ["One.", "Two."]))
+    process(ctx, doc_id)
+    before = len(ctx.backend.encoded)
+    process(ctx, doc_id)  # a redelivered render and its encodes
+    assert len(ctx.backend.encoded) == before
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None and doc.status == "ready" and doc.pages_done == 2
+
+
+def test_a_deleted_document_is_skipped(ctx: Context, tmp_path: Path) -> None:
+    doc_id = upload(ctx, make_pdf(tmp_path / "gone.pdf", ["Bye."]))
+    with ctx.session() as s:
+        repo.delete_document(s, doc_id)
+    assert pipeline.render_document(ctx, doc_id).chunks == []
+    assert pipeline.encode_pages(ctx, doc_id, [1]) == (0, None)
+
+
+def test_a_broken_document_fails_readably(ctx: Context, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\n" + b"\x00" * 300)
+    doc_id = upload(ctx, bad)
+    assert pipeline.render_document(ctx, doc_id).failed
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None and doc.status == "failed"
+        assert "could not be opened" in (doc.error or "")
+
+
+def test_reindex_switches_pages_when_the_last_batch_is_done(ctx: Context, tmp_path: Path) -> None:
+    doc_id = upload(ctx, make_pdf(tmp_path / "r.pdf", ["R1.", "R2.", "R3."]))
+    process(ctx, doc_id)
+    with ctx.session() as s:
+        job_id = repo.create_job(s, model_version=ctx.backend.version, collection="default").id
+    batches = pipeline.reindex_plan(ctx, job_id, batch_size=2)
+    assert [len(b) for b in batches] == [2, 1]
+    ctx.backend.encoded.clear()
+    pipeline.reindex_pages(ctx, job_id, batches[0])
+    with ctx.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job is not None and (job.status, job.done, job.total) == ("running", 2, 3)
+    # Questions are answered while the job runs.
+    assert reader.ask(ctx, "R?", "default").pages == 3
+    pipeline.reindex_pages(ctx, job_id, batches[1])
+    with ctx.session() as s:
+        job = repo.get_job(s, job_id)
+        assert job is not None and (job.status, job.done, job.total) == ("done", 3, 3)
+    assert len(ctx.backend.encoded) == 3 * len(ctx.backend.tier_tokens)  # forced re-encode
+
+
+def test_ask_and_read_back(ctx: Context, tmp_path: Path) -> None:
+    doc_id = upload(ctx, make_pdf(tmp_path / "q.pdf", ["Alpha.", "Beta."]))
+    process(ctx, doc_id)
+    result = reader.ask(ctx, "Which page says Beta?", "default")
+    assert result.pages == 2 and result.left_out == 0 and sum(result.tiers.values()) == 2
+    assert all(c.document_id == doc_id and c.page in (1, 2) for c in result.citations)
+    assert reader.read_page(ctx, doc_id, 2, "text").startswith("Beta.")
+    assert isinstance(reader.read_page(ctx, doc_id, 2, "gist"), str)
+    with pytest.raises(ValueError, match="unknown tier"):
+        reader.read_page(ctx, doc_id, 2, "huge")
+    with pytest.raises(reader.EmptyCollection):
+        reader.ask(ctx, "?", "nothing-here")
