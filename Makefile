@@ -29,5 +29,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+eval: $(STAMP)
+	$(PY) -m kb.model.eval
+
+bench: $(STAMP)
+	$(PY) -m kb.bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -165,7 +165,7 @@ def run(
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         dead = next(p for p in procs if p.poll() is not None)
-        console.print(f"[red]{' '.join(map(str, dead.args))} exited with {dead.returncode}")
+        console.print(f"[red]{dead.args!r} exited with {dead.returncode}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         console.print("stopping...")

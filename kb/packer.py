@@ -11,26 +11,29 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
-class Candidate:
-    key: object  # whatever the caller uses to find the page again
+class Candidate(Generic[K]):
+    key: K  # whatever the caller uses to find the page again
     recency: float  # larger = newer (e.g. the document's upload time)
 
 
 @dataclass
-class Packing:
-    chosen: list[tuple[object, str]]  # (key, tier) in context order: oldest first, newest last
+class Packing(Generic[K]):
+    chosen: list[tuple[K, str]]  # (key, tier) in context order: oldest first, newest last
     tokens: int
-    left_out: list[object] = field(default_factory=list)
+    left_out: list[K] = field(default_factory=list)
 
     @property
     def tiers(self) -> dict[str, int]:
         return dict(Counter(tier for _, tier in self.chosen))
 
 
-def pack(pages: Sequence[Candidate], tier_tokens: dict[str, int], budget: int) -> Packing:
+def pack(pages: Sequence[Candidate[K]], tier_tokens: dict[str, int], budget: int) -> Packing[K]:
     """Choose a tier per page so that the total tokens fit ``budget``.
 
     ``tier_tokens`` maps tier name to tokens per page; richer tiers cost more.
@@ -46,7 +49,7 @@ def pack(pages: Sequence[Candidate], tier_tokens: dict[str, int], budget: int) -
     fit = min(len(newest_first), budget // cheapest) if cheapest > 0 else len(newest_first)
     kept, left_out = newest_first[:fit], [c.key for c in newest_first[fit:]]
 
-    chosen: list[tuple[object, str]] = []
+    chosen: list[tuple[K, str]] = []
     remaining = budget
     for i, cand in enumerate(kept):
         reserve = cheapest * (len(kept) - i - 1)  # what the older pages still need at minimum

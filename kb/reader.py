@@ -71,8 +71,9 @@ def ask(
     packing = pack(candidates, backend.tier_tokens, budget)
     context: list[ContextPage] = []
     for i, tier in packing.chosen:
-        p = pages[i]  # type: ignore[index]
-        tensors = ctx.tensors.get(p.encoded_version, tier, p.content_hash)  # type: ignore[arg-type]
+        p = pages[i]
+        assert p.encoded_version is not None  # only encoded pages were candidates
+        tensors = ctx.tensors.get(p.encoded_version, tier, p.content_hash)
         context.append(ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors))
     with ctx.model_lock:
         answer = backend.answer(question, context)
@@ -85,7 +86,7 @@ def ask(
         for c, score in ranked[:max_citations]
         if score > 0
     ]
-    left = [(pages[i].document_id, pages[i].number) for i in packing.left_out]  # type: ignore[index]
+    left = [(pages[i].document_id, pages[i].number) for i in packing.left_out]
     return AskResult(
         answer=answer.text,
         citations=citations,

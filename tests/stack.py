@@ -87,9 +87,11 @@ class Stack:
         return tree
 
     def stop(self) -> int:
-        """Ctrl-C, as a person would: SIGINT to the launcher. Returns its exit code."""
+        """Ctrl-C, as a person would: SIGINT to the launcher. Returns its exit code; the pids of
+        its process tree from just before are in ``self.tree_before_stop``."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        self.tree_before_stop = self.children()
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(60)
@@ -98,6 +100,18 @@ class Stack:
             raise
         finally:
             self._log.close()
+
+    def survivors(self) -> list[int]:
+        """Processes of the tree from before the stop that are still alive (zombies excepted)."""
+        alive = []
+        for pid in getattr(self, "tree_before_stop", []):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                alive.append(pid)
+        return alive
 
     def client(self, key: str = API_KEY) -> httpx.Client:
         return httpx.Client(

@@ -91,6 +91,7 @@ class Sizes:
     needles_per_depth: int  # different needles (and haystack draws) per depth
     cross_sets: int  # cross_document_set seeds
     cross_docs: int  # documents per set
+    cross_tiers: tuple[str, ...]
     encode_batches: int  # timed batches of ENCODE_BATCH pages per tier
     latency_ns: tuple[int, ...]
     latency_repeats: int  # timed answers per N (the median is reported), after one warm-up
@@ -104,6 +105,7 @@ FULL = Sizes(
     needles_per_depth=4,
     cross_sets=8,
     cross_docs=5,
+    cross_tiers=VISION_TIERS,
     encode_batches=4,
     latency_ns=(1, 10, 100, 1000),
     latency_repeats=3,
@@ -116,6 +118,7 @@ QUICK = Sizes(
     needles_per_depth=1,
     cross_sets=1,
     cross_docs=3,
+    cross_tiers=("tiny",),
     encode_batches=1,
     latency_ns=(1, 10),
     latency_repeats=1,
@@ -576,7 +579,7 @@ def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[s
     sets = [
         data.cross_document_set(first + s, SPLIT, sizes.cross_docs) for s in range(sizes.cross_sets)
     ]
-    tiers = [t for t in VISION_TIERS if t in backend.tier_tokens]
+    tiers = [t for t in sizes.cross_tiers if t in backend.tier_tokens]
     per_tier: dict[str, dict[str, Any]] = {}
     examples: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -974,8 +977,11 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> d
         default=Path("data/eval-cache"),
         help="rendered pool and encodings, reused across runs",
     )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     console = Console(stderr=True)
     started = time.monotonic()

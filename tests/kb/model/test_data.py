@@ -156,7 +156,7 @@ def test_pool_is_rendered_once_then_loaded_from_the_cache(tmp_path):
     n = len(pool.texts)
     assert pool.tiers["gist"].shape == (n, 256, 256) and pool.tiers["gist"].dtype == np.uint8
     for item in pool.items:
-        for question, answer, page in item.facts:
+        for _question, answer, page in item.facts:
             assert page == -1 or norm(answer) in norm(pool.texts[page])
     again = build_pool(spec, tmp_path, tiers=("gist",), workers=1, log=lambda _: 1 / 0)
     assert again.texts == pool.texts

@@ -144,7 +144,9 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
         for tier, cell in bucket["tiers"].items():
             assert 0.0 <= cell["precision"] <= 1.0
             vision = backend.tier_tokens[tier]
-            assert cell["compression"] == pytest.approx(bucket["mean_text_tokens"] / vision, abs=0.01)
+            assert cell["compression"] == pytest.approx(
+                bucket["mean_text_tokens"] / vision, abs=0.01
+            )
     assert "characters / 4" in readback["text_tokens"]
 
     needle = written["needle"]
