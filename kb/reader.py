@@ -57,6 +57,11 @@ def ask(
 ) -> AskResult:
     backend = ctx.backend
     budget = backend.context_budget if max_context_tokens is None else max_context_tokens
+    # A decoder with a hard window (deepseek-ocr2) caps every budget: pages that do not fit are
+    # faded or left out by the packer (and counted), never overflowed.
+    limit = getattr(backend, "context_limit", None)
+    if limit is not None:
+        budget = min(budget, limit)
     with ctx.session() as s:
         pages = [p for p in repo.ready_pages(s, collection) if p.encoded_version]
         s.expunge_all()

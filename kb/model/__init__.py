@@ -19,5 +19,12 @@ def load_backend(name: str, path: Path | None = None, device: str = "cpu") -> Ba
 
         return ReferenceBackend(path, device=device)
     if name == "deepseek-ocr2":
-        raise NotImplementedError("the deepseek-ocr2 backend is not yet available")
+        from kb.model.deepseek_ocr2 import DeepseekOcr2Backend
+
+        if path is None:
+            raise ValueError(
+                "KB_MODEL=deepseek-ocr2 needs KB_MODEL_PATH: a local checkpoint directory "
+                "(see docs/deepseek-ocr2.md); no weights are ever downloaded"
+            )
+        return DeepseekOcr2Backend.from_pretrained(path, device=device)
     raise ValueError(f"unknown model backend {name!r}; expected one of {', '.join(BACKENDS)}")

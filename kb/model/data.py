@@ -167,7 +167,7 @@ Bramble Cinder Dovetail Equinox Firefly Gossamer Hearth Ibis Jubilee Kite Lanter
 Nocturne Osprey Paladin Quill Rampart Saffron Talisman Undertow Vesper Whistler Xylem Yonder
 Zodiac Albatross Basilisk Cormorant Daybreak Eclipse Fathom Gryphon Heron Icarus Jackdaw Kelpie
 Lynx Mosaic Nautilus Oriole Pelican Quasar Raven Sequoia Thistle Urchin Vireo Wren Yucca Arbor
-Bastion Chimera Damask Emberly Fjord Garnet Helix Iris Jade Kestrel Lattice Monsoon Nebula
+Bastion Chimera Damask Emberly Fjord Garnet Helix Iris Jade Kittiwake Lattice Monsoon Nebula
 Orchid Prism Riddle Sable Tundra""".split()
 _HOTELS = """Grand Central Harbourview Parkside Riverside Plaza Station Old Town Lakeside Meridian
 Continental Bellevue Panorama""".split()
@@ -1024,6 +1024,15 @@ def needle_page(seed: int, split: str = "train") -> tuple[SyntheticPage, Fact]:
     raise RuntimeError(f"needle {seed} ({split}) does not fit on a page")
 
 
+@dataclass
+class _Office:
+    city: str
+    staff: int
+    revenue: int
+    opened: int
+    manager: str
+
+
 def cross_document_set(
     seed: int, split: str = "train", n_docs: int = 5
 ) -> tuple[list[SyntheticDocument], list[Fact]]:
@@ -1037,34 +1046,33 @@ def cross_document_set(
     company = v.company()
     staff_values = sorted(rng.sample(range(10, 400), n_docs))  # distinct: no ties to break
     rng.shuffle(staff_values)
-    offices = []
-    for staff in staff_values:
-        offices.append(
-            {
-                "city": v.city(),
-                "staff": staff,
-                "revenue": v.number(100, 9_000) * 1000,
-                "opened": v.number(1970, 2022),
-                "manager": v.person(),
-            }
+    offices = [
+        _Office(
+            city=v.city(),
+            staff=staff,
+            revenue=v.number(100, 9_000) * 1000,
+            opened=v.number(1970, 2022),
+            manager=v.person(),
         )
+        for staff in staff_values
+    ]
     docs = []
     for office in offices:
         layout = rng.choice(("paragraphs", "form", "list", "table"))
-        city = office["city"]
+        city = office.city
         title = f"{company}: {city} office, annual summary"
-        revenue = f"EUR {office['revenue']:,}"
+        revenue = f"EUR {office.revenue:,}"
         facts = [
-            (f"How many staff does the {company} office in {city} have?", str(office["staff"])),
-            (f"Who manages the {company} office in {city}?", office["manager"]),
+            (f"How many staff does the {company} office in {city} have?", str(office.staff)),
+            (f"Who manages the {company} office in {city}?", office.manager),
         ]
         if layout == "paragraphs":
             stated = _paragraph(
                 v,
                 [
-                    f"The {city} office has {office['staff']} staff and is managed by "
-                    f"{office['manager']}.",
-                    f"It opened in {office['opened']} and had revenue of {revenue} last year.",
+                    f"The {city} office has {office.staff} staff and is managed by "
+                    f"{office.manager}.",
+                    f"It opened in {office.opened} and had revenue of {revenue} last year.",
                 ],
                 facts,
             )
@@ -1072,9 +1080,9 @@ def cross_document_set(
             stated = _bullets(
                 v,
                 [
-                    f"Staff: {office['staff']}",
-                    f"Manager: {office['manager']}",
-                    f"Opened: {office['opened']}",
+                    f"Staff: {office.staff}",
+                    f"Manager: {office.manager}",
+                    f"Opened: {office.opened}",
                     f"Revenue last year: {revenue}",
                 ],
                 facts,
@@ -1083,15 +1091,15 @@ def cross_document_set(
             stated = _table(
                 ["Office", "Staff", "Opened", "Revenue", "Manager"],
                 [
-                    [city, str(office["staff"]), str(office["opened"]), revenue, office["manager"]]
+                    [city, str(office.staff), str(office.opened), revenue, office.manager]
                 ],  # fmt: skip
                 facts,
             )
         else:
             stated = _fields(
                 v,
-                [("Office", city), ("Staff", str(office["staff"])), ("Manager",
-                 office["manager"]), ("Opened", str(office["opened"])), ("Revenue", revenue)],
+                [("Office", city), ("Staff", str(office.staff)), ("Manager",
+                 office.manager), ("Opened", str(office.opened)), ("Revenue", revenue)],
                 facts,
             )  # fmt: skip
         target = rng.randint(500, 1800)
@@ -1101,31 +1109,31 @@ def cross_document_set(
         pages, kept = _compose(style, [blocks])
         docs.append(SyntheticDocument(seed, split, layout, title, pages, _page_facts(pages, kept)))
 
-    cities = [o["city"] for o in offices]
-    by_staff = sorted(offices, key=lambda o: o["staff"])
+    cities = [o.city for o in offices]
+    by_staff = sorted(offices, key=lambda o: o.staff)
     threshold = rng.choice(staff_values[:-1]) + 1 if n_docs > 2 else staff_values[0] + 1
     a, b = rng.sample(offices, 2)
     cross = [
         Fact(
             f"How many {company} offices have more than {threshold - 1} staff?",
-            str(sum(o["staff"] > threshold - 1 for o in offices)),
+            str(sum(o.staff > threshold - 1 for o in offices)),
             0,
         ),
         Fact(
-            f"Which {company} office has more staff, {a['city']} or {b['city']}?",
-            max(a, b, key=lambda o: o["staff"])["city"],
+            f"Which {company} office has more staff, {a.city} or {b.city}?",
+            max(a, b, key=lambda o: o.staff).city,
             0,
         ),
-        Fact(f"Which {company} office has the most staff?", by_staff[-1]["city"], 0),
-        Fact(f"Which {company} office has the fewest staff?", by_staff[0]["city"], 0),
+        Fact(f"Which {company} office has the most staff?", by_staff[-1].city, 0),
+        Fact(f"Which {company} office has the fewest staff?", by_staff[0].city, 0),
         Fact(
             f"Which {company} office had the highest revenue last year?",
-            max(offices, key=lambda o: o["revenue"])["city"],
+            max(offices, key=lambda o: o.revenue).city,
             0,
         ),
         Fact(
-            f"What is the combined staff of the {company} offices in {a['city']} and {b['city']}?",
-            str(a["staff"] + b["staff"]),
+            f"What is the combined staff of the {company} offices in {a.city} and {b.city}?",
+            str(a.staff + b.staff),
             0,
         ),
         Fact(f"How many offices does {company} have?", str(len(cities)), 0),
@@ -1225,9 +1233,10 @@ def build_pool(
 ) -> Pool:
     """Render the pool once (a process per worker) into ``cache_dir/<spec key>/``, or load it.
 
-    On disk: ``pages/<i>.png`` (canonical renders), ``texts.json``, ``items.json`` and one
-    ``<tier>.npy`` (n_pages, S, S) uint8 per tier, memory-mapped on load. A pool built with fewer
-    tiers is extended by rebuilding it.
+    On disk: ``pages/<i>.png`` (canonical renders), ``texts.json``, ``items.json`` and one raw
+    ``<tier>.u8`` file per tier, (n_pages, S, S) uint8, memory-mapped on load (a GPU pool of
+    15,000 pages with every tier is ~26 GB). A pool asked for with more tiers than it was built
+    with is rebuilt.
     """
     folder = Path(cache_dir) / spec.key()
     done = folder / "done.json"
@@ -1243,23 +1252,27 @@ def build_pool(
     random.Random(0).shuffle(jobs)  # mix cheap and dear jobs across workers
     texts: list[str] = []
     items: list[PoolItem] = []
-    arrays: dict[str, list[np.ndarray]] = {tier: [] for tier in tiers}
+    # Tier arrays are appended to raw files as they come: a big pool never sits in RAM whole.
+    raws = {tier: open(folder / f"{tier}.u8", "wb") for tier in tiers}
     ctx = multiprocessing.get_context("spawn" if workers > 1 else None)
-    with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
-        for n, result in enumerate(pool.imap(_pool_job, jobs, chunksize=8)):
-            first = len(texts)
-            for i, png in enumerate(result["png"]):
-                (folder / "pages" / f"{first + i}.png").write_bytes(png)
-            texts.extend(result["texts"])
-            for tier in tiers:
-                arrays[tier].extend(result["arrays"][tier])
-            page_ids = list(range(first, len(texts)))
-            facts = [(q, a, page_ids[p] if p >= 0 else -1) for q, a, p in result["facts"]]
-            items.append(PoolItem(result["kind"], result["seed"], page_ids, facts))
-            if (n + 1) % 200 == 0:
-                log(f"pool {spec.key()}: {n + 1}/{len(jobs)} items, {len(texts)} pages")
-    for tier in tiers:
-        np.save(folder / f"{tier}.npy", np.stack(arrays[tier]))
+    try:
+        with ctx.Pool(workers) if workers > 1 else _Serial() as pool:
+            for n, result in enumerate(pool.imap(_pool_job, jobs, chunksize=8)):
+                first = len(texts)
+                for i, png in enumerate(result["png"]):
+                    (folder / "pages" / f"{first + i}.png").write_bytes(png)
+                texts.extend(result["texts"])
+                for tier in tiers:
+                    for array in result["arrays"][tier]:
+                        raws[tier].write(array.tobytes())
+                page_ids = list(range(first, len(texts)))
+                facts = [(q, a, page_ids[p] if p >= 0 else -1) for q, a, p in result["facts"]]
+                items.append(PoolItem(result["kind"], result["seed"], page_ids, facts))
+                if (n + 1) % 200 == 0:
+                    log(f"pool {spec.key()}: {n + 1}/{len(jobs)} items, {len(texts)} pages")
+    finally:
+        for raw in raws.values():
+            raw.close()
     (folder / "texts.json").write_text(json.dumps(texts))
     (folder / "items.json").write_text(json.dumps([asdict(item) for item in items]))
     done.write_text(json.dumps({"tiers": list(tiers), "spec": asdict(spec), "pages": len(texts)}))
@@ -1285,7 +1298,14 @@ def _load_pool(spec: PoolSpec, folder: Path, tiers: tuple[str, ...]) -> Pool:
         PoolItem(d["kind"], d["seed"], d["pages"], [tuple(f) for f in d["facts"]])
         for d in json.loads((folder / "items.json").read_text())
     ]
-    arrays = {tier: np.load(folder / f"{tier}.npy", mmap_mode="r") for tier in tiers}
+    arrays = {}
+    for tier in tiers:
+        size = TIER_SIZES[tier]
+        if (folder / f"{tier}.npy").is_file():  # pools cached before the raw format
+            arrays[tier] = np.load(folder / f"{tier}.npy", mmap_mode="r")
+        else:
+            shape = (len(texts), size, size)
+            arrays[tier] = np.memmap(folder / f"{tier}.u8", np.uint8, "r", shape=shape)
     return Pool(spec, texts, arrays, items)
 
 

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ log_interval = 20
 eval_interval = 1000
 eval_samples = 64  # fixed held-out samples per eval task
 eval_generate = 8  # greedy generations per eval (read-back precision, needle accuracy)
+eval_read_bytes = 512  # read-back generations stop here: greedy decoding is one step per byte
 ckpt_interval_s = 300.0
 resume = False
 export = False  # write the shipped weights (save_weights) from out_dir/ckpt.pt, then exit
@@ -116,6 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A tiny model on a tiny pool: the whole loop (pool, eval, checkpoint, resume) in minutes.
     "smoke": dict(
         out_dir="data/train/smoke",
+        threads=1,  # a tiny model: a second thread only waits on the first (worse when shared)
         model=json.dumps(
             dict(
                 enc_conv_dim=16,
@@ -161,6 +164,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # encoder cost of tiny).
     "cpu": dict(
         out_dir="data/train/cpu",
+        # One thread: with other processes on the two cores, two OpenMP threads spent most of
+        # their time waiting on each other (measured: ~10 s/step with 2 threads, ~1 s with 1).
+        threads=1,
         pool_documents=1500,
         pool_needles=1200,
         pool_fillers=300,
@@ -187,12 +193,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         min_lr=1e-4,
         warmup_steps=200,
         log_interval=20,
-        eval_interval=500,
+        eval_interval=1000,
         eval_samples=32,
-        eval_generate=6,
+        eval_generate=4,
         ckpt_interval_s=300.0,
+        max_time_s=3900.0,
     ),  # fmt: skip
-    "gpu": dict(device="cuda", threads=8, out_dir="data/train/gpu"),
+    # One H100 for ~20 minutes (deploy/train_on_device.sh): the defaults above, with a pool
+    # that renders in ~2 minutes on 16 cores (~15,000 pages, every tier: ~26 GB on disk) and a
+    # schedule bound by time rather than steps.
+    "gpu": dict(
+        device="cuda",
+        threads=8,
+        out_dir="data/train/gpu",
+        pool_documents=4000,
+        pool_needles=4000,
+        pool_fillers=1000,
+        pool_cross=500,
+        read_bytes_start=512,
+        haystack_start=4,
+        curriculum_steps=3000,
+        warmup_steps=300,
+        max_steps=50000,
+        max_time_s=1200.0,
+        eval_interval=1000,
+        ckpt_interval_s=120.0,
+    ),  # fmt: skip
 }
 
 
@@ -297,7 +323,7 @@ class Sampler:
         return Sample(task, pages, ask_prompt(question), encode_text(answer) + [EOS], answer)
 
     def _distractors(self, rng, n: int, exclude: set[int], with_grad: int):
-        out = []
+        out: list[tuple[int, str, bool]] = []
         while len(out) < n:
             page = rng.randrange(self.n_pages)
             if page not in exclude:
@@ -306,26 +332,35 @@ class Sampler:
         return out
 
 
-def pixels(pool: Pool, pages: list[int], tier: str) -> torch.Tensor:
-    """(b, 1, S, S) float32, ink = 1, exactly processing_reference.image_to_tensor's values."""
-    array = np.stack([pool.tiers[tier][p] for p in pages])  # (b, S, S) uint8
-    return 1.0 - torch.from_numpy(array).float()[:, None] / 255.0
+Groups = dict[tuple[str, bool], tuple[list[tuple[int, int]], torch.Tensor]]
 
 
-def batch_memory(model: ReferenceModel, pool: Pool, samples: list[Sample], dev: torch.device):
-    """Encode every page of the batch (grouped by tier and gradient), per-page kv, then pack each
-    sample's pages in its order: kv (B, L, 2, M, D) padded to the longest, and mask (B, M)."""
-    groups: dict[tuple[str, bool], list[tuple[int, int, int]]] = {}
+def page_groups(pool: Pool, samples: list[Sample]) -> Groups:
+    """The batch's pages grouped by (tier, with gradient): the (sample, position) of each and
+    their pixels, (b, S, S) uint8 as cached. Pure CPU work, done ahead by the prefetch thread."""
+    members: dict[tuple[str, bool], list[tuple[int, int, int]]] = {}
     for s, sample in enumerate(samples):
         for j, (page, tier, grad) in enumerate(sample.pages):
-            groups.setdefault((tier, grad), []).append((s, j, page))
+            members.setdefault((tier, grad), []).append((s, j, page))
+    return {
+        key: ([(s, j) for s, j, _ in m], torch.from_numpy(np.stack([pool.tiers[key[0]][p]
+                                                                    for _, _, p in m])))
+        for key, m in members.items()
+    }  # fmt: skip
+
+
+def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, dev):
+    """Encode every page of the batch, per-page kv (with its page signature), then pack each
+    sample's pages in its order, as ReferenceModel.pack packs cached pages: kv (B, L, 2, M, D)
+    padded to the longest sample, and mask (B, M)."""
     kv_of: dict[tuple[int, int], torch.Tensor] = {}
-    for (tier, grad), members in groups.items():
-        x = pixels(pool, [m[2] for m in members], tier).to(dev)
+    for (tier, grad), (where, raw) in groups.items():
+        # exactly processing_reference.image_to_tensor's values: ink = 1, paper = 0
+        x = 1.0 - raw.to(dev, non_blocking=True).float()[:, None] / 255.0  # (b, 1, S, S)
         with nullcontext() if grad else torch.no_grad():
             kv = model.page_kv(model.encode_images(x, tier))  # (b, L, 2, T, D)
-        for i, (s, j, _) in enumerate(members):
-            kv_of[(s, j)] = kv[i]
+        for i, key in enumerate(where):
+            kv_of[key] = kv[i]
     per_sample = [
         torch.cat([kv_of[(s, j)] for j in range(len(sample.pages))], dim=2)  # (L, 2, M_s, D)
         for s, sample in enumerate(samples)
@@ -337,6 +372,49 @@ def batch_memory(model: ReferenceModel, pool: Pool, samples: list[Sample], dev: 
         mask[s, : k.shape[2]] = True
         padded.append(F.pad(k, (0, 0, 0, M - k.shape[2])))
     return torch.stack(padded), mask
+
+
+class Prefetcher:
+    """Draws and gathers the batches of the coming steps in a thread while the model trains
+    (numpy gathers and page-cache reads release the GIL). Batch s depends on (seed, s) alone,
+    so a resumed run sees the same data as an uninterrupted one."""
+
+    def __init__(self, sampler: Sampler, cfg: dict[str, Any], first_step: int, depth: int = 2):
+        import queue
+        import threading
+
+        self.sampler, self.cfg = sampler, cfg
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(first_step,), daemon=True)
+        self.thread.start()
+
+    def _run(self, step: int) -> None:
+        import queue
+
+        while not self.stop.is_set():
+            rng = random.Random(f"{self.cfg['seed']}/{step}")
+            micro = []
+            for _ in range(self.cfg["grad_accum"]):
+                samples = [self.sampler.sample(rng, step) for _ in range(self.cfg["batch_size"])]
+                micro.append((samples, page_groups(self.sampler.pool, samples)))
+            while not self.stop.is_set():
+                try:
+                    self.queue.put((step, micro), timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def next(self, step: int):
+        got, micro = self.queue.get()
+        if got != step:
+            raise RuntimeError(f"prefetcher is at step {got}, the loop at {step}")
+        return micro
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def batch_tokens(samples: list[Sample], dev: torch.device):
@@ -353,13 +431,13 @@ def batch_tokens(samples: list[Sample], dev: torch.device):
     return idx.to(dev), tgt.to(dev)
 
 
-def sample_losses(model, pool, samples, dev, autocast) -> torch.Tensor:
+def sample_losses(model, pool, samples, dev, autocast, groups: Groups | None = None):
     """(B,) mean loss over each sample's target bytes."""
-    kv, mask = batch_memory(model, pool, samples, dev)
-    memory = model.memory(kv, mask=mask)
+    groups = page_groups(pool, samples) if groups is None else groups
     idx, tgt = batch_tokens(samples, dev)
-    with autocast:
-        logits, _, _ = model(idx, memory)
+    with autocast:  # bf16 on a GPU, for the encoder and the reader alike
+        kv, mask = batch_memory(model, samples, groups, dev)
+        logits, _, _ = model(idx, model.memory(kv, mask=mask))
     per_byte = F.cross_entropy(
         logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none"
     ).view(tgt.shape)
@@ -424,14 +502,14 @@ def evaluate(model, pool, sets, cfg, dev, autocast) -> dict[str, Any]:
     # Greedy generation, as the backend does it: read-back precision on the cut the model was
     # trained to write, exact answers for needles.
     k = cfg["eval_generate"]
-    cut = cfg["read_bytes"]
-    examples = []
+    cut = min(cfg["read_bytes"], cfg["eval_read_bytes"])
+    examples: list[dict[str, str]] = []
     for name, samples in sets.items():
         if k == 0:
             break
         scores = []
         for s in samples[:k]:
-            kv, mask = batch_memory(model, pool, [s], dev)
+            kv, mask = batch_memory(model, [s], page_groups(pool, [s]), dev)
             memory = model.memory(kv, mask=mask)
             limit = cut if s.task == "read" else 48
             ids, _ = model.generate(s.prompt, memory, limit)
@@ -618,6 +696,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     held = Sampler(held_pool, cfg)
     sets = eval_sets(held, cfg)
     model.train()
+    stop_signal: list[str] = []  # SIGINT / SIGTERM: finish the step, checkpoint, evaluate, stop
+
+    def request_stop(signum, frame) -> None:
+        stop_signal.append(signal.Signals(signum).name)
+
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    prefetch = Prefetcher(sampler, cfg, step)
     started, start_step = time.time(), step
 
     def train_time() -> float:
@@ -648,11 +733,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         lr_now = lr_at(step, cfg, train_time())
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        rng = random.Random(f"{cfg['seed']}/{step}")  # resuming at step s draws the same data
         total = 0.0
-        for _ in range(cfg["grad_accum"]):
-            samples = [sampler.sample(rng, step) for _ in range(cfg["batch_size"])]
-            losses = sample_losses(model, train_pool, samples, dev, autocast)
+        for samples, groups in prefetch.next(step):
+            losses = sample_losses(model, train_pool, samples, dev, autocast, groups)
             loss = losses.mean() / cfg["grad_accum"]
             loss.backward()
             total += loss.item()
@@ -676,10 +759,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ckpt_path, model, optimizer, config, cfg, step, best, history, train_time()
             )
             last_ckpt = time.time()
+        if stop_signal:
+            stop_reason = stop_signal[0]
+            break
         if cfg["max_time_s"] and train_time() > cfg["max_time_s"]:
             stop_reason = f"max_time_s {cfg['max_time_s']:.0f}"
             break
 
+    prefetch.close()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
     metrics = evaluate(model, held_pool, sets, cfg, dev, autocast)
     examples = metrics.pop("examples")
     metrics["step"] = step

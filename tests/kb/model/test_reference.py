@@ -194,7 +194,7 @@ def test_load_backend(tmp_path, weights):
     assert load_backend("reference", weights).version == ReferenceBackend(weights).version
     with pytest.raises(FileNotFoundError):
         load_backend("reference", tmp_path / "missing.safetensors")
-    with pytest.raises(NotImplementedError, match="not yet available"):
+    with pytest.raises(ValueError, match="KB_MODEL_PATH"):
         load_backend("deepseek-ocr2")
     with pytest.raises(ValueError, match="unknown model backend 'gpt'"):
         load_backend("gpt")

@@ -27,7 +27,7 @@ def smoke_args(run_dir, *extra: str) -> list[str]:
         "--pool_documents", "3", "--pool_needles", "3", "--pool_fillers", "1",
         "--pool_cross", "1", "--heldout_documents", "1", "--heldout_needles", "2",
         "--heldout_fillers", "1", "--heldout_cross", "1",
-        "--eval_samples", "8", "--eval_generate", "1", "--log_interval", "4",
+        "--eval_samples", "4", "--eval_generate", "1", "--log_interval", "4",
         *extra,
     ]  # fmt: skip
 
