@@ -9,9 +9,10 @@
 #            packs data/devpack/ (~26 MB): pymupdf for the device's Python and the DejaVu
 #            fonts (the data engine draws fonts from what it finds: the device must find the
 #            same ones, or the same seed would render another page)
-#   device:  run(command="deploy/train_on_device.sh start 20", carry=["data/devpack"])
+#   device:  run(command="deploy/train_on_device.sh start 18", carry=["data/devpack"])
 #            installs the pack, renders the pool (~2 min on 16 cores), starts training in its
-#            own process session bound to 20 minutes of training, follows the log for ~9 min
+#            own process session bound to 18 minutes of training (the lease is 30 minutes,
+#            machine start and pool included), follows the log for ~9 min
 #   device:  run(command="deploy/train_on_device.sh follow")       # again within 30 s, ~9 min
 #   device:  run(command="deploy/train_on_device.sh finish")
 #            waits for the end, exports fp16 weights to $OUT/reference.safetensors (+ .sha256,
@@ -110,7 +111,7 @@ EOF
 print(b.version, 'trained' if b.trained else 'UNTRAINED', b.metadata.get('step'))"
         ;;
     *)
-        sed -n '2,27p' "$0"
+        sed -n '2,/^set -euo/p' "$0" | sed '$d'
         exit 2
         ;;
 esac

@@ -173,6 +173,8 @@ def bench_tensor_cache(ctx: Context, sizes: Sizes, log: Log) -> dict[str, Any]:
         "cold_mb_per_s": round(nbytes / cold / 1e6, 1),
         "hits": cache.hits,
         "misses": cache.misses,
+        "note": "cold: a fresh TensorCache reading every page from the local store (files just "
+        "written, so from the OS file cache); warm: the same pages again, from RAM",
     }
     log(f"tensor cache: {n} {tier} pages cold {cold:.3f} s, warm {warm:.4f} s")
     return result
@@ -340,6 +342,11 @@ def run(ctx: Context, sizes: Sizes, workdir: Path, log: Log) -> dict[str, Any]:
     results["tensor_cache"] = bench_tensor_cache(ctx, sizes, log)
     results["ask"] = bench_ask(ctx, sizes, log)
     results["render"] = bench_render(ctx, sizes, workdir, log)
+    results["ask_note"] = (
+        "kb.reader.ask end to end (catalog query, packer, tensor loads, backend.answer); cold: "
+        "a fresh TensorCache before the question, warm: the same question again; median of "
+        f"{sizes.ask_repeats} after one untimed question"
+    )
     load["end"] = loadavg()
     results["loadavg"] = load
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -386,8 +393,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m kb.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, help="JSON path (default data/bench/bench.json)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a 2-core CPU shared with other work, two threads "
+        "waiting on each other made questions several times slower; see docs/benchmarks.md)",
+    )
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _main(args, argv)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
 
     console = Console(stderr=True)
@@ -396,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(message: str) -> None:
         console.print(f"[dim]{time.monotonic() - started:7.1f}s[/dim] {message}", highlight=False)
 
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")  # the start
     with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
         workdir = Path(tmp)
         # A fresh embedded stack: whatever KB_DATABASE_URL / KB_S3_* say, the bench never
@@ -425,8 +449,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "command": " ".join(["python -m kb.bench", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": date,
         "quick": args.quick,
+        "threads": args.threads,
         "sizes": asdict(sizes),
         **results,
     }

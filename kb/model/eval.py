@@ -815,7 +815,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads": torch.get_num_threads(),  # of the quality sections (--threads)
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -1045,12 +1046,13 @@ def _main(args: argparse.Namespace, argv: list[str], backend: Backend | None) ->
         f"model {backend.version}, trained: {backend.trained}; "
         f"{'quick' if args.quick else 'full'} run"
     )
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")  # the start
     results = run(backend, sizes, args.seed, args.cache_dir, log)
     report = {
         "model": model_info(backend),
         "machine": machine(),
         "command": " ".join(["python -m kb.model.eval", *argv]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": date,
         "quick": args.quick,
         "seed": args.seed,
         "sizes": asdict(sizes),
