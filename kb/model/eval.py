@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,9 @@ class Sizes:
     needle_depths: tuple[float, ...]  # 0 = first page, 1 = last page
     needles_per_depth: int  # different needles (and haystack draws) per depth
     cross_sets: int  # cross_document_set seeds
-    cross_docs: int  # documents per set
+    # Documents per set, cycled over the sets: varied, so that "how many offices" cannot be
+    # answered from a fixed count without reading.
+    cross_docs: tuple[int, ...]
     cross_tiers: tuple[str, ...]
     encode_batches: int  # timed batches of ENCODE_BATCH pages per tier
     latency_ns: tuple[int, ...]
@@ -99,12 +101,12 @@ class Sizes:
 
 FULL = Sizes(
     buckets=tuple(name for name, _, _ in BUCKETS),
-    pages_per_bucket=3,
+    pages_per_bucket=2,  # a 5,000-byte read costs ~15 s here: 2 x 8 buckets x 4 tiers
     needle_ns=(10, 100, 1000),
     needle_depths=(0.0, 0.25, 0.5, 0.75, 1.0),
     needles_per_depth=4,
     cross_sets=6,
-    cross_docs=5,
+    cross_docs=(3, 4, 5, 6),
     cross_tiers=VISION_TIERS,
     encode_batches=4,
     latency_ns=(1, 10, 100, 1000),
@@ -117,7 +119,7 @@ QUICK = Sizes(
     needle_depths=(0.0, 0.5, 1.0),
     needles_per_depth=1,
     cross_sets=1,
-    cross_docs=3,
+    cross_docs=(3,),
     cross_tiers=("tiny",),
     encode_batches=1,
     latency_ns=(1, 10),
@@ -367,8 +369,9 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
                 ContextPage("readback", 1, f"seed {pages[i].seed}", tier, tensors=encoded[i])
                 for i in batch
             ]
-            # Room for the whole page and then some; a model that never stops is cut there.
-            budget = [int(1.2 * len(pages[i].page.text.encode("utf-8"))) + 32 for i in batch]
+            # Room for the whole page and then some; a model that never stops is cut there
+            # (the last bytes of a long read cost the most: attention over all before them).
+            budget = [int(1.15 * len(pages[i].page.text.encode("utf-8"))) + 16 for i in batch]
             texts = read_back(backend, ctx, budget)
             for i, text in zip(batch, texts, strict=True):
                 p = pages[i]
@@ -574,10 +577,28 @@ def section_needle(
     }
 
 
+CROSS_KINDS = (  # (kind, words of the question that say it), first match wins
+    ("count over a threshold", "offices have more than"),
+    ("compare two", "has more staff,"),
+    ("most staff", "the most staff"),
+    ("fewest staff", "the fewest staff"),
+    ("highest revenue", "highest revenue"),
+    ("sum of two", "combined staff"),
+    ("number of offices", "how many offices does"),
+)
+
+
+def question_kind(question: str) -> str:
+    """Which kind of cross-document question this is (for accuracy per kind)."""
+    lowered = question.lower()
+    return next((kind for kind, words in CROSS_KINDS if words in lowered), "other")
+
+
 def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[str, Any]:
     first = seed * SEED_STRIDE + SECTION_SEEDS["cross"]
     sets = [
-        data.cross_document_set(first + s, SPLIT, sizes.cross_docs) for s in range(sizes.cross_sets)
+        data.cross_document_set(first + s, SPLIT, sizes.cross_docs[s % len(sizes.cross_docs)])
+        for s in range(sizes.cross_sets)
     ]
     tiers = [t for t in sizes.cross_tiers if t in backend.tier_tokens]
     per_tier: dict[str, dict[str, Any]] = {}
@@ -585,6 +606,7 @@ def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[s
     t0 = time.perf_counter()
     for tier in tiers:
         cross_right = cross_total = single_right = single_total = 0
+        by_kind: dict[str, list[int]] = {}  # kind -> [right, total]
         for docs, facts in sets:
             pages = [
                 (d, n, page) for d, doc in enumerate(docs) for n, page in enumerate(doc.pages, 1)
@@ -599,6 +621,9 @@ def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[s
                 ok = answer_matches(answer.text, fact.answer)
                 cross_right += ok
                 cross_total += 1
+                tally = by_kind.setdefault(question_kind(fact.question), [0, 0])
+                tally[0] += ok
+                tally[1] += 1
                 if tier == "tiny" and len(examples) < 10:
                     examples.append(
                         {
@@ -620,6 +645,7 @@ def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[s
             "accuracy": round(cross_right / cross_total, 4) if cross_total else None,
             "single_page_questions": single_total,
             "single_page_accuracy": round(single_right / single_total, 4) if single_total else None,
+            "by_kind": {k: {"right": r, "questions": n} for k, (r, n) in sorted(by_kind.items())},
         }
     log(
         f"cross-document: {len(sets)} sets x {len(tiers)} tiers in {time.perf_counter() - t0:.0f} s"
@@ -628,7 +654,7 @@ def section_cross(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[s
         "split": SPLIT,
         "match": "exact answer after collapsing whitespace, ignoring case",
         "sets": len(sets),
-        "documents_per_set": sizes.cross_docs,
+        "documents_per_set": [len(docs) for docs, _ in sets],
         "tiers": per_tier,
         "baseline": "single_page_accuracy: the same documents' own one-page facts, same context",
         "examples": examples,
@@ -944,7 +970,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     cd = report["cross_document"]
     table = Table(
         title=f"c. Cross-document questions ({cd['sets']} sets of "
-        f"{cd['documents_per_set']} documents)"
+        f"{'/'.join(map(str, sorted(set(cd['documents_per_set']))))} documents)"
     )
     table.add_column("tier")
     table.add_column("questions", justify="right")
@@ -1005,6 +1031,9 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> d
     parser.add_argument("--quick", action="store_true", help="small sample sizes: a smoke run")
     parser.add_argument("--weights", type=Path, help="weights file or directory (default: shipped)")
     parser.add_argument("--seed", type=int, default=0, help="which held-out documents")
+    parser.add_argument(
+        "--pages-per-bucket", type=int, help="read-back pages per text-length bucket (default 2)"
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default data/eval/<version>.json)")
     parser.add_argument(
         "--cache-dir",
@@ -1042,6 +1071,8 @@ def _main(args: argparse.Namespace, argv: list[str], backend: Backend | None) ->
     elif args.weights:
         raise ValueError("pass either a backend or --weights")
     sizes = QUICK if args.quick else FULL
+    if args.pages_per_bucket:
+        sizes = replace(sizes, pages_per_bucket=args.pages_per_bucket)
     log(
         f"model {backend.version}, trained: {backend.trained}; "
         f"{'quick' if args.quick else 'full'} run"

@@ -82,6 +82,7 @@ def save_weights(
     metadata["config"] = json.dumps(config.to_dict(), sort_keys=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors creates it private; shipped weights are read by any user
     os.replace(tmp, path)
     digest = sha256_file(path)
     checksum_path(path).write_text(f"{digest}  {path.name}\n")

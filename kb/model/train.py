@@ -57,6 +57,7 @@ from kb.model.processing_reference import (
     decode,
     encode_text,
     read_prompt,
+    text_to_ids,
 )
 from kb.model.reference import DEFAULT_WEIGHTS, save_weights
 
@@ -337,16 +338,24 @@ Groups = dict[tuple[str, bool], tuple[list[tuple[int, int]], torch.Tensor]]
 
 def page_groups(pool: Pool, samples: list[Sample]) -> Groups:
     """The batch's pages grouped by (tier, with gradient): the (sample, position) of each and
-    their pixels, (b, S, S) uint8 as cached. Pure CPU work, done ahead by the prefetch thread."""
+    their input: pixels (b, S, S) uint8 as cached, or for the text tier the page texts' byte ids
+    (b, n) padded with PAD (processing_reference.text_to_ids, then to the longest). Pure CPU
+    work, done ahead by the prefetch thread."""
     members: dict[tuple[str, bool], list[tuple[int, int, int]]] = {}
     for s, sample in enumerate(samples):
         for j, (page, tier, grad) in enumerate(sample.pages):
             members.setdefault((tier, grad), []).append((s, j, page))
-    return {
-        key: ([(s, j) for s, j, _ in m], torch.from_numpy(np.stack([pool.tiers[key[0]][p]
-                                                                    for _, _, p in m])))
-        for key, m in members.items()
-    }  # fmt: skip
+    groups: Groups = {}
+    for key, m in members.items():
+        where = [(s, j) for s, j, _ in m]
+        if key[0] == "text":
+            ids = [text_to_ids(pool.texts[p]) for _, _, p in m]
+            n = max(len(x) for x in ids)
+            groups[key] = (where, torch.stack([F.pad(x, (0, n - len(x)), value=PAD) for x in ids]))
+        else:
+            pixels = np.stack([pool.tiers[key[0]][p] for _, _, p in m])  # (b, S, S) uint8
+            groups[key] = (where, torch.from_numpy(pixels))
+    return groups
 
 
 def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, dev):
@@ -354,13 +363,22 @@ def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, d
     sample's pages in its order, as ReferenceModel.pack packs cached pages: kv (B, L, 2, M, D)
     padded to the longest sample, and mask (B, M)."""
     kv_of: dict[tuple[int, int], torch.Tensor] = {}
+    k = model.config.text_bytes_per_token
     for (tier, grad), (where, raw) in groups.items():
-        # exactly processing_reference.image_to_tensor's values: ink = 1, paper = 0
-        x = 1.0 - raw.to(dev, non_blocking=True).float()[:, None] / 255.0  # (b, 1, S, S)
         with nullcontext() if grad else torch.no_grad():
-            kv = model.page_kv(model.encode_images(x, tier))  # (b, L, 2, T, D)
+            if tier == "text":  # the exact tier: one memory token per 4 bytes, as the backend
+                ids = raw.to(dev, non_blocking=True)  # (b, n)
+                real = (ids != PAD).view(len(where), -1, k).any(-1)  # (b, n/4) real tokens
+                lengths = real.sum(1).clamp(min=1).tolist()
+                real[:, 0] = True  # an empty page still has its one (all-PAD) token
+                kv = model.page_kv(model.encode_text(ids), real)  # (b, L, 2, n/4, D)
+            else:
+                # exactly processing_reference.image_to_tensor's values: ink = 1, paper = 0
+                x = 1.0 - raw.to(dev, non_blocking=True).float()[:, None] / 255.0  # (b, 1, S, S)
+                kv = model.page_kv(model.encode_images(x, tier))  # (b, L, 2, T, D)
+                lengths = [kv.shape[3]] * len(where)
         for i, key in enumerate(where):
-            kv_of[key] = kv[i]
+            kv_of[key] = kv[i, :, :, : lengths[i]]
     per_sample = [
         torch.cat([kv_of[(s, j)] for j in range(len(sample.pages))], dim=2)  # (L, 2, M_s, D)
         for s, sample in enumerate(samples)
@@ -368,9 +386,9 @@ def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, d
     M = max(k.shape[2] for k in per_sample)
     mask = torch.zeros(len(samples), M, dtype=torch.bool, device=dev)
     padded = []
-    for s, k in enumerate(per_sample):
-        mask[s, : k.shape[2]] = True
-        padded.append(F.pad(k, (0, 0, 0, M - k.shape[2])))
+    for s, kv_s in enumerate(per_sample):
+        mask[s, : kv_s.shape[2]] = True
+        padded.append(F.pad(kv_s, (0, 0, 0, M - kv_s.shape[2])))
     return torch.stack(padded), mask
 
 
@@ -656,6 +674,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sorted(set(weights(cfg["read_tiers"])) | set(weights(cfg["needle_tiers"]))
                | set(weights(cfg["haystack_tiers"])) | {"tiny"})
     )  # fmt: skip
+    tiers = tuple(t for t in tiers if t != "text")  # the text tier reads pool.texts
     t0 = time.time()
     train_pool = build_pool(
         pool_spec(cfg, "train"), cfg["data_dir"], tiers, cfg["pool_workers"], log

@@ -162,6 +162,9 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     cross = written["cross_document"]
     assert cross["tiers"]["tiny"]["questions"] >= 5
     assert 0.0 <= cross["tiers"]["tiny"]["accuracy"] <= 1.0
+    by_kind = cross["tiers"]["tiny"]["by_kind"]
+    assert "other" not in by_kind  # every question of the data engine has a known kind
+    assert sum(k["questions"] for k in by_kind.values()) == cross["tiers"]["tiny"]["questions"]
 
     speed = written["speed"]
     assert set(speed["encode"]) == {"base", "small", "tiny", "gist"}

@@ -10,7 +10,7 @@ import torch
 
 from kb.model import train
 from kb.model.configuration_reference import ReferenceConfig
-from kb.model.processing_reference import ASK, BOS, EOS, READ, SEP, encode_text
+from kb.model.processing_reference import ASK, BOS, EOS, READ, SEP, encode_text, text_to_ids
 from kb.model.reference import ReferenceBackend, load_model
 
 
@@ -119,3 +119,21 @@ def test_char_precision():
     assert train.char_precision("hellx", "hello") == pytest.approx(0.8)
     assert train.char_precision("", "abcd") == 0.0
     assert train.char_precision("abcdefgh", "abcd") == 0.0
+
+
+def test_text_tier_pages_pack_as_the_backend_packs_them(run_dir, trained):
+    """A text-tier page batched with a longer one gives the kv the backend computes alone."""
+    cfg = train.parse_args(smoke_args(run_dir))
+    pool = train.build_pool(train.pool_spec(cfg, "train"), cfg["data_dir"], ("gist", "tiny"), 1)
+    model, _ = train.load_checkpoint(run_dir / "run" / "ckpt.pt")
+    short, long = sorted(range(len(pool.texts)), key=lambda p: len(pool.texts[p]))[::-1][-1:-3:-1]
+    a = train.Sample("read", [(short, "text", False), (long, "gist", False)], [], [])
+    b = train.Sample("read", [(long, "text", False)], [], [])
+    with torch.no_grad():
+        kv, mask = train.batch_memory(model, [a, b], train.page_groups(pool, [a, b]), "cpu")
+        ids = text_to_ids(pool.texts[short])[None]
+        alone = model.page_kv(model.encode_text(ids))[0]  # (L, 2, T, D), as ReferenceBackend
+    T = alone.shape[2]
+    assert torch.allclose(kv[0, :, :, :T], alone, atol=1e-5)
+    assert mask[0].sum() == T + 16  # the text page, then the gist page's 16 tokens
+    assert mask[1].sum() == len(text_to_ids(pool.texts[long])) // 4
