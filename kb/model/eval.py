@@ -377,7 +377,7 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
                 p = pages[i]
                 score = precision(text, p.page.text)
                 scores[tier].setdefault(p.bucket, []).append(score)
-                if len(examples) < 8 and p.bucket in ("short", "600-700"):
+                if sum(e["tier"] == tier for e in examples) < 3:  # a few of every tier
                     examples.append(
                         {
                             "tier": tier,
@@ -528,7 +528,8 @@ def section_needle(
                     top = bool(answer.page_scores) and int(np.argmax(answer.page_scores)) == at
                     right += ok
                     cited += top
-                    if len(examples) < 12 and (n == max(sizes.needle_ns) or not ok):
+                    shown = sum(e["tier"] == tier and e["n"] == n for e in examples)
+                    if shown < 2:  # a couple of every tier and N
                         examples.append(
                             {
                                 "tier": tier,

@@ -1,8 +1,8 @@
 """Train the reference model on synthetic documents. Flat and resumable, after nanoGPT's train.py.
 
-    python -m kb.model.train --config smoke                  # the CPU, a couple of minutes
-    python -m kb.model.train --config cpu --max_time_s 4200  # what a 2-core CPU can do in 70 min
-    python -m kb.model.train --config gpu                    # the real run (GPU, see deploy/)
+    python -m kb.model.train --config smoke   # the CPU, seconds: the whole loop on a tiny model
+    python -m kb.model.train --config cpu     # what a shared 2-core CPU does in 65 min (shipped)
+    python -m kb.model.train --config gpu     # the real run: deploy/train_on_device.sh
     python -m kb.model.train --out_dir D --resume            # go on from D/ckpt.pt
     python -m kb.model.train --out_dir D --export            # D/ckpt.pt -> shipped weights
 
@@ -12,14 +12,15 @@ Every default below can be overridden on the command line (``--lr 3e-4``); a pre
 Three tasks, mixed in every batch, each prompted exactly as the backend prompts at inference
 (processing_reference.read_prompt / ask_prompt) and reading a memory packed the way
 ``ReferenceModel.pack`` packs cached pages (per-page kv with its page signature, concatenated):
-  read    one page at a random vision tier -> its text layer (BOS READ text EOS). Targets are cut
+  read    one page at a random tier -> its text layer (BOS READ text EOS). Targets are cut
           to ``read_bytes`` (no EOS then, so the model never learns to stop early): on a CPU the
           top of the page only; on a GPU whole pages.
   needle  a page with a fact among N-1 other pages (N drawn log-uniform up to ``haystack``, the
           fact's page at ``needle_tiers``, tiny first: the product's headline) -> the answer.
   cross   the pages of a cross-document set (data.cross_document_set) -> a count or comparison.
-Pages of a haystack beyond ``grad_pages`` are encoded without gradient: they are distractors,
-and encoding them with backward would cost most of the step.
+Tiers are drawn per page from ``*_tiers`` weights; "text" is the exact tier, encoded from the
+page's text as ReferenceBackend.page_kv does. Pages of a haystack beyond ``grad_pages`` are
+encoded without gradient: they are distractors, and their backward would cost most of the step.
 
 The loss is the mean over a sample's target bytes, averaged over samples (an 8-byte answer weighs
 as much as a 300-byte read-back). A checkpoint (out_dir/ckpt.pt) carries the model config, the
@@ -79,9 +80,13 @@ heldout_documents, heldout_needles, heldout_fillers, heldout_cross = 200, 200, 1
 pool_workers = 16
 # task mix and tiers ("tier:weight,...")
 p_read, p_needle, p_cross = 0.5, 0.4, 0.1
-read_tiers = "gist:1,tiny:3,small:2,base:2"
-needle_tiers = "gist:1,tiny:4,small:1,base:1"
-haystack_tiers = "gist:2,tiny:3,small:1"
+# "text" is the exact tier (one memory token per 4 bytes of the page's text): the packer gives it
+# to recent and pinned pages, so the reader must know it; copying from it is also the easiest way
+# for the reader to learn that its memory is worth reading (the 70-minute CPU run's reader never
+# used its memory, and its vision encoder collapsed to one constant output for every page).
+read_tiers = "text:1,gist:1,tiny:3,small:2,base:2"
+needle_tiers = "text:1,gist:1,tiny:4,small:1,base:1"
+haystack_tiers = "text:1,gist:2,tiny:3,small:1"
 read_bytes = 4096  # read-back targets are cut here (a full page is 600-5,200 bytes)
 read_bytes_start = 4096  # curriculum: the cut grows linearly from this to read_bytes ...
 haystack = 64  # ... and haystack sizes from haystack_start pages to this
