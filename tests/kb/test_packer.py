@@ -23,7 +23,14 @@ def test_fading_memory_newest_richest() -> None:
     order = ["gist", "tiny", "small", "base"]
     ranks = [order.index(t) for _, t in p.chosen]  # oldest -> newest
     assert ranks == sorted(ranks), "an older page got a richer tier than a newer one"
-    assert p.chosen[-1][1] == "base" and p.chosen[0][1] == "gist"
+    # 100 x 16 = 1600 at gist; the 1400 left lift the 29 newest pages to tiny (48 more each).
+    assert p.tiers == {"gist": 71, "tiny": 29} and p.tokens == 2992
+
+
+def test_every_page_reaches_a_tier_before_any_page_goes_beyond_it() -> None:
+    p = pack(pages(1000), TIERS, 65536)
+    assert p.tiers == {"tiny": 958, "small": 42} and p.tokens == 65512
+    assert [t for _, t in p.chosen[-42:]] == ["small"] * 42  # the newest
 
 
 def test_budget_below_cheapest_leaves_oldest_out_and_says_so() -> None:
