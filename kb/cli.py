@@ -101,6 +101,9 @@ def run(
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly, for SIGINT too: a shell that starts us in the background ignores SIGINT, and
+    # Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         if settings.redis_url:
