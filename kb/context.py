@@ -41,6 +41,10 @@ class Context:
         if self._backend is None:
             with self._backend_lock:
                 if self._backend is None:
+                    if self.settings.torch_threads:
+                        import torch
+
+                        torch.set_num_threads(self.settings.torch_threads)
                     self._backend = load_backend(
                         self.settings.model, self.settings.model_path, self.settings.device
                     )

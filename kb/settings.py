@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     model: Literal["reference", "deepseek-ocr2"] = "reference"
     model_path: Path | None = None  # weights directory or file; default: the shipped weights
     device: str = "cpu"
+    # torch threads per process; unset = torch's default (every core). On a shared 2-core
+    # machine one thread was measured several times faster (docs/benchmarks.md).
+    torch_threads: int | None = Field(None, ge=1)
 
     api_key: SecretStr | None = None  # unset: generated once, kept in data_dir
     admin_key: SecretStr | None = None

@@ -156,3 +156,17 @@ def test_ask_and_read_back(ctx: Context, tmp_path: Path) -> None:
         reader.read_page(ctx, doc_id, 2, "huge")
     with pytest.raises(reader.EmptyCollection):
         reader.ask(ctx, "?", "nothing-here")
+
+
+def test_torch_threads_setting_applies_when_the_model_loads(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        c = Context(Settings(data_dir=tmp_path / "d", torch_threads=1))
+        assert torch.get_num_threads() == 2  # nothing happens until the model is needed
+        c.backend  # noqa: B018
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
