@@ -31,7 +31,7 @@ from api.schemas import (
 )
 from kb import reader
 from kb.catalog import repo
-from kb.catalog.models import Document
+from kb.catalog.models import Document, new_id
 from kb.pipeline import original_key
 from workers.celery_app import app as celery
 
@@ -148,8 +148,6 @@ def upload_document(
             if existing is not None:
                 response.status_code = status.HTTP_200_OK
                 return DocumentAccepted(id=existing.id, status=existing.status, duplicate=True)  # type: ignore[arg-type]
-
-        from kb.catalog.models import new_id
 
         doc_id = new_id()
         key = original_key(doc_id, filename)

@@ -11,9 +11,11 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 from PIL import Image
+from sqlalchemy import select
 
 import ingest
 from kb.catalog import repo
@@ -109,8 +111,6 @@ def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) ->
 
     def image(p: Page) -> Image.Image:
         if p.content_hash not in images:
-            from io import BytesIO
-
             with Image.open(BytesIO(ctx.store.get(p.image_key))) as im:
                 images[p.content_hash] = im.convert("RGB")
         return images[p.content_hash]
@@ -183,8 +183,6 @@ def reindex_pages(ctx: Context, job_id: str, page_ids: list[int]) -> tuple[int, 
     questions keep being answered from the previous tensors; the pages switch to the new version
     together, when the job's last batch is done.
     """
-    from sqlalchemy import select
-
     with ctx.session() as s:
         if repo.get_job(s, job_id) is None:
             return None
