@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pymupdf
@@ -50,16 +51,30 @@ div.head { font-weight: bold; }
 """
 
 
+@contextmanager
+def _pdf_writer() -> Iterator[tuple[pymupdf.DocumentWriter, io.BytesIO]]:
+    """A PDF writer into memory, closed on every path; the PDF is in the buffer afterwards."""
+    buffer = io.BytesIO()
+    writer = pymupdf.DocumentWriter(buffer, "compress")
+    try:
+        yield writer, buffer
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # a writer with no pages refuses to close; the first error matters
+            pass
+        raise
+    writer.close()
+
+
 def layout_html(fragments: Iterable[str]) -> bytes:
     """Lay out each fragment (a self-contained piece of HTML) from the top of a new page.
 
     Returns the bytes of a PDF. Exceptions raised while producing the fragments (EmptyDocument,
     DocumentTooLarge) propagate unchanged.
     """
-    buffer = io.BytesIO()
-    writer = pymupdf.DocumentWriter(buffer, "compress")
     pages = 0
-    try:
+    with _pdf_writer() as (writer, buffer):
         for fragment in fragments:
             if "<table" in fragment and _overflows(fragment):
                 # MuPDF cannot split a table row across pages: a row taller than a page runs off
@@ -78,13 +93,6 @@ def layout_html(fragments: Iterable[str]) -> bytes:
                     log.warning(
                         "layout overflowed page %d (%s); text may be cut off", pages, filled
                     )
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:  # a writer with no pages refuses to close; the first error matters
-            pass
-        raise
-    writer.close()
     return buffer.getvalue()
 
 
@@ -180,10 +188,8 @@ def layout_styled_html(
             pymupdf.Rect(CONTENT.x0, CONTENT.y0, CONTENT.x0 + width, CONTENT.y1),
             pymupdf.Rect(CONTENT.x1 - width, CONTENT.y0, CONTENT.x1, CONTENT.y1),
         ]
-    buffer = io.BytesIO()
-    writer = pymupdf.DocumentWriter(buffer, "compress")
     pages = 0
-    try:
+    with _pdf_writer() as (writer, buffer):
         for fragment in fragments:
             story = pymupdf.Story(fragment, user_css=css, em=font_size, archive=archive)
             more = True
@@ -197,11 +203,4 @@ def layout_styled_html(
                     more, _ = story.place(rect)
                     story.draw(device)
                 writer.end_page()
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:  # a writer with no pages refuses to close; the first error matters
-            pass
-        raise
-    writer.close()
     return buffer.getvalue()
