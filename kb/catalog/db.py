@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,14 +74,30 @@ def _sqlite_engine(url: URL, *, busy_timeout_s: float, foreign_keys: bool) -> En
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")  # persistent in the file; cheap to repeat
-            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: no corruption on crash
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            _enable_wal(cursor, busy_timeout_s)
+            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: no corruption on crash
             cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         finally:
             cursor.close()
 
     return engine
+
+
+def _enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
+    # WAL is persistent in the file, so this is a no-op after the first connection ever. That
+    # first switch needs an exclusive lock and SQLite does not call the busy handler for it: when
+    # several processes open a new catalog at once (API and workers migrating at start-up), all
+    # but one get "database is locked" at once. They retry here until the busy timeout.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
