@@ -228,10 +228,17 @@ def page_image(ctx: CtxDep, document_id: str, n: int) -> Response:
 
 
 @v1.get("/documents/{document_id}/pages/{n}/text", response_model=PageText)
-def page_text(ctx: CtxDep, document_id: str, n: int, tier: str = "base") -> PageText:
+def page_text(
+    ctx: CtxDep,
+    document_id: str,
+    n: int,
+    tier: str = "base",
+    max_bytes: Annotated[int, Query(ge=1, le=16384)] = 4096,
+) -> PageText:
+    """``max_bytes``: where a vision-tier read-back stops (the text tier is returned whole)."""
     _page(ctx, document_id, n)
     try:
-        text_ = reader.read_page(ctx, document_id, n, tier)
+        text_ = reader.read_page(ctx, document_id, n, tier, max_bytes)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     except reader.PageNotReady as exc:

@@ -59,9 +59,8 @@ def ask(
     budget = backend.context_budget if max_context_tokens is None else max_context_tokens
     # A decoder with a hard window (deepseek-ocr2) caps every budget: pages that do not fit are
     # faded or left out by the packer (and counted), never overflowed.
-    limit = getattr(backend, "context_limit", None)
-    if limit is not None:
-        budget = min(budget, limit)
+    if backend.context_limit is not None:
+        budget = min(budget, backend.context_limit)
     with ctx.session() as s:
         pages = [p for p in repo.ready_pages(s, collection) if p.encoded_version]
         s.expunge_all()
@@ -104,8 +103,11 @@ def ask(
     )
 
 
-def read_page(ctx: Context, document_id: str, number: int, tier: str) -> str:
-    """What the model reads back from one page at one tier (the text tier is the page's text)."""
+def read_page(
+    ctx: Context, document_id: str, number: int, tier: str, max_new_tokens: int = 4096
+) -> str:
+    """What the model reads back from one page at one tier (the text tier is the page's text);
+    a read-back stops at ``max_new_tokens`` generated tokens (bytes for the reference model)."""
     backend = ctx.backend
     with ctx.session() as s:
         page = repo.get_page(s, document_id, number)
@@ -123,4 +125,5 @@ def read_page(ctx: Context, document_id: str, number: int, tier: str) -> str:
         raise PageNotReady(f"page {number} of document {document_id} is not encoded yet")
     tensors = ctx.tensors.get(version, tier, page.content_hash)
     with ctx.model_lock:
-        return backend.read_page(ContextPage(document_id, number, "", tier, tensors=tensors))
+        page_ = ContextPage(document_id, number, "", tier, tensors=tensors)
+        return backend.read_page(page_, max_new_tokens)

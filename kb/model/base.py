@@ -41,8 +41,9 @@ class Backend(Protocol):
     version: str  # changes whenever encodings change: part of every tensor key
     trained: bool  # False while the weights are a random initialisation
     context_budget: int  # default max_context_tokens of a question
-    # Optional (read with getattr, so older backends need not define it): ``context_limit: int``,
-    # a hard cap on any question's vision tokens (a decoder's window); the reader never exceeds it.
+    # A hard cap on any question's context tokens (a decoder's window), None where there is none;
+    # the reader never exceeds it, whatever budget a question asks for.
+    context_limit: int | None
     tier_tokens: dict[str, int]  # vision tokens per page per tier this backend supports
 
     def encode(self, images: list[Image.Image], tier: str) -> list[PageTensors]:

@@ -120,6 +120,11 @@ def test_documents_are_rendered_and_listed(stack: Stack, corpus: dict[str, str])
         assert c.get(f"/v1/documents/{corpus['pdf']}/pages/0/text").status_code == 422
         bad_tier = c.get(f"/v1/documents/{corpus['pdf']}/pages/1/text", params={"tier": "huge"})
         assert bad_tier.status_code == 422 and "tier" in bad_tier.json()["detail"]
+        short = c.get(f"/v1/documents/{corpus['pdf']}/pages/1/text", params={"max_bytes": 3})
+        assert short.status_code == 200 and len(short.json()["text"]) <= 3  # a byte -> a char
+        for bad in (0, 16385, "many"):
+            r = c.get(f"/v1/documents/{corpus['pdf']}/pages/1/text", params={"max_bytes": bad})
+            assert r.status_code == 422, (bad, r.text)
 
 
 def test_ask_packs_every_page_and_cites_them(stack: Stack, corpus: dict[str, str]) -> None:

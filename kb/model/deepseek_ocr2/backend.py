@@ -256,13 +256,14 @@ class DeepseekOcr2Backend:
         patch = vision.sam_config.patch_size
         self.view_queries = {tier: _queries(size, patch) for tier, size in VIEW_SIZE.items()}
         self.tier_tokens = {tier: q + 1 for tier, q in self.view_queries.items()}  # + separator
-        self.context_limit = _context_limit(
+        limit = _context_limit(
             self.max_positions,
             min(self.tier_tokens.values()),
             MARKER_TOKENS,
             TEMPLATE_TOKENS + QUESTION_TOKENS + ANSWER_TOKENS,
         )
-        self.context_budget = self.context_limit
+        self.context_limit: int | None = limit
+        self.context_budget = limit
         self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
         self.last_call: CallTrace | None = None
 
@@ -401,8 +402,11 @@ class DeepseekOcr2Backend:
         ids = [*self.bos, *[self.image_token_id] * len(features)]
         prefix = self._prefill(ids, [features], spans=[(len(self.bos), len(ids))])
         prefix_s = time.monotonic() - started
+        prompt = self._ids(OCR_PROMPT)
+        # A read-back is as long as the page: at most what the window leaves, whatever is asked.
+        room = self.max_positions - prefix.length - len(prompt)
         new, _ = self._decode(
-            prefix, self._ids(OCR_PROMPT), max_new_tokens, False, prefix_s, scores=False
+            prefix, prompt, max(1, min(max_new_tokens, room)), False, prefix_s, scores=False
         )
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
