@@ -32,6 +32,7 @@ from ingest.render import (
     render_page,
     render_pdf_bytes,
     tier_image,
+    word_boxes,
 )
 from ingest.text_formats import MAX_TEXT_BYTES
 from ingest.upload import SNIFF_BYTES, SUPPORTED_EXTENSIONS, check_upload, safe_filename
@@ -58,6 +59,7 @@ __all__ = [
     "png_bytes",
     "render_page",
     "render_pdf_bytes",
+    "word_boxes",
     "safe_filename",
     "tier_image",
 ]

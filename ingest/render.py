@@ -131,7 +131,7 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         rect = page.rect
         if rect.width <= 0 or rect.height <= 0:
             raise CorruptDocument(f"page {number} of the document has no size and cannot be shown")
-        zoom = size / max(rect.width, rect.height)
+        zoom = _canonical_zoom(rect)
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                                  alpha=False)  # fmt: skip
         text = page.get_text(flags=_TEXT_FLAGS)
@@ -149,8 +149,41 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         ) from exc
 
     image = Image.new("RGB", (size, size), "white")
-    image.paste(rendered, ((size - rendered.width) // 2, (size - rendered.height) // 2))
+    image.paste(rendered, _canonical_offset(rendered.width, rendered.height))
     return RenderedPage(number=number, image=image, text=text, content_hash=page_hash(image, text))
+
+
+def _canonical_zoom(rect: pymupdf.Rect) -> float:
+    """Page points -> canonical pixels: the long side becomes CANONICAL.size."""
+    return CANONICAL.size / max(rect.width, rect.height)
+
+
+def _canonical_offset(width: int, height: int) -> tuple[int, int]:
+    """Where a rendered page of this size sits on the canonical square: centred."""
+    return (CANONICAL.size - width) // 2, (CANONICAL.size - height) // 2
+
+
+_WORD_FLAGS = pymupdf.TEXTFLAGS_WORDS & ~pymupdf.TEXT_PRESERVE_LIGATURES  # "ff", as the text
+
+
+def word_boxes(pdf: bytes) -> list[list[tuple[float, float, float, float, str]]]:
+    """Per page of an in-memory PDF, its words as (x0, y0, x1, y1, word) in the pixels of the
+    page's canonical render (render_page's zoom and centring)."""
+    out = []
+    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+        for page in doc:
+            rect = page.rect
+            zoom = _canonical_zoom(rect)
+            dx, dy = _canonical_offset(
+                min(round(rect.width * zoom), CANONICAL.size),
+                min(round(rect.height * zoom), CANONICAL.size),
+            )
+            out.append([
+                (round((x0 - rect.x0) * zoom + dx, 1), round((y0 - rect.y0) * zoom + dy, 1),
+                 round((x1 - rect.x0) * zoom + dx, 1), round((y1 - rect.y0) * zoom + dy, 1), w)
+                for x0, y0, x1, y1, w, *_ in page.get_text("words", flags=_WORD_FLAGS)
+            ])  # fmt: skip
+    return out
 
 
 def render_pdf_bytes(pdf: bytes) -> list[RenderedPage]:

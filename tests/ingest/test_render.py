@@ -373,3 +373,20 @@ def test_a_broken_epub_is_corrupt(tmp_path):
     path.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
     with pytest.raises(CorruptDocument):
         count_pages(path, ".epub")
+
+
+def test_word_boxes_lie_on_the_ink_of_the_canonical_render():
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)  # A4: centred on the square with side margins
+    page.insert_text((300, 400), "Xylem 742", fontsize=20)
+    pdf = doc.tobytes()
+    (rendered,) = ingest.render_pdf_bytes(pdf)
+    (boxes,) = ingest.word_boxes(pdf)
+    assert [w for *_, w in boxes] == ["Xylem", "742"]
+    gray = rendered.image.convert("L")
+    for x0, y0, x1, y1, _ in boxes:
+        inside = gray.crop((int(x0), int(y0), int(x1) + 1, int(y1) + 1))
+        assert inside.getextrema()[0] < 100  # ink in the box
+    x0, y0, x1, y1, _ = boxes[0]
+    beside = gray.crop((int(x0) - 40, int(y0), int(x0) - 2, int(y1)))
+    assert beside.getextrema()[0] == 255  # and none just left of it
