@@ -23,7 +23,12 @@ class ReferenceConfig:
 
     # --- page images -> vision tokens ---
     in_channels: int = 1  # grayscale: documents are ink on paper; colour triples the stem's input
-    patch_size: int = 16  # the stem patchifies 16 x 16 pixels: a few glyphs of a 512 px page
+    patch_size: int = 16  # the stem's stride: 16 x 16 pixels, a few glyphs of a 512 px page
+    # "conv": 3x3 stride-2 conv, 3x3 stride-2 conv, 4x4 stride-4 conv. Glyphs are 6-8 px tall at
+    # the tiny tier; strokes seen at 1/2 and 1/4 resolution first are learnt far sooner than by
+    # one linear 16 x 16 patch projection ("patch", the first shipped weights' stem).
+    stem: str = "conv"
+    stem_channels: int = 32  # channels at 1/2 resolution (twice that at 1/4): strokes are simple
     compress: int = 4  # 4 x 4 stride-4 conv: 16x fewer tokens (DeepSeek-OCR's 16x compressor)
     tier_sizes: dict[str, int] = field(default_factory=_default_tier_sizes)  # 16 * 4 = 64 px/token
     enc_conv_dim: int = 128  # channels at 1/16 resolution (32 x 32 cells at tiny): keep it narrow
@@ -41,6 +46,11 @@ class ReferenceConfig:
     # --- reader (byte-level causal decoder with cross-attention to the memory) ---
     n_layers: int = 4  # each layer caches (k, v) per page: kv bytes = 2 * n_layers * tokens bytes
     rope_base: float = 10000.0  # rotary positions in self-attention: no maximum question length
+    # Absolute positions added to the reader's byte embeddings, on the text tier's scale (byte p
+    # gets the code of memory token p / 4): rotary self-attention tells a byte where it is only
+    # relative to others, so without them the reader cannot say which part of a page comes next
+    # except by matching content, a circuit a small CPU run never found.
+    reader_abs_pos: bool = True
     dropout: float = 0.0  # synthetic training data is unlimited: nothing to regularise yet
 
     # --- generation: the repetition guard ---
@@ -55,6 +65,10 @@ class ReferenceConfig:
             raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary")
         if self.d_model % 4:
             raise ValueError(f"d_model {self.d_model} must be a multiple of 4 (2D sin/cos)")
+        if self.stem not in ("conv", "patch"):
+            raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
+        if self.stem == "conv" and self.patch_size != 16:
+            raise ValueError(f"the conv stem has stride 16, got patch_size {self.patch_size}")
         for tier, size in self.tier_sizes.items():
             if size % self.cell:
                 raise ValueError(f"tier {tier!r}: size {size} is not a multiple of {self.cell} px")
@@ -80,4 +94,6 @@ class ReferenceConfig:
     def from_dict(cls, data: dict[str, Any]) -> ReferenceConfig:
         """Keys this version does not know are dropped; fields the data lacks take defaults."""
         known = {f.name for f in fields(cls)}
+        if data and "stem" not in data:  # saved before these were configurable
+            data = {**data, "stem": "patch", "reader_abs_pos": False}
         return cls(**{k: v for k, v in data.items() if k in known})

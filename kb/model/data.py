@@ -51,9 +51,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ingest import layout_styled_html, png_bytes, render_pdf_bytes, tier_image
+from ingest import layout_styled_html, png_bytes, render_pdf_bytes, tier_image, word_boxes
 
-DATA_VERSION = 1  # bump whenever generated pages or facts change: part of streams and cache keys
+DATA_VERSION = 2  # bump whenever generated pages or facts change: part of streams and cache keys
 SPLITS = ("train", "heldout")
 LAYOUTS = ("paragraphs", "list", "table", "form", "two_column")
 HELDOUT_RESIDUE = 1  # numbers that can be answers: n % 3 == 1 only in held-out, never in train
@@ -70,6 +70,9 @@ class Fact:
 class SyntheticPage:
     image: Image.Image  # canonical 1024 x 1024 RGB render, made through ingest's own code
     text: str  # ground-truth text of the page as laid out (what read-back should produce)
+    # Every word with its box on the canonical render, (x0, y0, x1, y1, word) in pixels: where
+    # the text is, for training's word-presence loss on the vision tokens (train.py).
+    words: list[tuple[float, float, float, float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -828,7 +831,11 @@ def _render(fragments: list[str], style: _Style) -> list[SyntheticPage]:
         columns=style.columns,
         font_files=dict(style.font.files) or None,
     )
-    return [SyntheticPage(image=p.image, text=p.text) for p in render_pdf_bytes(pdf)]
+    boxes = word_boxes(pdf)
+    return [
+        SyntheticPage(image=p.image, text=p.text, words=w)
+        for p, w in zip(render_pdf_bytes(pdf), boxes, strict=True)
+    ]
 
 
 def _normalize(text: str) -> str:
@@ -1181,6 +1188,7 @@ class PoolItem:
 class Pool:
     spec: PoolSpec
     texts: list[str]  # per pool page
+    words: list[list[Any]]  # per pool page: SyntheticPage.words ([] for pools built before)
     tiers: dict[str, np.ndarray]  # tier -> (n_pages, S, S) uint8 grayscale at the tier's size
     items: list[PoolItem]
 
@@ -1219,6 +1227,7 @@ def _pool_job(job: tuple[str, int, PoolSpec, tuple[str, ...]]) -> dict[str, Any]
         "seed": seed,
         "png": [png_bytes(p.image) for p in pages],
         "texts": [p.text for p in pages],
+        "words": [p.words for p in pages],
         "facts": facts,
         "arrays": arrays,
     }
@@ -1254,6 +1263,7 @@ def build_pool(
     jobs += [("cross", f0 + s, spec, tiers) for s in range(spec.cross_sets)]
     random.Random(0).shuffle(jobs)  # mix cheap and dear jobs across workers
     texts: list[str] = []
+    words: list[Any] = []
     items: list[PoolItem] = []
     # Tier arrays are appended to raw files as they come: a big pool never sits in RAM whole.
     raws = {tier: open(folder / f"{tier}.u8", "wb") for tier in tiers}
@@ -1265,6 +1275,7 @@ def build_pool(
                 for i, png in enumerate(result["png"]):
                     (folder / "pages" / f"{first + i}.png").write_bytes(png)
                 texts.extend(result["texts"])
+                words.extend(result["words"])
                 for tier in tiers:
                     for array in result["arrays"][tier]:
                         raws[tier].write(array.tobytes())
@@ -1277,6 +1288,7 @@ def build_pool(
         for raw in raws.values():
             raw.close()
     (folder / "texts.json").write_text(json.dumps(texts))
+    (folder / "words.json").write_text(json.dumps(words))
     (folder / "items.json").write_text(json.dumps([asdict(item) for item in items]))
     done.write_text(json.dumps({"tiers": list(tiers), "spec": asdict(spec), "pages": len(texts)}))
     return _load_pool(spec, folder, tiers)
@@ -1297,6 +1309,8 @@ class _Serial:
 
 def _load_pool(spec: PoolSpec, folder: Path, tiers: tuple[str, ...]) -> Pool:
     texts = json.loads((folder / "texts.json").read_text())
+    words_file = folder / "words.json"
+    words = json.loads(words_file.read_text()) if words_file.is_file() else [[] for _ in texts]
     items = [
         PoolItem(d["kind"], d["seed"], d["pages"], [tuple(f) for f in d["facts"]])
         for d in json.loads((folder / "items.json").read_text())
@@ -1309,7 +1323,7 @@ def _load_pool(spec: PoolSpec, folder: Path, tiers: tuple[str, ...]) -> Pool:
         else:
             shape = (len(texts), size, size)
             arrays[tier] = np.memmap(folder / f"{tier}.u8", np.uint8, "r", shape=shape)
-    return Pool(spec, texts, arrays, items)
+    return Pool(spec, texts, words, arrays, items)
 
 
 def page_from_png(data: bytes) -> Image.Image:

@@ -139,7 +139,7 @@ class PageBlock(nn.Module):
 class VisionEncoder(nn.Module):
     """Fully convolutional down to the token grid, so one set of weights serves every tier.
 
-    16x16 patchify conv (1/16) -> ConvNeXt blocks -> 4x4 stride-4 conv (16x fewer tokens, 1/64)
+    conv stem (1/16; config.stem) -> ConvNeXt blocks -> 4x4 stride-4 conv (16x fewer tokens, 1/64)
     -> + 2D sin/cos positions + tier embedding -> transformer over the g*g tokens -> LayerNorm.
     """
 
@@ -149,7 +149,17 @@ class VisionEncoder(nn.Module):
         C, D = config.enc_conv_dim, config.d_model
         self.tier_index = {name: i for i, name in enumerate(config.tier_sizes)}
         self.ref_grid = max(config.tier_sizes.values()) // config.cell
-        self.stem = nn.Conv2d(config.in_channels, C, config.patch_size, stride=config.patch_size)
+        if config.stem == "conv":  # strokes at 1/2, glyph parts at 1/4, then cells of 1/16
+            c1 = config.stem_channels
+            self.stem: nn.Module = nn.Sequential(
+                nn.Conv2d(config.in_channels, c1, 3, stride=2, padding=1),
+                nn.GELU(),
+                nn.Conv2d(c1, 2 * c1, 3, stride=2, padding=1),
+                nn.GELU(),
+                nn.Conv2d(2 * c1, C, 4, stride=4),
+            )
+        else:  # "patch": one linear projection of each 16 x 16 patch, as a ViT
+            self.stem = nn.Conv2d(config.in_channels, C, config.patch_size, config.patch_size)
         self.stem_norm = LayerNorm2d(C)
         self.convs = nn.Sequential(
             *[ConvNeXtBlock(C, config.mlp_ratio) for _ in range(config.enc_conv_blocks)]
@@ -373,13 +383,17 @@ class ReferenceModel(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, D)  # reader bytes; tied to the output head
         self.blocks = nn.ModuleList([ReaderBlock(config) for _ in range(config.n_layers)])
         self.ln_f = nn.LayerNorm(D)
+        if config.reader_abs_pos:  # sin/cos codes have norm ~11, byte embeddings ~0.3 at init
+            self.abs_pos_gain = nn.Parameter(torch.tensor(0.03))
         hd = D // config.n_heads
         inv_freq = 1.0 / config.rope_base ** (torch.arange(0, hd, 2).float() / hd)  # (hd/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.apply(self._init_weights)
-        # Residual projections scaled down by depth, as GPT-2 does.
+        # Residual projections scaled down by depth, as GPT-2 does; not the cross-attention's: a
+        # memory read that starts out drowned by the self-attention path is learnt to be ignored.
         for name, p in self.named_parameters():
-            if name.startswith("blocks.") and name.endswith("proj.weight"):
+            residual = name.startswith("blocks.") and name.endswith("proj.weight")
+            if residual and ".cross." not in name:
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(3 * config.n_layers))
 
     @staticmethod
@@ -453,8 +467,11 @@ class ReferenceModel(nn.Module):
             # byte pays for a strided read of the whole memory.
             return x.to(dtype, memory_format=torch.contiguous_format).contiguous()
 
-        k = [dense(heads[i, 0]) for i in range(L)]  # (B, H, M, hd) per layer
-        v = [dense(heads[i, 1]) for i in range(L)]
+        # unbind, not heads[i, 0]: in training, the backward of each select would fill a zero
+        # tensor the size of the whole memory
+        layers = [layer.unbind(0) for layer in heads.unbind(0)]  # per layer (k, v)
+        k = [dense(kl) for kl, _ in layers]  # (B, H, M, hd) per layer
+        v = [dense(vl) for _, vl in layers]
         page_index = torch.repeat_interleave(
             torch.arange(len(page_lengths), device=device),
             torch.tensor(page_lengths, dtype=torch.long, device=device),
@@ -501,6 +518,9 @@ class ReferenceModel(nn.Module):
         angles = positions[:, None] * self.inv_freq[None, :]  # (t, hd/2)
         cos, sin = angles.cos(), angles.sin()
         x = self.wte(idx)  # (B, t, D)
+        if self.config.reader_abs_pos:  # byte p <-> text token p / 4 (configuration_reference)
+            abs_pos = sincos_1d(positions / self.config.text_bytes_per_token, x.shape[-1])
+            x = x + self.abs_pos_gain * abs_pos  # (B, t, D)
         mass = x.new_zeros(B, memory.length)  # (B, M)
         for layer, block in enumerate(self.blocks):
             x, layer_mass = block(x, memory, layer, cos, sin, cache, need_page_mass)

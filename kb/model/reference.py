@@ -158,6 +158,7 @@ class ReferenceBackend:
     # 64k * 4 layers * 2 * 256 * 4 B = 0.5 GB of RAM and every answer byte reads all of it once:
     # a 32-byte answer over it took ~1 s on two CPU cores (cost is linear in memory tokens).
     context_budget = 65536
+    context_limit: int | None = None  # cross-attention has no window: any budget a caller asks
 
     def __init__(
         self,

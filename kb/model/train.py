@@ -1,7 +1,7 @@
 """Train the reference model on synthetic documents. Flat and resumable, after nanoGPT's train.py.
 
     python -m kb.model.train --config smoke   # the CPU, seconds: the whole loop on a tiny model
-    python -m kb.model.train --config cpu     # what a shared 2-core CPU does in 65 min (shipped)
+    python -m kb.model.train --config cpu     # what a 2-core CPU does in 85 min (shipped)
     python -m kb.model.train --config gpu     # the real run: deploy/train_on_device.sh
     python -m kb.model.train --out_dir D --resume            # go on from D/ckpt.pt
     python -m kb.model.train --out_dir D --export            # D/ckpt.pt -> shipped weights
@@ -22,6 +22,12 @@ Tiers are drawn per page from ``*_tiers`` weights; "text" is the exact tier, enc
 page's text as ReferenceBackend.page_kv does. Pages of a haystack beyond ``grad_pages`` are
 encoded without gradient: they are distractors, and their backward would cost most of the step.
 
+Two aids against the failure of the first CPU run (a reader that never used its memory and an
+encoder whose output collapsed to one vector): every vision token encoded with gradient also
+predicts the words in its cell (``aux_word``, a head that is not shipped), and a share of the
+reader's input bytes is dropped (``input_dropout``). The eval's ``gain_read_*`` figures (loss
+with another page's memory minus loss with the right one) say whether the memory is used.
+
 The loss is the mean over a sample's target bytes, averaged over samples (an 8-byte answer weighs
 as much as a 300-byte read-back). A checkpoint (out_dir/ckpt.pt) carries the model config, the
 training config, step, optimizer, data version and tokenizer facts; ``load_checkpoint`` rebuilds
@@ -37,8 +43,9 @@ import os
 import random
 import signal
 import time
+import zlib
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ingest.tiers import CANONICAL, get_tier
 from kb.model.configuration_reference import ReferenceConfig
 from kb.model.data import DATA_VERSION, Pool, PoolSpec, build_pool
 from kb.model.modeling_reference import ReferenceModel
@@ -93,6 +101,17 @@ haystack = 64  # ... and haystack sizes from haystack_start pages to this
 haystack_start = 2
 curriculum_steps = 20000
 grad_pages = 4  # pages per haystack encoded with gradient (the fact's page always is)
+# Word presence: every vision token of a page encoded with gradient also predicts which words lie
+# in its cell (hashed into aux_buckets, a softmax over the words present; bucket 0 = an empty
+# cell), from a linear head that is not shipped. It gives the encoder a direct, dense signal from
+# the first step: without it the CPU run's encoder collapsed to one output for every page before
+# the reader learnt to read, and the reader then never used its memory.
+aux_word = 1.0  # weight of the word-presence loss (0 = off)
+aux_buckets = 4096
+# Input dropout ("word dropout", Bowman et al. 2016): this share of the reader's input bytes
+# after the prompt is replaced with PAD, so the bytes written so far predict the next one less
+# well and the memory is worth more; the targets are untouched.
+input_dropout = 0.2
 # optimisation
 batch_size = 32
 grad_accum = 1
@@ -170,9 +189,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # encoder cost of tiny).
     "cpu": dict(
         out_dir="data/train/cpu",
-        # One thread: with other processes on the two cores, two OpenMP threads spent most of
-        # their time waiting on each other (measured: ~10 s/step with 2 threads, ~1 s with 1).
-        threads=1,
+        # Two threads on an otherwise idle 2-core machine (1.1 s/step at batch 12). Under load
+        # from other processes use --threads 1: two OpenMP threads then spend most of their time
+        # waiting on each other (measured: ~10 s/step with 2 threads, ~1 s with 1).
+        threads=2,
         pool_documents=1500,
         pool_needles=1200,
         pool_fillers=300,
@@ -184,26 +204,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         heldout_fillers=20,
         heldout_cross=10,
         pool_workers=2,
-        read_tiers="gist:1,tiny:4,small:1",
-        needle_tiers="gist:1,tiny:5,small:1",
+        # the text tier twice as often as gist: copying from it is where the reader first learns
+        # that its memory is worth reading (~200 steps; vision read-back gains follow)
+        read_tiers="text:2,gist:1,tiny:4,small:1",
+        needle_tiers="text:1,gist:1,tiny:5,small:1",
         haystack_tiers="gist:1,tiny:2",
-        read_bytes=192,
-        read_bytes_start=96,
+        read_bytes=384,
+        read_bytes_start=128,
         haystack=8,
         haystack_start=1,
-        curriculum_steps=3000,
+        curriculum_steps=4000,
         grad_pages=2,
-        batch_size=8,
-        max_steps=8000,
+        batch_size=12,
+        max_steps=20000,
         lr=1e-3,
         min_lr=1e-4,
         warmup_steps=200,
         log_interval=20,
-        eval_interval=1000,
+        eval_interval=500,
         eval_samples=32,
-        eval_generate=4,
+        eval_generate=2,
         ckpt_interval_s=300.0,
-        max_time_s=3900.0,
+        max_time_s=5100.0,
     ),  # fmt: skip
     # One H100 for ~20 minutes (deploy/train_on_device.sh): the defaults above, with a pool
     # that renders in ~2 minutes on 16 cores (~15,000 pages, every tier: ~26 GB on disk) and a
@@ -338,14 +360,47 @@ class Sampler:
         return out
 
 
-Groups = dict[tuple[str, bool], tuple[list[tuple[int, int]], torch.Tensor]]
+# (tier, with gradient) -> (the (sample, position) of each page, its input, word targets)
+Groups = dict[tuple[str, bool], tuple[list[tuple[int, int]], torch.Tensor, Any]]
 
 
-def page_groups(pool: Pool, samples: list[Sample]) -> Groups:
+def word_bucket(word: str, buckets: int) -> int:
+    """A word's bucket in 1..buckets-1 (0 is the empty cell): case and edge punctuation folded."""
+    key = word.lower().strip(".,;:!?()[]{}\"'")
+    return 1 + zlib.crc32(key.encode("utf-8", "surrogatepass")) % (buckets - 1)
+
+
+def word_targets(pool: Pool, pages: list[int], tier: str, buckets: int):
+    """Sparse word-presence targets of a group of pages at a vision tier: (token index into the
+    flattened (b, g*g) tokens, bucket, weight) with weights summing to 1 over each token, or
+    None when the pool has no word boxes."""
+    if not any(pool.words[p] for p in pages):
+        return None
+    g = get_tier(tier).grid
+    scale = g / CANONICAL.size  # canonical pixels -> cells
+    rows: list[int] = []
+    cols: list[int] = []
+    wts: list[float] = []
+    for i, p in enumerate(pages):
+        cells: dict[int, set[int]] = {}
+        for x0, y0, x1, y1, word in pool.words[p]:
+            cx = min(int((x0 + x1) / 2 * scale), g - 1)
+            cy = min(int((y0 + y1) / 2 * scale), g - 1)
+            cells.setdefault(cy * g + cx, set()).add(word_bucket(word, buckets))
+        for c in range(g * g):
+            found = cells.get(c) or {0}
+            rows += [i * g * g + c] * len(found)
+            cols += sorted(found)
+            wts += [1.0 / len(found)] * len(found)
+    return torch.tensor(rows), torch.tensor(cols), torch.tensor(wts)
+
+
+def page_groups(pool: Pool, samples: list[Sample], cfg: dict[str, Any] | None = None) -> Groups:
     """The batch's pages grouped by (tier, with gradient): the (sample, position) of each and
     their input: pixels (b, S, S) uint8 as cached, or for the text tier the page texts' byte ids
     (b, n) padded with PAD (processing_reference.text_to_ids, then to the longest). Pure CPU
-    work, done ahead by the prefetch thread."""
+    work, done ahead by the prefetch thread. With ``cfg`` (aux_word > 0), vision pages with
+    gradient also get their word targets (word_targets)."""
     members: dict[tuple[str, bool], list[tuple[int, int, int]]] = {}
     for s, sample in enumerate(samples):
         for j, (page, tier, grad) in enumerate(sample.pages):
@@ -356,20 +411,26 @@ def page_groups(pool: Pool, samples: list[Sample]) -> Groups:
         if key[0] == "text":
             ids = [text_to_ids(pool.texts[p]) for _, _, p in m]
             n = max(len(x) for x in ids)
-            groups[key] = (where, torch.stack([F.pad(x, (0, n - len(x)), value=PAD) for x in ids]))
+            padded = torch.stack([F.pad(x, (0, n - len(x)), value=PAD) for x in ids])
+            groups[key] = (where, padded, None)
         else:
             pixels = np.stack([pool.tiers[key[0]][p] for _, _, p in m])  # (b, S, S) uint8
-            groups[key] = (where, torch.from_numpy(pixels))
+            targets = None
+            if cfg and cfg["aux_word"] > 0 and key[1]:
+                targets = word_targets(pool, [p for _, _, p in m], key[0], cfg["aux_buckets"])
+            groups[key] = (where, torch.from_numpy(pixels), targets)
     return groups
 
 
-def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, dev):
+def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, dev, aux=None):
     """Encode every page of the batch, per-page kv (with its page signature), then pack each
     sample's pages in its order, as ReferenceModel.pack packs cached pages: kv (B, L, 2, M, D)
-    padded to the longest sample, and mask (B, M)."""
+    padded to the longest sample, and mask (B, M). With the word head ``aux``, also the mean
+    word-presence loss over the tokens that have targets (else None)."""
     kv_of: dict[tuple[int, int], torch.Tensor] = {}
     k = model.config.text_bytes_per_token
-    for (tier, grad), (where, raw) in groups.items():
+    aux_sum, aux_tokens = None, 0
+    for (tier, grad), (where, raw, targets) in groups.items():
         with nullcontext() if grad else torch.no_grad():
             if tier == "text":  # the exact tier: one memory token per 4 bytes, as the backend
                 ids = raw.to(dev, non_blocking=True)  # (b, n)
@@ -380,10 +441,18 @@ def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, d
             else:
                 # exactly processing_reference.image_to_tensor's values: ink = 1, paper = 0
                 x = 1.0 - raw.to(dev, non_blocking=True).float()[:, None] / 255.0  # (b, 1, S, S)
-                kv = model.page_kv(model.encode_images(x, tier))  # (b, L, 2, T, D)
+                tokens = model.encode_images(x, tier)  # (b, T, D)
+                kv = model.page_kv(tokens)  # (b, L, 2, T, D)
                 lengths = [kv.shape[3]] * len(where)
-        for i, key in enumerate(where):
-            kv_of[key] = kv[i, :, :, : lengths[i]]
+                if aux is not None and targets is not None and grad:
+                    rows, cols, wts = (t.to(dev) for t in targets)
+                    logp = F.log_softmax(aux(tokens.flatten(0, 1)).float(), dim=-1)  # (b*T, K)
+                    part = -(wts * logp[rows, cols]).sum()
+                    aux_sum = part if aux_sum is None else aux_sum + part
+                    aux_tokens += tokens.shape[0] * tokens.shape[1]
+        # unbind, not kv[i]: the backward of b selects would fill b zero tensors of kv's size
+        for key, piece, n in zip(where, kv.unbind(0), lengths, strict=True):
+            kv_of[key] = piece[:, :, :n]
     per_sample = [
         torch.cat([kv_of[(s, j)] for j in range(len(sample.pages))], dim=2)  # (L, 2, M_s, D)
         for s, sample in enumerate(samples)
@@ -394,7 +463,8 @@ def batch_memory(model: ReferenceModel, samples: list[Sample], groups: Groups, d
     for s, kv_s in enumerate(per_sample):
         mask[s, : kv_s.shape[2]] = True
         padded.append(F.pad(kv_s, (0, 0, 0, M - kv_s.shape[2])))
-    return torch.stack(padded), mask
+    aux_loss = None if aux_sum is None else aux_sum / aux_tokens
+    return torch.stack(padded), mask, aux_loss
 
 
 class Prefetcher:
@@ -420,7 +490,7 @@ class Prefetcher:
             micro = []
             for _ in range(self.cfg["grad_accum"]):
                 samples = [self.sampler.sample(rng, step) for _ in range(self.cfg["batch_size"])]
-                micro.append((samples, page_groups(self.sampler.pool, samples)))
+                micro.append((samples, page_groups(self.sampler.pool, samples, self.cfg)))
             while not self.stop.is_set():
                 try:
                     self.queue.put((step, micro), timeout=0.5)
@@ -454,18 +524,28 @@ def batch_tokens(samples: list[Sample], dev: torch.device):
     return idx.to(dev), tgt.to(dev)
 
 
-def sample_losses(model, pool, samples, dev, autocast, groups: Groups | None = None):
-    """(B,) mean loss over each sample's target bytes."""
+def sample_losses(
+    model, pool, samples, dev, autocast, groups: Groups | None = None, aux=None, dropout=0.0
+):
+    """(B,) mean loss over each sample's target bytes, and the word-presence loss (or None).
+    ``dropout``: the share of input bytes after the prompt replaced with PAD (input_dropout)."""
     groups = page_groups(pool, samples) if groups is None else groups
     idx, tgt = batch_tokens(samples, dev)
+    if dropout > 0:
+        # tgt marks the positions that predict a target byte; their input is the byte before,
+        # the first of which is the prompt's last byte (kept).
+        inputs = torch.zeros_like(tgt, dtype=torch.bool)
+        inputs[:, 1:] = tgt[:, :-1] != -100  # inputs that are target bytes written so far
+        drop = inputs & (torch.rand(idx.shape, device=idx.device) < dropout)
+        idx = idx.masked_fill(drop, PAD)
     with autocast:  # bf16 on a GPU, for the encoder and the reader alike
-        kv, mask = batch_memory(model, samples, groups, dev)
+        kv, mask, aux_loss = batch_memory(model, samples, groups, dev, aux)
         logits, _, _ = model(idx, model.memory(kv, mask=mask))
     per_byte = F.cross_entropy(
         logits.float().flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="none"
     ).view(tgt.shape)
     counts = (tgt != -100).sum(1).clamp(min=1)
-    return per_byte.sum(1) / counts
+    return per_byte.sum(1) / counts, aux_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,10 +598,20 @@ def evaluate(model, pool, sets, cfg, dev, autocast) -> dict[str, Any]:
     bs = cfg["batch_size"]
     for name, samples in sets.items():
         losses = [
-            sample_losses(model, pool, samples[i : i + bs], dev, autocast)
+            sample_losses(model, pool, samples[i : i + bs], dev, autocast)[0]
             for i in range(0, len(samples), bs)
         ]
         out[f"loss_{name}"] = round(float(torch.cat(losses).mean()), 4)
+        if name.startswith("read_"):
+            # The same targets read from another page's memory: how much the memory is worth
+            # (0 = the reader ignores it; the first CPU run's failure).
+            wrong = [replace(s, pages=samples[(i + 1) % len(samples)].pages)
+                     for i, s in enumerate(samples)]  # fmt: skip
+            losses = [
+                sample_losses(model, pool, wrong[i : i + bs], dev, autocast)[0]
+                for i in range(0, len(wrong), bs)
+            ]
+            out[f"gain_{name}"] = round(float(torch.cat(losses).mean()) - out[f"loss_{name}"], 4)
     # Greedy generation, as the backend does it: read-back precision on the cut the model was
     # trained to write, exact answers for needles.
     k = cfg["eval_generate"]
@@ -532,7 +622,7 @@ def evaluate(model, pool, sets, cfg, dev, autocast) -> dict[str, Any]:
             break
         scores = []
         for s in samples[:k]:
-            kv, mask = batch_memory(model, [s], page_groups(pool, [s]), dev)
+            kv, mask, _ = batch_memory(model, [s], page_groups(pool, [s]), dev)
             memory = model.memory(kv, mask=mask)
             limit = cut if s.task == "read" else 48
             ids, _ = model.generate(s.prompt, memory, limit)
@@ -561,7 +651,7 @@ def tokenizer_facts() -> dict[str, Any]:
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, config, cfg, step, best, history, elapsed_s: float = 0.0
+    path: Path, model, optimizer, config, cfg, step, best, history, elapsed_s=0.0, aux=None
 ) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
@@ -569,6 +659,7 @@ def save_checkpoint(
             "format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "aux": None if aux is None else aux.state_dict(),  # the word head, not shipped
             "config": config.to_dict(),
             "train_config": cfg,
             "step": step,
@@ -702,8 +793,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = ReferenceModel(config).to(dev)
         ckpt = None
         elapsed_before = 0.0
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "emb" in n]
+    aux = None
+    if cfg["aux_word"] > 0:
+        aux = torch.nn.Linear(config.d_model, cfg["aux_buckets"]).to(dev)
+        if ckpt is not None and ckpt.get("aux") is not None:
+            aux.load_state_dict(ckpt["aux"])
+    named = list(model.named_parameters())
+    named += [] if aux is None else [(f"aux.{n}", p) for n, p in aux.named_parameters()]
+    decay = [p for n, p in named if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in named if p.dim() < 2 or "emb" in n]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]},
          {"params": no_decay, "weight_decay": 0.0}],
@@ -750,7 +848,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for ex in examples[:6]:
                 log(f"  {ex['set']}: expected {ex['expected'][:80]!r} got {ex['got'][:80]!r}")
             save_checkpoint(
-                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time()
+                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
             )
             last_ckpt = time.time()
 
@@ -759,13 +857,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             group["lr"] = lr_now
         total = 0.0
         for samples, groups in prefetch.next(step):
-            losses = sample_losses(model, train_pool, samples, dev, autocast, groups)
-            loss = losses.mean() / cfg["grad_accum"]
+            losses, aux_loss = sample_losses(
+                model, train_pool, samples, dev, autocast, groups, aux, cfg["input_dropout"]
+            )
+            loss = losses.mean()
+            if aux_loss is not None:
+                loss = loss + cfg["aux_word"] * aux_loss
+                window.setdefault("words", []).append(aux_loss.item())
+            loss = loss / cfg["grad_accum"]
             loss.backward()
             total += loss.item()
             for s, value in zip(samples, losses.tolist(), strict=True):
                 window.setdefault(s.task, []).append(value)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        norm = torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg["grad_clip"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -780,7 +884,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             window = {}
         if time.time() - last_ckpt > cfg["ckpt_interval_s"]:
             save_checkpoint(
-                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time()
+                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
             )
             last_ckpt = time.time()
         if stop_signal:
@@ -801,7 +905,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for ex in examples:
         log(f"  {ex['set']}: expected {ex['expected'][:120]!r} got {ex['got'][:120]!r}")
     best = {**{k: v for k, v in metrics.items() if k.startswith("loss_")}, "step": step}
-    save_checkpoint(ckpt_path, model, optimizer, config, cfg, step, best, history, train_time())
+    save_checkpoint(
+        ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
+    )
     log(f"stopped at step {step} ({stop_reason}) after {time.time() - started:.0f} s")
     if cfg["export_at_end"]:
         export_weights(ckpt_path, cfg["export_path"])

@@ -33,3 +33,13 @@ def test_inconsistent_config_fails_with_numbers():
         ReferenceConfig(d_model=100, n_heads=3)
     with pytest.raises(ValueError, match="size 500 is not a multiple of 64"):
         ReferenceConfig(tier_sizes={"odd": 500})
+
+
+def test_a_config_saved_before_the_conv_stem_keeps_its_architecture():
+    data = ReferenceConfig(d_model=64).to_dict()
+    del data["stem"], data["stem_channels"], data["reader_abs_pos"]  # as the first weights
+    old = ReferenceConfig.from_dict(data)
+    assert (old.stem, old.reader_abs_pos) == ("patch", False)
+    assert (ReferenceConfig().stem, ReferenceConfig().reader_abs_pos) == ("conv", True)
+    with pytest.raises(ValueError, match="stem must be 'conv' or 'patch'"):
+        ReferenceConfig(stem="vit")

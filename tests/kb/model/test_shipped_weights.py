@@ -14,7 +14,7 @@ from kb.model.reference import DEFAULT_WEIGHTS, ReferenceBackend
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped weights")
 
-PINNED_VERSION = "reference-b9705fb64fb8"
+PINNED_VERSION = "reference-9312fcd4b47a"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def test_answer_to_a_fixed_needle_question_is_pinned(backend: ReferenceBackend) 
     assert len(answer.page_scores) == 4 and all(s >= 0 for s in answer.page_scores)
 
 
-# What the CPU-trained weights produce today: fluent synthetic office text, not this page's (the
-# page says "Overview\n•  No changes to the holiday schedule..."), and an answer of the right
-# kind but wrong (the fact is 742 kg). docs/benchmarks.md has the measured figures.
-PINNED_READ_BACK = "Notes\nAny concerns about the fire drill are planned before Janua"
-PINNED_NEEDLE = ("How much does the Xylem prototype weigh?", "520 kg")
+# What the CPU-trained weights produce today (85 minutes on two cores): the read-back opens the
+# way memos and reports open and then loses the words (the page says "Summary\nUpdates\nCosts
+# related to the safety training..."), and the needle answer is a date, of the right kind but
+# not this page's (the fact is March 24, 2026). docs/benchmarks.md has the measured figures.
+PINNED_READ_BACK = "Memo: shoponstion shomenterement summary\ns\ufffdecurus arendion Dande"
+PINNED_NEEDLE = ("When is the kickoff meeting for the Lodestar project?", "2020-01-21")

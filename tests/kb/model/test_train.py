@@ -130,10 +130,27 @@ def test_text_tier_pages_pack_as_the_backend_packs_them(run_dir, trained):
     a = train.Sample("read", [(short, "text", False), (long, "gist", False)], [], [])
     b = train.Sample("read", [(long, "text", False)], [], [])
     with torch.no_grad():
-        kv, mask = train.batch_memory(model, [a, b], train.page_groups(pool, [a, b]), "cpu")
+        kv, mask, _ = train.batch_memory(model, [a, b], train.page_groups(pool, [a, b]), "cpu")
         ids = text_to_ids(pool.texts[short])[None]
         alone = model.page_kv(model.encode_text(ids))[0]  # (L, 2, T, D), as ReferenceBackend
     T = alone.shape[2]
     assert torch.allclose(kv[0, :, :, :T], alone, atol=1e-5)
     assert mask[0].sum() == T + 16  # the text page, then the gist page's 16 tokens
     assert mask[1].sum() == len(text_to_ids(pool.texts[long])) // 4
+
+
+def test_word_targets_put_each_word_in_its_cell(run_dir, trained):
+    """The word-presence targets: one distribution per token, each word in the cell holding its
+    box's centre, bucket 0 for cells without words."""
+    cfg = train.parse_args(smoke_args(run_dir))
+    pool = train.build_pool(train.pool_spec(cfg, "train"), cfg["data_dir"], ("gist", "tiny"), 1)
+    page = max(range(len(pool.texts)), key=lambda p: len(pool.words[p]))
+    words = pool.words[page]
+    assert words and sorted(w for *_, w in words) == sorted(pool.texts[page].split())
+    rows, cols, wts = train.word_targets(pool, [page, page], "tiny", 4096)
+    g = 512 // 64
+    assert torch.allclose(torch.zeros(2 * g * g).index_add_(0, rows, wts), torch.ones(2 * g * g))
+    x0, y0, x1, y1, word = words[0]
+    cell = int((y0 + y1) / 2 / 128) * g + int((x0 + x1) / 2 / 128)
+    assert train.word_bucket(word, 4096) in cols[rows == cell].tolist()
+    assert cols[rows == 0].tolist() == [0]  # the top-left corner of a page is margin
