@@ -5,6 +5,8 @@
     python -m kb.model.train --config gpu     # the real run: deploy/train_on_device.sh
     python -m kb.model.train --out_dir D --resume            # go on from D/ckpt.pt
     python -m kb.model.train --out_dir D --export            # D/ckpt.pt -> shipped weights
+    python -m kb.model.train --config cpu --init_from kb/model/weights/reference.safetensors
+                                            # go on from shipped weights (no checkpoint needed)
 
 Every default below can be overridden on the command line (``--lr 3e-4``); a preset
 (``--config``) sets several at once and explicit flags win over it.
@@ -68,7 +70,7 @@ from kb.model.processing_reference import (
     read_prompt,
     text_to_ids,
 )
-from kb.model.reference import DEFAULT_WEIGHTS, save_weights
+from kb.model.reference import DEFAULT_WEIGHTS, load_model, save_weights
 
 CHECKPOINT_FORMAT = "kb-reference-ckpt/1"
 
@@ -132,6 +134,10 @@ eval_generate = 8  # greedy generations per eval (read-back precision, needle ac
 eval_read_bytes = 512  # read-back generations stop here: greedy decoding is one step per byte
 ckpt_interval_s = 300.0
 resume = False
+# Start from shipped weights (a safetensors file written by save_weights; its sha256 is checked)
+# instead of a random initialisation: the architecture is the file's (``model`` is not read), the
+# optimizer starts afresh, and step and curriculum start at 0. Ignored if --resume finds a ckpt.
+init_from = ""
 export = False  # write the shipped weights (save_weights) from out_dir/ckpt.pt, then exit
 export_path = str(DEFAULT_WEIGHTS)
 export_at_end = False  # export when training stops
@@ -651,7 +657,17 @@ def tokenizer_facts() -> dict[str, Any]:
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, config, cfg, step, best, history, elapsed_s=0.0, aux=None
+    path: Path,
+    model,
+    optimizer,
+    config,
+    cfg,
+    step,
+    best,
+    history,
+    elapsed_s=0.0,
+    aux=None,
+    init=None,
 ) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
@@ -666,6 +682,7 @@ def save_checkpoint(
             "best_val": best,
             "history": history,
             "elapsed_s": elapsed_s,  # training wall time so far: the time-bounded schedule
+            "init": init,  # {"path", "sha256", "step"} of the weights it started from, or None
             "data_version": DATA_VERSION,
             "tokenizer": tokenizer_facts(),
             "torch": torch.__version__,
@@ -701,6 +718,8 @@ def export_weights(ckpt_path: Path, path: str | Path) -> str:
         "train_config": ckpt.get("train_config", {}).get("config", ""),
         "val": ckpt.get("best_val") or {},
     }
+    if ckpt.get("init"):
+        meta["init_from"] = ckpt["init"]
     digest = save_weights(model, model.config, path, meta)
     size = Path(path).stat().st_size
     print(f"exported step {ckpt['step']} to {path}: {size / 2**20:.1f} MiB, sha256 {digest}")
@@ -782,12 +801,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"tiers {tiers}, {time.time() - t0:.0f} s")  # fmt: skip
 
     step, best, history = 0, None, []
+    init = None  # the weights this run started from (init_from), carried into every export
     if cfg["resume"] and ckpt_path.is_file():
         model, ckpt = load_checkpoint(ckpt_path, str(dev))
         config = model.config
         step, best, history = ckpt["step"], ckpt.get("best_val"), ckpt.get("history", [])
         elapsed_before = ckpt.get("elapsed_s", 0.0)
+        init = ckpt.get("init")
         log(f"resumed from {ckpt_path} at step {step}")
+    elif cfg["init_from"]:
+        model, config, meta = load_model(cfg["init_from"], str(dev))
+        model.train()
+        init = {"path": cfg["init_from"], "sha256": meta["sha256"], "step": meta.get("step")}
+        ckpt = None
+        elapsed_before = 0.0
+        log(f"initialised from {init}")
     else:
         config = ReferenceConfig.from_dict(json.loads(cfg["model"]))
         model = ReferenceModel(config).to(dev)
@@ -848,7 +876,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for ex in examples[:6]:
                 log(f"  {ex['set']}: expected {ex['expected'][:80]!r} got {ex['got'][:80]!r}")
             save_checkpoint(
-                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
+                ckpt_path,
+                model,
+                optimizer,
+                config,
+                cfg,
+                step,
+                best,
+                history,
+                train_time(),
+                aux,
+                init,
             )
             last_ckpt = time.time()
 
@@ -884,7 +922,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             window = {}
         if time.time() - last_ckpt > cfg["ckpt_interval_s"]:
             save_checkpoint(
-                ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
+                ckpt_path,
+                model,
+                optimizer,
+                config,
+                cfg,
+                step,
+                best,
+                history,
+                train_time(),
+                aux,
+                init,
             )
             last_ckpt = time.time()
         if stop_signal:
@@ -906,7 +954,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"  {ex['set']}: expected {ex['expected'][:120]!r} got {ex['got'][:120]!r}")
     best = {**{k: v for k, v in metrics.items() if k.startswith("loss_")}, "step": step}
     save_checkpoint(
-        ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux
+        ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux, init
     )
     log(f"stopped at step {step} ({stop_reason}) after {time.time() - started:.0f} s")
     if cfg["export_at_end"]:

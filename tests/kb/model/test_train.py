@@ -69,6 +69,32 @@ def test_export_writes_weights_the_backend_loads_as_trained(trained, run_dir):
     assert backend.trained is True and backend.config.d_model == 64
 
 
+def test_init_from_shipped_weights_starts_where_they_ended(trained, run_dir, tmp_path):
+    weights = tmp_path / "parent.safetensors"
+    train.main(smoke_args(run_dir, "--export", "--export_path", str(weights)))
+    _, _, parent = load_model(weights)
+    history = torch.load(run_dir / "run" / "ckpt.pt", weights_only=False)["history"]
+    args = smoke_args(run_dir, "--out_dir", str(tmp_path / "child"), "--init_from", str(weights))
+    result = train.main([*args, "--max_steps", "4", "--eval_interval", "100"])
+    # step 0 of the new run evaluates the parent's weights (fp16-rounded): its held-out losses
+    # are the parent's last ones, far below those of a random initialisation
+    first = result["history"][0]
+    assert first["step"] == 0
+    for key in ("loss_read_tiny", "loss_needle_tiny_4", "loss_cross"):
+        assert first[key] == pytest.approx(history[-1][key], abs=0.05)
+        assert first[key] < history[0][key] - 0.3
+    ckpt = torch.load(tmp_path / "child" / "ckpt.pt", weights_only=False)
+    assert ckpt["init"] == {
+        "path": str(weights),
+        "sha256": parent["sha256"],
+        "step": parent["step"],
+    }
+    child = tmp_path / "child.safetensors"
+    args = smoke_args(run_dir, "--out_dir", str(tmp_path / "child"))
+    train.main([*args, "--export", "--export_path", str(child)])
+    assert json.loads(load_model(child)[2]["init_from"])["sha256"] == parent["sha256"]
+
+
 def test_old_checkpoints_keep_loading(trained, run_dir, tmp_path):
     ckpt = torch.load(run_dir / "run" / "ckpt.pt", weights_only=False)
     ckpt["config"]["a_field_from_the_future"] = 1  # dropped by from_dict
