@@ -56,6 +56,15 @@ def test_precision():
         kb_eval.precision("abc", " \n ")
 
 
+def test_head_precision_scores_the_top_of_the_page_only():
+    page = "Invoice INV-99361 " + "line of body text " * 50
+    assert kb_eval.head_precision("Invoice INV-99361 line of", page, 20) == 1.0
+    assert kb_eval.head_precision("Invoice INV-99361 line of", page, 200) < 0.15
+    # a read-back that stops early is charged for the head it left out
+    assert kb_eval.head_precision("Invoice", page, 20) == pytest.approx(7 / 20)
+    assert kb_eval.head_precision("Incons INopice", page, 20) < 0.5
+
+
 def test_text_tokens_and_buckets():
     assert kb_eval.text_tokens("abcd" * 650) == 650
     assert kb_eval.text_tokens("ab  cd\n") == 5 / 4  # "ab cd"
@@ -148,6 +157,9 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
                 bucket["mean_text_tokens"] / vision, abs=0.01
             )
     assert "characters / 4" in readback["text_tokens"]
+    assert readback["head_chars"] == kb_eval.HEAD_CHARS
+    assert set(readback["mean_head_precision"]) == {"base", "small", "tiny", "gist"}
+    assert all(0.0 <= v <= 1.0 for v in readback["mean_head_precision"].values())
 
     needle = written["needle"]
     assert {(r["tier"], r["n"]) for r in needle["results"]} == {
