@@ -90,10 +90,11 @@ heldout_documents, heldout_needles, heldout_fillers, heldout_cross = 200, 200, 1
 pool_workers = 16
 # task mix and tiers ("tier:weight,...")
 p_read, p_needle, p_cross = 0.5, 0.4, 0.1
-# "text" is the exact tier (one memory token per 4 bytes of the page's text): the packer gives it
-# to recent and pinned pages, so the reader must know it; copying from it is also the easiest way
-# for the reader to learn that its memory is worth reading (the 70-minute CPU run's reader never
-# used its memory, and its vision encoder collapsed to one constant output for every page).
+# "text" is the exact tier (one memory token per 4 bytes of the page's text): the design gives it
+# to the newest and pinned pages (kb.packer does not yet: it packs the vision tiers only), so the
+# reader must know it; copying from it is also the easiest way for the reader to learn that its
+# memory is worth reading (the 70-minute CPU run's reader never used its memory, and its vision
+# encoder collapsed to one constant output for every page).
 read_tiers = "text:1,gist:1,tiny:3,small:2,base:2"
 needle_tiers = "text:1,gist:1,tiny:4,small:1,base:1"
 haystack_tiers = "text:1,gist:2,tiny:3,small:1"
