@@ -860,6 +860,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         """Seconds of training so far, over every session of this run (pools not counted)."""
         return elapsed_before + time.time() - started
 
+    def checkpoint() -> None:
+        """Save the run as it stands now (step, best and history are read at the call)."""
+        save_checkpoint(
+            ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux, init
+        )
+
     last_ckpt = time.time()
     window: dict[str, list[float]] = {}
     stop_reason = "max_steps"
@@ -876,19 +882,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"eval step {step} ({time.time() - t:.0f} s): {json.dumps(metrics)}")
             for ex in examples[:6]:
                 log(f"  {ex['set']}: expected {ex['expected'][:80]!r} got {ex['got'][:80]!r}")
-            save_checkpoint(
-                ckpt_path,
-                model,
-                optimizer,
-                config,
-                cfg,
-                step,
-                best,
-                history,
-                train_time(),
-                aux,
-                init,
-            )
+            checkpoint()
             last_ckpt = time.time()
 
         lr_now = lr_at(step, cfg, train_time())
@@ -922,19 +916,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"elapsed {train_time():.0f} s")  # fmt: skip
             window = {}
         if time.time() - last_ckpt > cfg["ckpt_interval_s"]:
-            save_checkpoint(
-                ckpt_path,
-                model,
-                optimizer,
-                config,
-                cfg,
-                step,
-                best,
-                history,
-                train_time(),
-                aux,
-                init,
-            )
+            checkpoint()
             last_ckpt = time.time()
         if stop_signal:
             stop_reason = stop_signal[0]
@@ -954,9 +936,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for ex in examples:
         log(f"  {ex['set']}: expected {ex['expected'][:120]!r} got {ex['got'][:120]!r}")
     best = {**{k: v for k, v in metrics.items() if k.startswith("loss_")}, "step": step}
-    save_checkpoint(
-        ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux, init
-    )
+    checkpoint()
     log(f"stopped at step {step} ({stop_reason}) after {time.time() - started:.0f} s")
     if cfg["export_at_end"]:
         export_weights(ckpt_path, cfg["export_path"])
