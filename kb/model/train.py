@@ -196,9 +196,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # encoder cost of tiny).
     "cpu": dict(
         out_dir="data/train/cpu",
-        # Two threads on an otherwise idle 2-core machine (1.1 s/step at batch 12). Under load
-        # from other processes use --threads 1: two OpenMP threads then spend most of their time
-        # waiting on each other (measured: ~10 s/step with 2 threads, ~1 s with 1).
+        # Two threads on an otherwise idle 2-core machine (1.1-2.5 s/step at batch 12, growing
+        # with the curriculum's cut and haystack). Under load from other processes use
+        # --threads 1: two OpenMP threads then spend most of their time waiting on each other
+        # (measured: ~10 s/step with 2 threads, ~1 s with 1).
         threads=2,
         pool_documents=1500,
         pool_needles=1200,
@@ -802,6 +803,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"tiers {tiers}, {time.time() - t0:.0f} s")  # fmt: skip
 
     step, best, history = 0, None, []
+    ckpt, elapsed_before = None, 0.0
     init = None  # the weights this run started from (init_from), carried into every export
     if cfg["resume"] and ckpt_path.is_file():
         model, ckpt = load_checkpoint(ckpt_path, str(dev))
@@ -814,14 +816,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, config, meta = load_model(cfg["init_from"], str(dev))
         model.train()
         init = {"path": cfg["init_from"], "sha256": meta["sha256"], "step": meta.get("step")}
-        ckpt = None
-        elapsed_before = 0.0
         log(f"initialised from {init}")
     else:
         config = ReferenceConfig.from_dict(json.loads(cfg["model"]))
         model = ReferenceModel(config).to(dev)
-        ckpt = None
-        elapsed_before = 0.0
     aux = None
     if cfg["aux_word"] > 0:
         aux = torch.nn.Linear(config.d_model, cfg["aux_buckets"]).to(dev)
@@ -860,13 +858,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         """Seconds of training so far, over every session of this run (pools not counted)."""
         return elapsed_before + time.time() - started
 
+    last_ckpt = time.time()
+
     def checkpoint() -> None:
         """Save the run as it stands now (step, best and history are read at the call)."""
+        nonlocal last_ckpt
         save_checkpoint(
             ckpt_path, model, optimizer, config, cfg, step, best, history, train_time(), aux, init
         )
+        last_ckpt = time.time()
 
-    last_ckpt = time.time()
     window: dict[str, list[float]] = {}
     stop_reason = "max_steps"
     while step < cfg["max_steps"]:
@@ -883,7 +884,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for ex in examples[:6]:
                 log(f"  {ex['set']}: expected {ex['expected'][:80]!r} got {ex['got'][:80]!r}")
             checkpoint()
-            last_ckpt = time.time()
 
         lr_now = lr_at(step, cfg, train_time())
         for group in optimizer.param_groups:
@@ -917,7 +917,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             window = {}
         if time.time() - last_ckpt > cfg["ckpt_interval_s"]:
             checkpoint()
-            last_ckpt = time.time()
         if stop_signal:
             stop_reason = stop_signal[0]
             break
