@@ -30,10 +30,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 eval: $(STAMP)
-	$(PY) -m kb.model.eval
+	$(PY) -m lab.eval
 
 bench: $(STAMP)
-	$(PY) -m kb.bench
+	$(PY) -m lab.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -23,6 +23,7 @@ from api.schemas import (
     DocumentAccepted,
     DocumentList,
     DocumentOut,
+    DocumentPatch,
     Health,
     JobAccepted,
     JobOut,
@@ -53,6 +54,7 @@ def _doc_out(doc: Document) -> DocumentOut:
         pages_done=doc.pages_done,
         error=doc.error,
         created_at=doc.created_at.isoformat(),
+        pinned=doc.pinned,
     )
 
 
@@ -190,6 +192,19 @@ def get_document(ctx: CtxDep, document_id: str) -> DocumentOut:
         return _doc_out(doc)
 
 
+@v1.patch("/documents/{document_id}", response_model=DocumentOut)
+def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> DocumentOut:
+    """Pin a document (its pages keep the exact text tier first) or unpin it."""
+    with ctx.session() as s:
+        if not repo.set_pinned(s, document_id, body.pinned):
+            raise _not_found("document")
+    with ctx.session() as s:
+        doc = repo.get_document(s, document_id)
+        if doc is None:
+            raise _not_found("document")
+        return _doc_out(doc)
+
+
 @v1.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_document(ctx: CtxDep, document_id: str) -> Response:
     with ctx.session() as s:
@@ -254,8 +269,11 @@ def ask(ctx: CtxDep, body: AskIn) -> AskOut:
         result = reader.ask(ctx, body.question, body.collection, body.max_context_tokens)
     except reader.EmptyCollection as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except reader.BudgetTooSmall as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return AskOut(
         answer=result.answer,
+        found=result.found,
         citations=[CitationOut(**c.__dict__) for c in result.citations],
         context=ContextOut(
             pages=result.pages, tokens=result.tokens, tiers=result.tiers, left_out=result.left_out

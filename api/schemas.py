@@ -26,6 +26,13 @@ class DocumentOut(BaseModel):
     pages_done: int  # pages encoded so far
     error: str | None
     created_at: str
+    pinned: bool = False  # the packer keeps its pages at the exact text tier first
+
+
+class DocumentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pinned: bool
 
 
 class DocumentList(BaseModel):
@@ -44,17 +51,19 @@ class CitationOut(BaseModel):
     document_id: str
     page: int
     score: float
+    tier: str  # the tier the page was read at: "text" is its exact text, others fade
 
 
 class ContextOut(BaseModel):
     pages: int  # pages packed into the context
     tokens: int  # context tokens they take
-    tiers: dict[str, int]  # pages per tier
+    tiers: dict[str, int]  # pages per tier, "text" (exact) included
     left_out: int  # pages that did not fit even at the cheapest tier (never silently)
 
 
 class AskOut(BaseModel):
     answer: str
+    found: bool  # False: the collection holds no answer, and the answer says so
     citations: list[CitationOut]
     context: ContextOut
     model: str

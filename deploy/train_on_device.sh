@@ -17,7 +17,7 @@
 #   device:  run(command="deploy/train_on_device.sh finish")
 #            waits for the end, exports fp16 weights to $OUT/reference.safetensors (+ .sha256,
 #            ~14 MB, under the 16 MB a file may bring back), the log and the eval history
-#   here:    cp <files_at>/reference.safetensors kb/model/weights/ && the .sha256 beside it
+#   here:    cp <files_at>/reference.safetensors kb/model/reference/weights/ && the .sha256 beside it
 #            (or: deploy/train_on_device.sh install <files_at>), then check ReferenceBackend()
 #
 # Each call must follow the last within ~30 s or the machine (and the run on it) is given back.
@@ -78,7 +78,7 @@ case "${1:-}" in
         minutes=${2:-20}
         setup
         mkdir -p "$(dirname $RUN)"
-        PYTHONUNBUFFERED=1 setsid nohup $PY -m kb.model.train --config gpu \
+        PYTHONUNBUFFERED=1 setsid nohup $PY -m lab.train_optical --config gpu \
             --max_time_s $((minutes * 60)) --data_dir /tmp/kb-synth >"$RUN.out" 2>&1 &
         echo $! >"$RUN.pid"
         follow 530
@@ -95,7 +95,7 @@ case "${1:-}" in
             kill -TERM "$(cat $RUN.pid)"  # train.py stops after the step, checkpoints, evaluates
         fi
         follow 540
-        $PY -m kb.model.train --out_dir $RUN --export --export_path "$OUT/reference.safetensors"
+        $PY -m lab.train_optical --out_dir $RUN --export --export_path "$OUT/reference.safetensors"
         cp "$RUN.out" "$OUT/train.log"
         $PY - "$RUN/ckpt.pt" "$OUT/history.json" <<'EOF'
 import json, sys, torch
@@ -105,9 +105,9 @@ EOF
         ;;
     install)  # here: the weights brought back by `finish` -> the shipped weights
         src=${2:?usage: train_on_device.sh install FILES_AT}
-        cp "$src/reference.safetensors" kb/model/weights/reference.safetensors
-        cp "$src/reference.sha256" kb/model/weights/reference.sha256
-        .venv/bin/python -c "from kb.model.reference import ReferenceBackend as B; b = B(); \
+        cp "$src/reference.safetensors" kb/model/reference/weights/reference.safetensors
+        cp "$src/reference.sha256" kb/model/reference/weights/reference.sha256
+        .venv/bin/python -c "from kb.model.reference.backend import ReferenceBackend as B; b = B(); \
 print(b.version, 'trained' if b.trained else 'UNTRAINED', b.metadata.get('step'))"
         ;;
     *)

@@ -157,7 +157,7 @@ def layout_styled_html(
     "serif" = Times, "monospace" = Courier), or, with ``font_files``, the name given to the
     TrueType files it maps from FONT_FACES ("regular", "bold", ...; paths, all in one directory).
     With two columns each page is filled left column first, then right; the text layer reads
-    in that order too. Used by the model's synthetic documents (kb/model/data.py); uploads keep
+    in that order too. Used by the model's synthetic documents (lab/data.py); uploads keep
     ``layout_html``.
     """
     if columns not in (1, 2):

@@ -1,10 +1,16 @@
 """The packer: every ready page of a collection into one context, a tier per page.
 
-Like a fading memory, newer pages keep more tokens and older ones fewer, but every page is kept
-as readable as the budget allows: all pages start at the cheapest tier, then pages are upgraded
-one tier at a time, newest first, each round only as far as the budget goes (so every page
-reaches tiny before any reaches small). Only when even the cheapest tier cannot hold every page
-are the oldest pages left out, and then they are counted in ``left_out``: never dropped silently.
+Like a fading memory (the seeds' forgetting curve): pinned pages and the newest pages keep their
+exact text, older ones fewer and fewer tokens (base, small, tiny, gist), so everything fits:
+
+1. Every page gets a floor: the richest vision tier that all pages can have within half the
+   budget (gist at worst). Only when even gist cannot hold every page are the oldest unpinned
+   pages left out, and then they are counted in ``left_out``: never dropped silently.
+2. Then, pinned pages first and newest first, each page is raised to the richest tier the
+   remaining budget allows: its text if it has any and it fits, else base, small, tiny.
+
+A page's text tier costs what its text costs (``Candidate.text_tokens``, one token per 4 bytes
+for the reference model), so a short page may be cheaper at text than at base.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ingest.tiers import TEXT
+
 K = TypeVar("K")
 
 
@@ -21,6 +29,8 @@ K = TypeVar("K")
 class Candidate(Generic[K]):
     key: K  # whatever the caller uses to find the page again
     recency: float  # larger = newer (e.g. the document's upload time)
+    text_tokens: int | None = None  # cost of the page's text tier; None = no text to keep
+    pinned: bool = False  # the packer keeps it at the text tier first
 
 
 @dataclass
@@ -37,31 +47,42 @@ class Packing(Generic[K]):
 def pack(pages: Sequence[Candidate[K]], tier_tokens: dict[str, int], budget: int) -> Packing[K]:
     """Choose a tier per page so that the total tokens fit ``budget``.
 
-    ``tier_tokens`` maps tier name to tokens per page; richer tiers cost more.
+    ``tier_tokens`` maps each vision tier to its tokens per page; the text tier is per page.
     """
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     if not tier_tokens:
         raise ValueError("tier_tokens is empty")
-    ladder = sorted(tier_tokens.items(), key=lambda kv: kv[1])  # cheapest first
+    ladder = sorted(tier_tokens.items(), key=lambda kv: kv[1])  # cheapest vision tier first
     cheapest = ladder[0][1]
 
-    newest_first = sorted(pages, key=lambda c: c.recency, reverse=True)
-    fit = min(len(newest_first), budget // cheapest) if cheapest > 0 else len(newest_first)
-    kept, left_out = newest_first[:fit], [c.key for c in newest_first[fit:]]
+    # Pinned pages first, then newest first: the order of every decision below.
+    order = sorted(pages, key=lambda c: (c.pinned, c.recency), reverse=True)
+    fit = min(len(order), budget // cheapest) if cheapest > 0 else len(order)
+    kept, left_out = order[:fit], [c.key for c in order[fit:]]
 
-    level = [0] * len(kept)  # index into ladder, per kept page (newest first)
-    remaining = budget - cheapest * len(kept)
-    for step in range(1, len(ladder)):
-        extra = ladder[step][1] - ladder[step - 1][1]
-        for i in range(len(kept)):
-            # Pages at the previous level form a newest-first prefix; stop at the first page
-            # that cannot move up, so an older page never gets more than a newer one.
-            if level[i] != step - 1 or extra > remaining:
+    floor = 0  # the richest vision tier every kept page can have within half the budget
+    for i, (_, cost) in enumerate(ladder):
+        if cost * len(kept) <= budget // 2:
+            floor = i
+    remaining = budget - ladder[floor][1] * len(kept)
+    tiers: list[str] = []
+    used = 0
+    for cand in kept:
+        floor_cost = ladder[floor][1]
+        choice, cost = ladder[floor][0], floor_cost
+        options = list(ladder[floor + 1 :])  # richer vision tiers
+        if cand.text_tokens:
+            options.append((TEXT, cand.text_tokens))  # the richest of all: the exact text
+        for name, c in reversed(options):
+            if c - floor_cost <= remaining:
+                choice, cost = name, c
                 break
-            level[i] = step
-            remaining -= extra
+        remaining -= cost - floor_cost
+        used += cost
+        tiers.append(choice)
 
-    chosen = [(cand.key, ladder[lv][0]) for cand, lv in zip(kept, level, strict=True)]
-    chosen.reverse()  # oldest first: the question and the newest pages sit closest together
-    return Packing(chosen=chosen, tokens=budget - remaining, left_out=left_out)
+    # Context order: oldest first, so the question and the newest pages sit closest together.
+    in_order = sorted(zip(kept, tiers, strict=True), key=lambda ct: ct[0].recency)
+    chosen = [(cand.key, tier) for cand, tier in in_order]
+    return Packing(chosen=chosen, tokens=used, left_out=left_out)

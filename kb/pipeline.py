@@ -18,6 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 
 import ingest
+from ingest.tiers import TEXT
 from kb.catalog import repo
 from kb.catalog.models import DocumentStatus, Page
 from kb.context import Context
@@ -115,6 +116,19 @@ def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) ->
                 images[p.content_hash] = im.convert("RGB")
         return images[p.content_hash]
 
+    # The text tier first: the exact memory of the newest and pinned pages (kb.packer).
+    todo = [
+        p
+        for h, p in by_hash.items()
+        if p.text.strip() and (force or not ctx.tensors.exists(version, TEXT, h))
+    ]
+    for i in range(0, len(todo), ENCODE_BATCH):
+        batch = todo[i : i + ENCODE_BATCH]
+        with ctx.model_lock:
+            outs = backend.encode_text([p.text for p in batch])
+        for p, tensors in zip(batch, outs, strict=True):
+            if tensors:  # a backend that reads the text itself at question time caches nothing
+                ctx.tensors.put(version, TEXT, p.content_hash, tensors)
     for tier in backend.tier_tokens:
         todo = [p for h, p in by_hash.items() if force or not ctx.tensors.exists(version, tier, h)]
         for i in range(0, len(todo), ENCODE_BATCH):

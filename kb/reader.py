@@ -21,6 +21,10 @@ class EmptyCollection(LookupError):
     """The collection has no ready page to answer from."""
 
 
+class BudgetTooSmall(ValueError):
+    """The question's token budget holds no page at all: nothing to answer from."""
+
+
 class PageNotReady(LookupError):
     """The page exists but has no tensors yet."""
 
@@ -30,6 +34,7 @@ class Citation:
     document_id: str
     page: int
     score: float
+    tier: str = TEXT  # the tier the page was read at
 
 
 @dataclass
@@ -42,6 +47,7 @@ class AskResult:
     left_out: int
     model_version: str
     left_out_pages: list[tuple[str, int]] = field(default_factory=list)
+    found: bool = True  # False: the answer says the collection does not hold one
 
 
 def _label(page: Page) -> str:
@@ -67,28 +73,39 @@ def ask(
     if not pages:
         raise EmptyCollection(f"collection {collection!r} has no ready pages yet")
 
-    # Newer documents rank higher; within a document, pages keep their order.
+    # Newer documents rank higher; within a document, pages keep their order. A page's text tier
+    # costs what its text costs; a page without text (a scan) has no text tier.
     candidates = [
-        Candidate(key=i, recency=p.document.created_at.timestamp() + p.number * 1e-6)
+        Candidate(
+            key=i,
+            recency=p.document.created_at.timestamp() + p.number * 1e-6,
+            text_tokens=backend.text_tokens(p.text) if p.text.strip() else None,
+            pinned=p.document.pinned,
+        )
         for i, p in enumerate(pages)
     ]
     packing = pack(candidates, backend.tier_tokens, budget)
+    if not packing.chosen:
+        raise BudgetTooSmall(
+            f"a budget of {budget} tokens holds no page (the cheapest tier costs "
+            f"{min(backend.tier_tokens.values())} tokens a page); raise max_context_tokens"
+        )
     context: list[ContextPage] = []
     for i, tier in packing.chosen:
         p = pages[i]
         assert p.encoded_version is not None  # only encoded pages were candidates
-        tensors = ctx.tensors.get(p.encoded_version, tier, p.content_hash)
-        context.append(ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors))
+        context.append(_context_page(ctx, p, p.encoded_version, tier))
     with ctx.model_lock:
         answer = backend.answer(question, context)
 
     ranked = sorted(
         zip(context, answer.page_scores, strict=True), key=lambda cs: cs[1], reverse=True
     )
+    # An answer that was not found cites nothing: no page supports it.
     citations = [
-        Citation(c.document_id, c.page, round(float(score), 4))
+        Citation(c.document_id, c.page, round(float(score), 4), c.tier)
         for c, score in ranked[:max_citations]
-        if score > 0
+        if score > 0 and answer.found
     ]
     left = [(pages[i].document_id, pages[i].number) for i in packing.left_out]
     return AskResult(
@@ -100,7 +117,20 @@ def ask(
         left_out=len(left),
         left_out_pages=left,
         model_version=backend.version,
+        found=answer.found,
     )
+
+
+def _context_page(ctx: Context, p: Page, version: str, tier: str) -> ContextPage:
+    """A page as the model sees it at one tier: the cached tensors (the text tier's too, where
+    the backend caches any) and, at the text tier, the page's text."""
+    if tier == TEXT:
+        tensors = None
+        if ctx.tensors.exists(version, TEXT, p.content_hash):  # else the backend computes them
+            tensors = ctx.tensors.get(version, TEXT, p.content_hash)
+        return ContextPage(p.document_id, p.number, _label(p), TEXT, tensors=tensors, text=p.text)
+    tensors = ctx.tensors.get(version, tier, p.content_hash)
+    return ContextPage(p.document_id, p.number, _label(p), tier, tensors=tensors)
 
 
 def read_page(

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -150,6 +152,8 @@ class Document(Base):
     error: Mapped[str | None] = mapped_column(Text)
     pages_total: Mapped[int | None] = mapped_column(Integer)  # known once rendering starts
     pages_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Pinned: the packer keeps its pages at the exact text tier before any other page's.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -130,6 +130,12 @@ def set_status(session: Session, document_id: str, status: str, error: str | Non
     return _rowcount(session.execute(stmt)) > 0
 
 
+def set_pinned(session: Session, document_id: str, pinned: bool) -> bool:
+    """Pin or unpin a document; False if it is gone."""
+    stmt = update(Document).where(Document.id == document_id).values(pinned=pinned)
+    return _rowcount(session.execute(stmt)) > 0
+
+
 def set_pages_total(session: Session, document_id: str, total: int) -> bool:
     if total < 0:
         raise ValueError(f"pages_total must be >= 0, got {total}")

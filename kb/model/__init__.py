@@ -15,7 +15,7 @@ def load_backend(name: str, path: Path | None = None, device: str = "cpu") -> Ba
     """Build the named backend once (it loads weights): ``path`` is a weights file or directory,
     None for the backend's default (the shipped weights of the reference model)."""
     if name == "reference":
-        from kb.model.reference import ReferenceBackend
+        from kb.model.reference.backend import ReferenceBackend
 
         return ReferenceBackend(path, device=device)
     if name == "deepseek-ocr2":

@@ -29,11 +29,16 @@ class ContextPage:
     text: str | None = None  # the text tier
 
 
+# What an answer says when the memory does not support one: never an invented answer.
+NOT_FOUND = "Not found in the collection."
+
+
 @dataclass
 class Answer:
     text: str
     # One score per context page, in the order given, higher = more used to answer (>= 0).
     page_scores: list[float] = field(default_factory=list)
+    found: bool = True  # False: the memory holds no answer (text is NOT_FOUND)
 
 
 class Backend(Protocol):
@@ -52,6 +57,11 @@ class Backend(Protocol):
 
     def text_tokens(self, text: str) -> int:
         """What the text tier of a page with this text costs in context tokens."""
+        ...
+
+    def encode_text(self, texts: list[str]) -> list[PageTensors]:
+        """The text tier's tensors of pages with these texts, worth caching like a vision tier
+        (an empty dict per page where the backend reads the text itself at question time)."""
         ...
 
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:

@@ -5,32 +5,52 @@ import pytest
 from kb.packer import Candidate, pack
 
 TIERS = {"base": 256, "small": 100, "tiny": 64, "gist": 16}
+ORDER = ["gist", "tiny", "small", "base", "text"]  # poorest to richest
 
 
-def pages(n: int) -> list[Candidate]:
-    return [Candidate(key=i, recency=float(i)) for i in range(n)]  # key n-1 is the newest
+def pages(n: int, text: int | None = None) -> list[Candidate]:
+    return [Candidate(key=i, recency=float(i), text_tokens=text) for i in range(n)]  # n-1 newest
 
 
-def test_everything_at_base_when_it_fits() -> None:
-    p = pack(pages(4), TIERS, 4 * 256)
-    assert p.tiers == {"base": 4} and p.tokens == 1024 and p.left_out == []
+def cost(p, cands) -> int:
+    by_key = {c.key: c for c in cands}
+    return sum(by_key[k].text_tokens if t == "text" else TIERS[t] for k, t in p.chosen)
+
+
+def test_everything_at_text_when_it_fits() -> None:
+    cands = pages(4, text=300)
+    p = pack(cands, TIERS, 4 * 300)
+    assert p.tiers == {"text": 4} and p.tokens == 1200 and p.left_out == []
     assert [k for k, _ in p.chosen] == [0, 1, 2, 3]  # oldest first in the context
 
 
-def test_fading_memory_newest_richest() -> None:
-    p = pack(pages(100), TIERS, 3000)
-    assert p.tokens <= 3000 and len(p.chosen) == 100 and not p.left_out
-    order = ["gist", "tiny", "small", "base"]
-    ranks = [order.index(t) for _, t in p.chosen]  # oldest -> newest
+def test_pages_without_text_get_vision_tiers() -> None:
+    p = pack(pages(4), TIERS, 4 * 300)
+    assert p.tiers == {"base": 4} and p.tokens == 1024
+
+
+def test_forgetting_curve_newest_exact_oldest_faded() -> None:
+    cands = pages(1000, text=500)
+    p = pack(cands, TIERS, 65536)
+    assert p.tokens == cost(p, cands) <= 65536 and len(p.chosen) == 1000 and not p.left_out
+    ranks = [ORDER.index(t) for _, t in p.chosen]  # oldest -> newest
     assert ranks == sorted(ranks), "an older page got a richer tier than a newer one"
-    # 100 x 16 = 1600 at gist; the 1400 left lift the 29 newest pages to tiny (48 more each).
-    assert p.tiers == {"gist": 71, "tiny": 29} and p.tokens == 2992
+    assert p.chosen[-1][1] == "text" and p.chosen[0][1] in ("gist", "tiny")
+    assert p.tiers["text"] >= 50  # half the budget goes to exact text for the newest pages
 
 
-def test_every_page_reaches_a_tier_before_any_page_goes_beyond_it() -> None:
-    p = pack(pages(1000), TIERS, 65536)
-    assert p.tiers == {"tiny": 958, "small": 42} and p.tokens == 65512
-    assert [t for _, t in p.chosen[-42:]] == ["small"] * 42  # the newest
+def test_pinned_pages_get_text_first_whatever_their_age() -> None:
+    cands = pages(200, text=400)
+    cands[3] = Candidate(key=3, recency=3.0, text_tokens=400, pinned=True)
+    p = pack(cands, TIERS, 200 * 16 + 400)
+    tiers = dict(p.chosen)
+    assert tiers[3] == "text"
+    assert list(tiers.values()).count("text") == 1
+
+
+def test_short_page_is_cheaper_at_text_than_base() -> None:
+    cands = [Candidate(key=0, recency=0.0, text_tokens=20)]
+    assert pack(cands, TIERS, 100).chosen == [(0, "text")]
 
 
 def test_budget_below_cheapest_leaves_oldest_out_and_says_so() -> None:
@@ -40,11 +60,21 @@ def test_budget_below_cheapest_leaves_oldest_out_and_says_so() -> None:
     assert p.tokens == 64
 
 
-@pytest.mark.parametrize("n,budget", [(1, 16), (7, 500), (300, 65536), (5000, 65536), (3, 0)])
-def test_never_exceeds_budget_and_accounts_for_every_page(n: int, budget: int) -> None:
-    p = pack(pages(n), TIERS, budget)
+def test_pinned_pages_are_the_last_left_out() -> None:
+    cands = pages(10)
+    cands[0] = Candidate(key=0, recency=0.0, pinned=True)
+    p = pack(cands, TIERS, 16 * 2)
+    assert {k for k, _ in p.chosen} == {0, 9}
+
+
+@pytest.mark.parametrize(
+    "n,budget,text", [(1, 16, None), (7, 500, 90), (300, 65536, 700), (5000, 65536, 300), (3, 0, 5)]
+)
+def test_never_exceeds_budget_and_accounts_for_every_page(n, budget, text) -> None:
+    cands = pages(n, text)
+    p = pack(cands, TIERS, budget)
     assert p.tokens <= budget
-    assert p.tokens == sum(TIERS[t] for _, t in p.chosen)
+    assert p.tokens == cost(p, cands)
     assert len(p.chosen) + len(p.left_out) == n
     assert len({k for k, _ in p.chosen} | set(p.left_out)) == n
 

@@ -11,10 +11,10 @@ from PIL import Image
 from kb import pipeline, reader
 from kb.catalog import repo
 from kb.context import Context
-from kb.model.reference import ReferenceBackend
+from kb.model.reference.backend import ReferenceBackend
 from kb.settings import Settings
 from kb.tensors import tensor_key
-from tests.kb.model.conftest import tiny_config
+from tests.kb.model.reference.conftest import tiny_config
 from tests.stack import make_pdf
 
 

@@ -391,6 +391,10 @@ class DeepseekOcr2Backend:
     def text_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def encode_text(self, texts: list[str]) -> list[PageTensors]:
+        """Nothing to cache: the text tier goes into the prompt as the page's text."""
+        return [{} for _ in texts]
+
     # --- Backend: reading ---
 
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:

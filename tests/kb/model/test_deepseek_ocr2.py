@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import ingest
-from kb.model import bench_deepseek_ocr2 as bench
 from kb.model import load_backend
 from kb.model.base import Backend, ContextPage, PageTensors
 from kb.model.deepseek_ocr2 import DeepseekOcr2Backend
@@ -28,6 +27,7 @@ from kb.model.deepseek_ocr2.backend import (
 from kb.model.deepseek_ocr2.random_init import save_random_checkpoint
 from kb.packer import Candidate, pack
 from kb.tensors import dumps, loads
+from lab import bench_deepseek_ocr2 as bench
 
 QUESTION = "Where is the supplier of optical sensors?"
 

@@ -8,10 +8,18 @@ import random
 import pytest
 import torch
 
-from kb.model import train
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.processing_reference import ASK, BOS, EOS, READ, SEP, encode_text, text_to_ids
-from kb.model.reference import ReferenceBackend, load_model
+from kb.model.reference.backend import ReferenceBackend, load_model
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.processing_reference import (
+    ASK,
+    BOS,
+    EOS,
+    READ,
+    SEP,
+    encode_text,
+    text_to_ids,
+)
+from lab import train_optical as train
 
 
 @pytest.fixture(scope="module")

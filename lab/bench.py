@@ -1,6 +1,6 @@
-"""The service-level speed benchmark: ``python -m kb.bench`` (``make bench``).
+"""The service-level speed benchmark: ``python -m lab.bench`` (``make bench``).
 
-No model quality here (that is ``kb.model.eval``): the real components, in-process, on a
+No model quality here (that is ``lab.eval``): the real components, in-process, on a
 temporary data directory (a ``Context``: SQLite catalog, local object store, tensor cache, the
 configured model backend), timed where a user waits:
 
@@ -356,7 +356,7 @@ def run(ctx: Context, sizes: Sizes, workdir: Path, log: Log) -> dict[str, Any]:
 def print_report(report: dict[str, Any], console: Console) -> None:
     model = report["model"]
     console.print(
-        f"[bold]kb.bench[/bold]  model {model['version']} (trained: {model['trained']})  "
+        f"[bold]lab.bench[/bold]  model {model['version']} (trained: {model['trained']})  "
         f"{report['machine']['cpu_count']} cores, {report['machine']['torch_threads']} torch "
         f"threads  load avg {report['loadavg']['start']} -> {report['loadavg']['end']}"
     )
@@ -390,7 +390,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m kb.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", type=Path, help="JSON path (default data/bench/bench.json)")
     parser.add_argument(
@@ -448,7 +448,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "command": " ".join(["python -m kb.bench", *argv]),
+        "command": " ".join(["python -m lab.bench", *argv]),
         "date": date,
         "quick": args.quick,
         "threads": args.threads,

@@ -1,11 +1,12 @@
 """Train the reference model on synthetic documents. Flat and resumable, after nanoGPT's train.py.
 
-    python -m kb.model.train --config smoke   # the CPU, seconds: the whole loop on a tiny model
-    python -m kb.model.train --config cpu     # what a 2-core CPU does in 85 min (shipped)
-    python -m kb.model.train --config gpu     # the real run: deploy/train_on_device.sh
-    python -m kb.model.train --out_dir D --resume            # go on from D/ckpt.pt
-    python -m kb.model.train --out_dir D --export            # D/ckpt.pt -> shipped weights
-    python -m kb.model.train --config cpu --init_from kb/model/weights/reference.safetensors
+    python -m lab.train_optical --config smoke   # the CPU, seconds: the whole loop on a tiny model
+    python -m lab.train_optical --config cpu     # what a 2-core CPU does in 85 min (shipped)
+    python -m lab.train_optical --config gpu     # the real run: deploy/train_on_device.sh
+    python -m lab.train_optical --out_dir D --resume            # go on from D/ckpt.pt
+    python -m lab.train_optical --out_dir D --export            # D/ckpt.pt -> shipped weights
+    python -m lab.train_optical --config cpu \
+        --init_from kb/model/reference/weights/reference.safetensors
                                             # go on from shipped weights (no checkpoint needed)
 
 Every default below can be overridden on the command line (``--lr 3e-4``); a preset
@@ -56,10 +57,10 @@ import torch
 import torch.nn.functional as F
 
 from ingest.tiers import CANONICAL, get_tier
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.data import DATA_VERSION, Pool, PoolSpec, build_pool
-from kb.model.modeling_reference import ReferenceModel
-from kb.model.processing_reference import (
+from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, save_weights
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.modeling_reference import ReferenceModel
+from kb.model.reference.processing_reference import (
     EOS,
     PAD,
     SPECIAL_TOKENS,
@@ -70,7 +71,7 @@ from kb.model.processing_reference import (
     read_prompt,
     text_to_ids,
 )
-from kb.model.reference import DEFAULT_WEIGHTS, load_model, save_weights
+from lab.data import DATA_VERSION, Pool, PoolSpec, build_pool
 
 CHECKPOINT_FORMAT = "kb-reference-ckpt/1"
 

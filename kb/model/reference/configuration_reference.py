@@ -37,6 +37,24 @@ class ReferenceConfig:
 
     # --- page text -> text tokens (the "text" tier) ---
     text_bytes_per_token: int = 4  # one memory token per 4 UTF-8 bytes: "text tokens = chars / 4"
+    # "slots": each byte of a token gets its own d_model/4 slice (byte i of the token in slice i,
+    # one slice per reader head at 4 heads), so a head can address one byte of a token; the
+    # original "conv" (a stride-4 Conv1d) mixed the 4 bytes linearly and the reader had to
+    # unmix them (reading-on-a-cpu.md, section 2).
+    text_encoder: str = "slots"
+    # Transformer layers over a text page's tokens: a token must know its neighbours ("the access
+    # code for the Falcon archive is ...") for a question to find it by content. Per page, so
+    # it is computed once at ingest and cached like a vision tier.
+    text_layers: int = 2
+
+    # --- the copy path: answers are spans copied from the text tier, never generated ---
+    # Start and end keys per byte of a text page (span_dim each), cached with the page; the
+    # reader's state after the question gives a start and an end query, the best-scoring span
+    # (end - start < max_answer_bytes) is the answer, copied byte for byte: names, codes and
+    # amounts come out exact. A learned "null" score says the memory holds no answer.
+    span_head: bool = True
+    span_dim: int = 32  # per byte, fp16: 2 * 32 * 2 B = 128 B per byte of text, 0.25 MB per page
+    max_answer_bytes: int = 96  # longer answers than that are sentences, not spans
 
     # --- shared width of memory tokens and reader ---
     d_model: int = 256  # wide enough for 4 bytes per text token; fp16 weights stay ~15 MB
@@ -65,6 +83,12 @@ class ReferenceConfig:
             raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary")
         if self.d_model % 4:
             raise ValueError(f"d_model {self.d_model} must be a multiple of 4 (2D sin/cos)")
+        if self.text_encoder not in ("conv", "slots"):
+            raise ValueError(f"text_encoder must be 'conv' or 'slots', got {self.text_encoder!r}")
+        if self.text_encoder == "slots" and self.d_model % self.text_bytes_per_token:
+            raise ValueError(
+                f"d_model {self.d_model} must split into {self.text_bytes_per_token} byte slots"
+            )
         if self.stem not in ("conv", "patch"):
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
         if self.stem == "conv" and self.patch_size != 16:
@@ -96,4 +120,6 @@ class ReferenceConfig:
         known = {f.name for f in fields(cls)}
         if data and "stem" not in data:  # saved before these were configurable
             data = {**data, "stem": "patch", "reader_abs_pos": False}
+        if data and "text_encoder" not in data:  # saved before the slot encoder and span head
+            data = {**data, "text_encoder": "conv", "text_layers": 0, "span_head": False}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,7 +1,7 @@
 """The reference backend: the project's own small optical-memory model on the CPU.
 
-Weights ship as fp16 safetensors (default ``kb/model/weights/reference.safetensors``) with the
-config and training facts (step, ...) in the file's metadata, and a ``.sha256`` file beside it
+Weights ship as fp16 safetensors (default ``weights/reference.safetensors`` beside this file) with
+the config and training facts (step, ...) in the file's metadata, and a ``.sha256`` file beside it
 that must match before anything is loaded. Without a weights file the backend builds a
 deterministic random initialisation and says so (``trained = False``): everything runs for real,
 the answers just mean nothing until the model is trained.
@@ -21,10 +21,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kb.model.base import Answer, ContextPage, PageTensors
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.modeling_reference import ReferenceModel
-from kb.model.processing_reference import (
+from kb.model.base import NOT_FOUND, Answer, ContextPage, PageTensors
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.modeling_reference import ReferenceModel
+from kb.model.reference.processing_reference import (
     ask_prompt,
     decode,
     images_to_batch,
@@ -226,6 +226,23 @@ class ReferenceBackend:
     def text_tokens(self, text: str) -> int:
         return text_token_count(text, self.config.text_bytes_per_token)
 
+    def encode_text(self, texts: list[str]) -> list[PageTensors]:
+        """Pages' text -> per page the text tier's {"kv": (L, 2, T, D), "span": (2, 4T, Ds)},
+        fp16: computed once at ingest and cached like a vision tier (the text encoder has
+        transformer layers; a question over 1,000 pages could not afford to run it)."""
+        pages: list[PageTensors] = []
+        k = self.config.text_bytes_per_token
+        with torch.inference_mode():
+            for text in texts:  # one at a time: pages differ in length, padding would cost more
+                ids = text_to_ids(text, k).to(self.device)[None]  # (1, n)
+                tokens = self.model.encode_text(ids)  # (1, T, D)
+                out = {"kv": self.model.page_kv(tokens)[0].to("cpu", torch.float16).clone()}
+                if self.config.span_head:
+                    span = self.model.page_span(tokens, ids)[0]  # (2, n, Ds)
+                    out["span"] = span.to("cpu", torch.float16).clone()
+                pages.append(out)
+        return pages
+
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
         with torch.inference_mode():
             memory = self.model.pack([self.page_kv(page)])
@@ -233,22 +250,57 @@ class ReferenceBackend:
         return decode(ids)
 
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
+        """The answer is copied from the text tier: the best span of any text-tier page by the
+        copy path (ReferenceModel.best_span), or NOT_FOUND when "no answer" scores higher or no
+        page is at the text tier (the optical tiers do not read yet: issue 9). Page scores are the
+        start distribution's mass per page, the span's page first."""
         with torch.inference_mode():
-            memory = self.model.pack([self.page_kv(page) for page in pages])  # (1, H, M, hd)/layer
-            ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
-        return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
+            spans = [self.page_span(page) for page in pages]
+            memory = self.model.pack([self.page_kv(page) for page in pages], spans)
+            if not self.config.span_head:
+                ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
+                return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
+            found, prob, scores = self.model.best_span(ask_prompt(question), memory)
+        page_scores = [float(s) for s in scores]
+        if found is None:
+            return Answer(text=NOT_FOUND, page_scores=page_scores, found=False)
+        start, end = found
+        assert memory.span_page is not None
+        i = int(memory.span_page[start])
+        first = int((memory.span_page == i).nonzero()[0])  # the page's first byte in the memory
+        data = (pages[i].text or "").encode("utf-8")
+        text = data[start - first : end - first + 1].decode("utf-8", errors="replace").strip()
+        page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
+        return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
 
     # --- helpers ---
 
+    def page_span(self, page: ContextPage) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A text-tier page's span keys (2, n, Ds) and real-byte mask (n,); None for vision."""
+        if page.tier != "text" or not self.config.span_head:
+            return None
+        if page.text is None:
+            raise ValueError(f"{page.label}: a text-tier page needs page.text")
+        tensors = page.tensors if page.tensors and "span" in page.tensors else None
+        if tensors is None:
+            tensors = self.encode_text([page.text])[0]
+            page.tensors = tensors  # page_kv reuses it
+        span = tensors["span"]
+        n = span.shape[1]
+        real = torch.arange(n) < len(page.text.encode("utf-8"))
+        return span, real
+
     def page_kv(self, page: ContextPage) -> torch.Tensor:
-        """The page's cross-attention kv (L, 2, T, D): cached (vision tiers) or computed (text)."""
+        """The page's cross-attention kv (L, 2, T, D): cached, or (text tier) computed."""
         L, D = self.config.n_layers, self.config.d_model
         with torch.inference_mode():
             if page.tier == "text":
                 if page.text is None:
                     raise ValueError(f"{page.label}: a text-tier page needs page.text")
-                ids = text_to_ids(page.text, self.config.text_bytes_per_token).to(self.device)
-                return self.model.page_kv(self.model.encode_text(ids[None]))[0]  # (L, 2, T, D)
+                if page.tensors and "kv" in page.tensors:
+                    return page.tensors["kv"]
+                page.tensors = self.encode_text([page.text])[0]
+                return page.tensors["kv"]
             if page.tier not in self.tier_tokens:
                 raise ValueError(f"{page.label}: unknown tier {page.tier!r}")
             tensors = page.tensors or {}

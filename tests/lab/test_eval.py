@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from kb.model import eval as kb_eval
 from kb.model.base import ContextPage
-from kb.model.reference import ReferenceBackend
+from kb.model.reference.backend import ReferenceBackend
+from lab import eval as kb_eval
 
 
 def dp_distance(a: str, b: str) -> int:
@@ -142,7 +142,7 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
         assert key in written
     assert written["model"]["version"] == backend.version
     assert written["model"]["trained"] is False
-    assert written["command"] == "python -m kb.model.eval " + " ".join(argv)
+    assert written["command"] == "python -m lab.eval " + " ".join(argv)
     assert written["machine"]["cpu_count"] and written["machine"]["torch_threads"]
     assert len(written["loadavg"]["start"]) == 3
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.modeling_reference import ReferenceModel
-from kb.model.reference import random_model
+from kb.model.reference.backend import random_model
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.modeling_reference import ReferenceModel
 
 
 def tiny_config(**overrides) -> ReferenceConfig:
@@ -19,6 +19,8 @@ def tiny_config(**overrides) -> ReferenceConfig:
         n_heads=2,
         mlp_ratio=2,
         n_layers=2,
+        text_layers=1,
+        span_dim=8,
     )
     fields.update(overrides)
     return ReferenceConfig(**fields)

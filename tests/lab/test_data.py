@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from kb.model import data
-from kb.model.data import (
+from lab import data
+from lab.data import (
     LAYOUTS,
     Fact,
     PoolSpec,

@@ -16,7 +16,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert written == json.loads(json.dumps(report))
     for key in ("model", "machine", "command", "date", "loadavg", "sizes", "elapsed_s"):
         assert key in written
-    assert written["command"] == f"python -m kb.bench --quick --out {out}"
+    assert written["command"] == f"python -m lab.bench --quick --out {out}"
     assert len(written["loadavg"]["start"]) == 3
 
     packer = written["packer"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kb.model.processing_reference import (
+from kb.model.reference.processing_reference import (
     ASK,
     BOS,
     EOS,

@@ -1,11 +1,25 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.modeling_reference import KVCache, ReferenceModel, repeated_tail
-from kb.model.processing_reference import EOS, VOCAB_SIZE, ask_prompt, text_to_ids
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.modeling_reference import (
+    KVCache,
+    ReferenceModel,
+    alignment_nll,
+    repeated_tail,
+)
+from kb.model.reference.processing_reference import (
+    EOS,
+    PAD,
+    VOCAB_SIZE,
+    ask_prompt,
+    text_to_ids,
+)
 
 from .conftest import tiny_config
 
@@ -219,3 +233,95 @@ def test_default_config_fits_the_budget():
 
 def test_tiny_config_is_tiny():
     assert ReferenceModel(tiny_config()).num_parameters() < 100_000
+
+
+# --- the text tier's slot encoder, the copy path and the alignment loss ---
+
+
+def test_slot_text_encoder_keeps_each_byte_in_its_own_slice(config):
+    model = ReferenceModel(replace(config, text_layers=0))
+    ids = torch.tensor([[65, 66, 67, 68]])
+    x = model.text.wte(ids).reshape(1, 1, -1)  # (1, 1, D): the 4 byte embeddings side by side
+    D4 = config.d_model // 4
+    assert torch.equal(x[0, 0, D4 : 2 * D4], model.text.wte.weight[66])
+
+
+def test_text_encoder_padding_mask_leaves_real_tokens_unchanged(model):
+    ids = text_to_ids("The access code is QZ-4410.")[None]  # (1, n)
+    alone = model.encode_text(ids)
+    padded = torch.cat([ids, torch.full((1, 16), PAD)], dim=1)
+    mask = torch.zeros(1, padded.shape[1] // 4, dtype=torch.bool)
+    mask[0, : ids.shape[1] // 4] = True
+    with_pad = model.encode_text(padded, mask)
+    assert torch.allclose(alone, with_pad[:, : alone.shape[1]], atol=1e-5)
+
+
+def test_span_keys_one_start_and_end_key_per_byte(model, config):
+    ids = text_to_ids("Invoice INV-20931 total 4,200 EUR")[None]
+    keys = model.page_span(model.encode_text(ids), ids)
+    assert keys.shape == (1, 2, ids.shape[1], config.span_dim)
+
+
+def test_span_logits_mask_padding_and_end_with_no_answer(model, config):
+    texts = ["Room B412.", "The budget is $9,001."]
+    pages, spans = [], []
+    for t in texts:
+        ids = text_to_ids(t)[None]
+        tokens = model.encode_text(ids)
+        pages.append(model.page_kv(tokens)[0])
+        spans.append((model.page_span(tokens, ids)[0], torch.arange(ids.shape[1]) < len(t)))
+    memory = model.pack(pages, spans)
+    P = sum(s.shape[1] for s, _ in spans)
+    h = torch.randn(1, config.d_model)
+    logits = model.span_logits(h, memory)
+    assert logits.shape == (1, 2, P + 1)
+    real = torch.cat([r for _, r in spans])
+    assert torch.isinf(logits[0, :, :P][:, ~real]).all() and torch.isfinite(logits[0, :, P]).all()
+    found, prob, page_scores = model.best_span([257, 260, 63, 261], memory)
+    assert page_scores.shape == (2,) and 0 <= prob <= 1
+    if found is not None:
+        start, end = found
+        assert memory.span_page[start] == memory.span_page[end] and 0 <= end - start
+        assert end - start < config.max_answer_bytes and real[start] and real[end]
+
+
+def test_span_loss_learns_to_point_at_the_answer(config):
+    """A few steps of the copy path's loss on one memory: the start logit of the answer wins."""
+    torch.manual_seed(0)
+    model = ReferenceModel(config)
+    text = "Name: Ada Lovelace. Code: QZ-4410. City: Porto."
+    ids = text_to_ids(text)[None]
+    start = text.index("QZ-4410")
+    prompt = torch.tensor([[257, 260, *b"Which code?", 261]])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        tokens = model.encode_text(ids)
+        memory = model.pack(
+            [model.page_kv(tokens)[0]],
+            [(model.page_span(tokens, ids)[0], torch.arange(ids.shape[1]) < len(text))],
+        )
+        model(prompt, memory)
+        logits = model.span_logits(model.last_hidden[:, -1], memory)
+        loss = F.cross_entropy(logits[:, 0], torch.tensor([start]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert int(logits[0, 0].argmax()) == start
+
+
+def test_alignment_loss_is_minus_log_attention_on_the_target():
+    q = torch.randn(2, 3, 8)
+    k = torch.randn(2, 5, 8)
+    align = torch.tensor([[1, -1, 4], [-1, -1, -1]])
+    total, count = alignment_nll(q, k, None, align)
+    att = ((q[0] @ k[0].T) / 8**0.5).log_softmax(-1)
+    assert count == 2
+    assert total.item() == pytest.approx(-(att[0, 1] + att[2, 4]).item(), rel=1e-5)
+
+
+def test_reader_alignment_loss_is_reported(model):
+    memory = model.pack([model.page_kv(model.encode_text(text_to_ids("hello world!")[None]))[0]])
+    idx = torch.tensor([[257, 259, 104, 101]])
+    align = torch.tensor([[-1, 0, 0, 0]])
+    model(idx, memory, align=align)
+    assert model.align_loss.item() > 0 and model.align_loss.requires_grad

@@ -13,8 +13,8 @@ through the backend's own code (the paths the service takes):
 Random weights rarely emit the end token, so decoding runs the full ``--new-tokens``; the
 numbers are per token anyway.
 
-    python -m kb.model.bench_deepseek_ocr2 --out bench.json     # a GPU machine: full size
-    python -m kb.model.bench_deepseek_ocr2 --tiny               # the tiny config on a CPU
+    python -m lab.bench_deepseek_ocr2 --out bench.json     # a GPU machine: full size
+    python -m lab.bench_deepseek_ocr2 --tiny               # the tiny config on a CPU
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": "tiny" if args.tiny else "full-size DeepSeek-OCR 2, random weights",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "command": "python -m kb.model.bench_deepseek_ocr2 " + " ".join(argv or sys.argv[1:]),
+        "command": "python -m lab.bench_deepseek_ocr2 " + " ".join(argv or sys.argv[1:]),
         "context_budget": backend.context_budget,
         "max_positions": backend.max_positions,
     }  # fmt: skip

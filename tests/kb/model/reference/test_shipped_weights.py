@@ -9,8 +9,8 @@ import torch
 
 from ingest import tier_image
 from kb.model.base import ContextPage
-from kb.model.data import filler_page, needle_page
-from kb.model.reference import DEFAULT_WEIGHTS, ReferenceBackend
+from kb.model.reference.backend import DEFAULT_WEIGHTS, ReferenceBackend
+from lab.data import filler_page, needle_page
 
 pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped weights")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.tiers import TIERS
-from kb.model.configuration_reference import ReferenceConfig
+from kb.model.reference.configuration_reference import ReferenceConfig
 
 
 def test_round_trip():

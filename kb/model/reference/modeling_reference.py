@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kb.model.configuration_reference import ReferenceConfig
-from kb.model.processing_reference import EOS, NEVER_GENERATED
+from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.processing_reference import EOS, NEVER_GENERATED
 
 # ---------------------------------------------------------------------------------------------
 # Positions
@@ -111,10 +111,12 @@ class PageAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, D); mask (B, T) bool, True = a real token (padded batches of text pages)."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -126,8 +128,8 @@ class PageBlock(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config.d_model, config.mlp_ratio)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -197,33 +199,68 @@ class VisionEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """UTF-8 bytes -> byte embeddings -> 1D conv with stride 4 -> one memory token per 4 bytes.
+    """UTF-8 bytes -> one memory token per 4 bytes, with its neighbours' context.
 
-    No transformer: a text page is the exact tier, each token holds its 4 bytes linearly and its
-    position; the reader's cross-attention does the rest.
+    "slots" (default): byte i of a token is embedded into the token's i-th d_model/4 slice, so the
+    4 bytes stay apart (a head can address one), then ``text_layers`` transformer layers over the
+    page's tokens give each token its context. "conv" (the first weights): a stride-4 Conv1d that
+    mixes the 4 bytes linearly, no context. Either way a page's tokens depend on that page alone.
     """
 
     def __init__(self, config: ReferenceConfig):
         super().__init__()
         D, k = config.d_model, config.text_bytes_per_token
         self.bytes_per_token = k
-        self.wte = nn.Embedding(config.vocab_size, D)
-        self.conv = nn.Conv1d(D, D, kernel_size=k, stride=k)
+        self.kind = config.text_encoder
+        if self.kind == "slots":
+            self.wte = nn.Embedding(config.vocab_size, D // k)
+        else:
+            self.wte = nn.Embedding(config.vocab_size, D)
+            self.conv = nn.Conv1d(D, D, kernel_size=k, stride=k)
         self.tier_emb = nn.Parameter(torch.zeros(D))  # the "text" tier's embedding
+        self.blocks = nn.ModuleList([PageBlock(config) for _ in range(config.text_layers)])
         self.ln_out = nn.LayerNorm(D)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, n), n a multiple of 4; mask (B, n/4) True = real token -> (B, n/4, D)."""
         B, n = ids.shape
         if n == 0 or n % self.bytes_per_token:
             raise ValueError(
                 f"text ids of length {n} are not a positive multiple of {self.bytes_per_token}; "
                 "pad with PAD (processing_reference.text_to_ids)"
             )
-        x = self.wte(ids)  # (B, n, D)
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, n/4, D)
+        if self.kind == "slots":
+            x = self.wte(ids).reshape(B, n // self.bytes_per_token, -1)  # (B, n/4, D)
+        else:
+            x = self.conv(self.wte(ids).transpose(1, 2)).transpose(1, 2)  # (B, n/4, D)
         positions = torch.arange(x.shape[1], device=x.device)
         x = x + sincos_1d(positions, x.shape[-1]) + self.tier_emb  # (B, n/4, D)
+        for block in self.blocks:
+            x = block(x, mask)
         return self.ln_out(x)  # (B, n/4, D)
+
+
+class SpanKeys(nn.Module):
+    """The copy path's memory: a start key and an end key for every byte of a text page.
+
+    Key of byte p = a projection of its token, one per byte slot (so each of the 4 bytes gets its
+    own key from its context), plus an embedding of the byte itself (a span starts at a digit or
+    a capital, ends before a full stop). (B, T, D) tokens, (B, 4T) ids -> (B, 2, 4T, span_dim).
+    """
+
+    def __init__(self, config: ReferenceConfig):
+        super().__init__()
+        self.k, self.dim = config.text_bytes_per_token, config.span_dim
+        self.ln = nn.LayerNorm(config.d_model)
+        self.proj = nn.Linear(config.d_model, 2 * self.k * self.dim, bias=False)
+        self.byte = nn.Embedding(config.vocab_size, 2 * self.dim)
+
+    def forward(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        B, T, _ = tokens.shape
+        keys = self.proj(self.ln(tokens)).view(B, T, 2, self.k, self.dim)  # (B, T, 2, 4, Ds)
+        keys = keys.permute(0, 2, 1, 3, 4).reshape(B, 2, T * self.k, self.dim)  # (B, 2, 4T, Ds)
+        own = self.byte(ids).view(B, T * self.k, 2, self.dim).transpose(1, 2)  # (B, 2, 4T, Ds)
+        return keys + own
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +277,11 @@ class Memory:
     page_index: torch.Tensor  # (M,) int64: the page of each memory token
     n_pages: int
     mask: torch.Tensor | None = None  # (B, M) bool, True = real token (padded training batches)
+    # The copy path (text-tier pages only): start/end keys per byte, which page each byte is of,
+    # and which are real (not PAD, not padding): (B, 2, P, Ds), (P,), (B, P)
+    span: torch.Tensor | None = None
+    span_page: torch.Tensor | None = None
+    span_mask: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -264,6 +306,40 @@ class KVCache:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         self.k[layer], self.v[layer] = k, v
         return k, v
+
+
+class StaticKVCache(KVCache):
+    """KVCache with preallocated buffers: each byte writes its own slot, where KVCache's
+    torch.cat copies the whole past every step (quadratic over a 5,000-byte page)."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        shape: tuple[int, int, int, int],
+        dtype: torch.dtype,
+        device: torch.device | None = None,
+    ):
+        super().__init__(n_layers)
+        B, H, capacity, hd = shape
+        self.capacity = capacity
+        buf = (B, H, capacity, hd)
+        self.k_buf = [torch.empty(buf, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v_buf = [torch.empty(buf, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.filled = 0
+
+    @property
+    def length(self) -> int:
+        return self.filled
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        start, end = self.filled, self.filled + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"cache holds {self.capacity} positions, {end} requested")
+        self.k_buf[layer][:, :, start:end] = k
+        self.v_buf[layer][:, :, start:end] = v
+        if layer == len(self.k_buf) - 1:
+            self.filled = end
+        return self.k_buf[layer][:, :, :end], self.v_buf[layer][:, :, :end]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,15 +390,22 @@ class CrossAttention(nn.Module):
         B, T, D = tokens.shape
         return self.kv(self.ln_kv(tokens)).view(B, T, 2, D).transpose(1, 2)
 
-    def forward(self, x, k, v, mask, need_mass: bool):
+    def forward(self, x, k, v, mask, need_mass: bool, align: torch.Tensor | None = None):
         """x (B, t, D), k and v (B, H, M, hd) -> (B, t, D), and with need_mass the attention
-        weights of the last position averaged over heads, (B, M)."""
+        weights of the last position averaged over heads, (B, M).
+
+        ``align`` (B, t) int64, -1 = none: the memory token each position should read (training's
+        alignment loss); head 0's -log attention weight on it is summed into ``self.align_loss``
+        (with the count in ``self.align_count``), the reader's guide to where a byte lives.
+        """
         B, t, D = x.shape
         M = k.shape[2]
         if M == 0:  # nothing to read: softmax over no keys is undefined, the answer is zero
             return torch.zeros_like(x), (x.new_zeros(B, 0) if need_mass else None)
         q = self.q(x).view(B, t, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, t, hd)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
+        if align is not None:
+            self.align_loss, self.align_count = alignment_nll(q[:, 0], k[:, 0], mask, align)
         dropout = self.dropout if self.training else 0.0
         if not need_mass:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
@@ -345,6 +428,24 @@ class CrossAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, t, D)), mass
 
 
+def alignment_nll(q: torch.Tensor, k: torch.Tensor, mask, align: torch.Tensor):
+    """Sum of -log softmax(q k^T / sqrt(hd))[target] over the positions with a target, and their
+    count. q (B, t, hd), k (B, M, hd), mask (B, M) or None, align (B, t) int64 with -1 = none.
+    Only the aligned positions are scored: a read-back of 512 bytes over 8k tokens stays small."""
+    total, count = q.new_zeros(()), 0
+    for b in range(q.shape[0]):
+        pos = (align[b] >= 0).nonzero().flatten()
+        if len(pos) == 0:
+            continue
+        logits = (q[b, pos] @ k[b].transpose(0, 1)) / math.sqrt(q.shape[-1])  # (n, M)
+        if mask is not None:
+            logits = logits.masked_fill(~mask[b][None], float("-inf"))
+        logp = logits.log_softmax(-1)
+        total = total - logp.gather(1, align[b, pos][:, None]).sum()
+        count += len(pos)
+    return total, count
+
+
 class ReaderBlock(nn.Module):
     """Pre-norm: causal self-attention, cross-attention to the memory, MLP."""
 
@@ -358,9 +459,10 @@ class ReaderBlock(nn.Module):
         self.mlp = MLP(config.d_model, config.mlp_ratio, config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, memory: Memory, layer: int, cos, sin, cache, need_mass: bool):
+    def forward(self, x, memory: Memory, layer: int, cos, sin, cache, need_mass: bool, align=None):
         x = x + self.dropout(self.attn(self.ln1(x), cos, sin, cache, layer))
-        y, mass = self.cross(self.ln2(x), memory.k[layer], memory.v[layer], memory.mask, need_mass)
+        k, v = memory.k[layer], memory.v[layer]
+        y, mass = self.cross(self.ln2(x), k, v, memory.mask, need_mass, align)
         x = x + self.dropout(y)
         return x + self.mlp(self.ln3(x)), mass
 
@@ -385,6 +487,10 @@ class ReferenceModel(nn.Module):
         self.ln_f = nn.LayerNorm(D)
         if config.reader_abs_pos:  # sin/cos codes have norm ~11, byte embeddings ~0.3 at init
             self.abs_pos_gain = nn.Parameter(torch.tensor(0.03))
+        if config.span_head:  # the copy path (SpanKeys): queries and a "no answer" score
+            self.span_keys = SpanKeys(config)
+            self.span_query = nn.Linear(D, 2 * config.span_dim, bias=False)
+            self.span_null = nn.Linear(D, 2)
         hd = D // config.n_heads
         inv_freq = 1.0 / config.rope_base ** (torch.arange(0, hd, 2).float() / hd)  # (hd/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
@@ -414,9 +520,15 @@ class ReferenceModel(nn.Module):
         """(B, C, S, S) pixels at the tier's size -> (B, (S/64)^2, D) tokens."""
         return self.vision(pixels, tier)
 
-    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, n) byte ids, n a multiple of 4 -> (B, n/4, D) tokens."""
-        return self.text(ids)
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n) byte ids, n a multiple of 4 -> (B, n/4, D) tokens; mask (B, n/4) for padding."""
+        return self.text(ids, mask)
+
+    def page_span(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Text-tier tokens (B, T, D) and their ids (B, 4T) -> span keys (B, 2, 4T, span_dim)."""
+        if not self.config.span_head:
+            raise ValueError("this model has no span head (config.span_head is False)")
+        return self.span_keys(tokens, ids)
 
     def page_kv(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (T, D) of one page -> (L, 2, T, D); or (B, T, D) pages -> (B, L, 2, T, D).
@@ -484,8 +596,40 @@ class ReferenceModel(nn.Module):
             mask=None if mask is None else mask.to(device),
         )
 
-    def pack(self, page_kvs: list[torch.Tensor]) -> Memory:
-        """Cached kv of many pages, each (L, 2, T_i, D) -> one Memory (batch 1)."""
+    def pack(
+        self,
+        page_kvs: list[torch.Tensor],
+        spans: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    ) -> Memory:
+        """Cached kv of many pages, each (L, 2, T_i, D) -> one Memory (batch 1). ``spans``: per
+        page, None (a vision tier) or the text tier's span keys (2, n_i, Ds) and a (n_i,) bool
+        of the bytes that are real text."""
+        memory = self._pack_kv(page_kvs)
+        keys = [(i, sp) for i, sp in enumerate(spans or []) if sp is not None]
+        if keys:
+            span = torch.cat([sp[0] for _, sp in keys], dim=1)  # (2, P, Ds)
+            device, dtype = self.wte.weight.device, self.wte.weight.dtype
+            memory.span = span[None].to(device, dtype)  # (1, 2, P, Ds)
+            memory.span_mask = torch.cat([sp[1] for _, sp in keys])[None].to(device)  # (1, P)
+            memory.span_page = torch.repeat_interleave(
+                torch.tensor([i for i, _ in keys], device=device),
+                torch.tensor([sp[0].shape[1] for _, sp in keys], device=device),
+            )  # (P,)
+        return memory
+
+    def pack_batch(self, page_kvs: list[torch.Tensor]) -> Memory:
+        """One page per batch row, each (L, 2, T_i, D) -> a Memory of batch B, padded to the
+        longest page with a mask (text pages differ in length): batched read-backs."""
+        T = max(kv.shape[2] for kv in page_kvs)
+        L, _, _, D = page_kvs[0].shape
+        kv = page_kvs[0].new_zeros(len(page_kvs), L, 2, T, D)
+        mask = torch.zeros(len(page_kvs), T, dtype=torch.bool)
+        for b, page in enumerate(page_kvs):
+            kv[b, :, :, : page.shape[2]] = page
+            mask[b, : page.shape[2]] = True
+        return self.memory(kv, [T], None if bool(mask.all()) else mask)
+
+    def _pack_kv(self, page_kvs: list[torch.Tensor]) -> Memory:
         L, D = self.config.n_layers, self.config.d_model
         for i, kv in enumerate(page_kvs):
             if kv.dim() != 4 or kv.shape[0] != L or kv.shape[1] != 2 or kv.shape[3] != D:
@@ -506,10 +650,13 @@ class ReferenceModel(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         need_page_mass: bool = False,
+        align: torch.Tensor | None = None,
     ):
         """idx (B, t) byte ids -> logits (B, t, V), loss (targets (B, t), -100 = ignore),
         and with need_page_mass the last position's cross-attention mass per page (B, P),
-        averaged over heads and layers."""
+        averaged over heads and layers. ``align`` (B, t): see CrossAttention; the mean
+        alignment loss is then in ``self.align_loss``. The final states (B, t, D) are kept in
+        ``self.last_hidden`` for the span head."""
         B, t = idx.shape
         if memory.k[0].shape[0] != B:
             raise ValueError(f"memory batch {memory.k[0].shape[0]} != input batch {B}")
@@ -522,11 +669,17 @@ class ReferenceModel(nn.Module):
             abs_pos = sincos_1d(positions / self.config.text_bytes_per_token, x.shape[-1])
             x = x + self.abs_pos_gain * abs_pos  # (B, t, D)
         mass = x.new_zeros(B, memory.length)  # (B, M)
+        align_total, align_count = x.new_zeros(()), 0
         for layer, block in enumerate(self.blocks):
-            x, layer_mass = block(x, memory, layer, cos, sin, cache, need_page_mass)
+            x, layer_mass = block(x, memory, layer, cos, sin, cache, need_page_mass, align)
             if layer_mass is not None:
                 mass = mass + layer_mass / len(self.blocks)  # (B, M)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, t, V)
+            if align is not None:
+                align_total = align_total + block.cross.align_loss
+                align_count += block.cross.align_count
+        self.align_loss = align_total / max(align_count, 1)
+        self.last_hidden = self.ln_f(x)  # (B, t, D)
+        logits = F.linear(self.last_hidden, self.wte.weight)  # (B, t, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -534,6 +687,61 @@ class ReferenceModel(nn.Module):
         if need_page_mass:
             page_mass = mass.new_zeros(B, memory.n_pages).index_add_(1, memory.page_index, mass)
         return logits, loss, page_mass
+
+    # --- the copy path ---
+
+    def span_logits(self, h: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """Reader states after the question (B, D) -> start and end logits (B, 2, P + 1) over
+        every byte of the text-tier pages; index P is "no answer in the memory"."""
+        B = h.shape[0]
+        null = self.span_null(h)  # (B, 2)
+        if memory.span is None or memory.span_mask is None:
+            return null[:, :, None]  # (B, 2, 1): only "no answer" is possible
+        Ds = self.config.span_dim
+        q = self.span_query(h).view(B, 2, 1, Ds)  # (B, 2, 1, Ds)
+        scores = (q * memory.span).sum(-1) / math.sqrt(Ds)  # (B, 2, P)
+        scores = scores.masked_fill(~memory.span_mask[:, None, :], float("-inf"))
+        return torch.cat([scores, null[:, :, None]], dim=-1)  # (B, 2, P + 1)
+
+    @torch.inference_mode()
+    def best_span(
+        self, prompt: list[int], memory: Memory, top_starts: int = 64
+    ) -> tuple[tuple[int, int] | None, float, torch.Tensor]:
+        """The answer span for one prompt: ((start, end) byte indices into the memory's span
+        bytes, end inclusive) or None for "not in the memory"; the span's probability; and the
+        start distribution's mass per page (n_pages,), the citation scores.
+
+        start + end logits are maximised over spans inside one page no longer than
+        max_answer_bytes, among the ``top_starts`` best starts; "no answer" competes with its
+        own start + end logits.
+        """
+        device = self.wte.weight.device
+        idx = torch.tensor([prompt], dtype=torch.long, device=device)
+        self(idx, memory)
+        logits = self.span_logits(self.last_hidden[:, -1], memory)[0]  # (2, P + 1)
+        P = logits.shape[1] - 1
+        logp = logits.log_softmax(-1)  # (2, P + 1)
+        page_scores = torch.zeros(memory.n_pages, device=device)
+        if P == 0 or memory.span_page is None:
+            return None, 1.0, page_scores.cpu()
+        page_scores.index_add_(0, memory.span_page, logp[0, :P].exp())
+        null = float(logp[0, P] + logp[1, P])
+        L = self.config.max_answer_bytes
+        starts = logp[0, :P].topk(min(top_starts, P)).indices  # (K,)
+        ends = starts[:, None] + torch.arange(L, device=device)[None]  # (K, L)
+        inside = ends < P
+        ends = ends.clamp(max=P - 1)
+        ok = inside & (memory.span_page[ends] == memory.span_page[starts][:, None])
+        ok &= memory.span_mask[0][ends]
+        total = logp[0, starts][:, None] + logp[1, ends]  # (K, L)
+        total = total.masked_fill(~ok, float("-inf"))
+        flat = int(total.argmax())
+        best = float(total.flatten()[flat])
+        if not math.isfinite(best) or best < null:
+            return None, math.exp(null), page_scores.cpu()
+        k, length = divmod(flat, L)
+        start = int(starts[k])
+        return (start, start + length), math.exp(best), page_scores.cpu()
 
     @torch.inference_mode()
     def generate(
@@ -544,40 +752,82 @@ class ReferenceModel(nn.Module):
         eos_id: int = EOS,
         suppress: tuple[int, ...] = NEVER_GENERATED,
     ) -> tuple[list[int], torch.Tensor]:
-        """Greedy decoding from one prompt. Stops at EOS (not returned), at max_new_tokens, or
-        when the repetition guard sees a loop (the repeats are cut back to one copy).
+        """Greedy decoding from one prompt (``generate_batch`` with a batch of one).
 
         Returns the new ids and the per-page score (n_pages,): cross-attention mass averaged over
         heads, layers and every position that chose a byte.
         """
-        device = self.wte.weight.device
-        cache = KVCache(len(self.blocks))
-        idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, t)
-        scores = torch.zeros(memory.n_pages, device=device)
-        out: list[int] = []
-        steps = 0
-        for _ in range(max_new_tokens):
-            logits, _, page_mass = self(idx, memory, cache=cache, need_page_mass=True)
-            scores += page_mass[0]
-            steps += 1
-            logits = logits[0, -1]  # (V,)
-            logits[list(suppress)] = float("-inf")
-            next_id = int(logits.argmax())
-            if next_id == eos_id:
-                break
-            out.append(next_id)
-            loop = repeated_tail(
-                out,
-                self.config.repeat_max_ngram,
-                self.config.repeat_times,
-                self.config.repeat_min_span,
+        ids, scores = self.generate_batch([prompt], memory, [max_new_tokens], eos_id, suppress)
+        return ids[0], scores[0]
+
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        memory: Memory,
+        max_new: list[int],
+        eos_id: int = EOS,
+        suppress: tuple[int, ...] = NEVER_GENERATED,
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        """The one greedy decoder, for the service and the eval alike: B prompts of one length
+        over a memory of batch B (or 1, shared), each row stopping at EOS (not returned), at its
+        ``max_new`` or when the repetition guard sees a loop (the repeats are cut back to one
+        copy). Self-attention keys and values go into preallocated buffers (StaticKVCache).
+
+        Returns the new ids per row and the page scores (B, n_pages): cross-attention mass
+        averaged over heads, layers and every step that chose a byte for that row.
+        """
+        B = len(prompts)
+        if len({len(p) for p in prompts}) != 1 or len(max_new) != B:
+            raise ValueError("generate_batch needs prompts of one length and one max_new each")
+        if memory.k[0].shape[0] == 1 and B > 1:  # one memory shared by every row
+            memory = Memory(
+                k=[k.expand(B, -1, -1, -1) for k in memory.k],
+                v=[v.expand(B, -1, -1, -1) for v in memory.v],
+                page_index=memory.page_index,
+                n_pages=memory.n_pages,
+                mask=None if memory.mask is None else memory.mask.expand(B, -1),
             )
-            if loop is not None:
-                n, times = loop
-                del out[len(out) - n * (times - 1) :]
-                break
-            idx = torch.tensor([[next_id]], dtype=torch.long, device=device)  # (1, 1)
-        return out, (scores / max(steps, 1)).cpu()
+        device = self.wte.weight.device
+        config = self.config
+        H = config.n_heads
+        cache = StaticKVCache(
+            config.n_layers,
+            (B, H, len(prompts[0]) + max(max_new, default=0), config.d_model // H),
+            self.wte.weight.dtype,
+            device,
+        )
+        idx = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, t)
+        scores = torch.zeros(B, memory.n_pages, device=device)
+        steps = torch.zeros(B, device=device)
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = [m <= 0 for m in max_new]
+        while not all(done):
+            logits, _, page_mass = self(idx, memory, cache=cache, need_page_mass=True)
+            live = torch.tensor([not d for d in done], device=device)
+            scores += page_mass * live[:, None]
+            steps += live
+            logits = logits[:, -1]  # (B, V)
+            logits[:, list(suppress)] = float("-inf")
+            chosen = logits.argmax(dim=-1).tolist()
+            for b, next_id in enumerate(chosen):
+                if done[b]:
+                    continue
+                if next_id == eos_id:
+                    done[b] = True
+                    continue
+                out[b].append(next_id)
+                loop = repeated_tail(
+                    out[b], config.repeat_max_ngram, config.repeat_times, config.repeat_min_span
+                )
+                if loop is not None:
+                    n, times = loop
+                    del out[b][len(out[b]) - n * (times - 1) :]
+                    done[b] = True
+                elif len(out[b]) >= max_new[b]:
+                    done[b] = True
+            idx = torch.tensor(chosen, dtype=torch.long, device=device)[:, None]  # (B, 1)
+        return out, (scores / steps.clamp(min=1)[:, None]).cpu()
 
 
 def repeated_tail(ids: list[int], max_ngram: int, times: int, min_span: int):

@@ -1,0 +1,90 @@
+"""Check lab/natural/questions.json against the documents in lab/natural/docs/.
+
+Each document is laid out into pages exactly as a .txt upload is (ingest.open_document: the
+text becomes one wrapped <pre>, laid out on A4 pages by ingest.layout), and each page's text is
+read back with the same flags ingest.render.render_page uses for RenderedPage.text (the page
+images are not rendered: only the text is needed). For every question this checks:
+
+- its fields: doc, question, answer, page, kind ("licence" | "manual" | "spec");
+- an answered question's doc exists and its page is within the document;
+- the answer occurs in the text of that page, after collapsing runs of whitespace to one space
+  on both sides (the layout wraps long lines);
+- an unanswered question (absent answer) has "answer": null and "page": null.
+
+It also notes, without failing, answers that occur on more than one page of their document.
+Prints each failure and a summary; exits 1 if anything failed.
+
+    /work/main/.venv/bin/python -m lab.natural.check
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from ingest import open_document
+from ingest.render import _TEXT_FLAGS
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE / "docs"
+QUESTIONS = HERE / "questions.json"
+KINDS = {"licence", "manual", "spec"}
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def page_texts(path: Path) -> list[str]:
+    """The text of each page of a .txt document as ingest lays it out (index 0 = page 1)."""
+    with open_document(path, ".txt") as doc:
+        return [doc.load_page(i).get_text(flags=_TEXT_FLAGS) for i in range(doc.page_count)]
+
+
+def main() -> int:
+    questions = json.loads(QUESTIONS.read_text(encoding="utf-8"))
+    pages = {p.name: [squash(t) for t in page_texts(p)] for p in sorted(DOCS.glob("*.txt"))}
+    failures: list[str] = []
+    notes: list[str] = []
+    answered = absent = 0
+    for i, q in enumerate(questions):
+        where = f"#{i} ({q.get('doc')}): {q.get('question')!r}"
+        if set(q) != {"doc", "question", "answer", "page", "kind"} or q["kind"] not in KINDS:
+            failures.append(f"{where}: bad fields or kind: {sorted(q)} {q.get('kind')!r}")
+            continue
+        if q["answer"] is None:
+            absent += 1
+            if q["page"] is not None:
+                failures.append(f"{where}: no answer but page {q['page']}")
+            continue
+        answered += 1
+        doc_pages = pages.get(q["doc"])
+        if doc_pages is None:
+            failures.append(f"{where}: no such document")
+            continue
+        if not isinstance(q["page"], int) or not 1 <= q["page"] <= len(doc_pages):
+            failures.append(f"{where}: page {q['page']} not in 1..{len(doc_pages)}")
+            continue
+        answer = squash(q["answer"])
+        found = [n for n, text in enumerate(doc_pages, 1) if answer in text]
+        if q["page"] not in found:
+            failures.append(f"{where}: {answer!r} not on page {q['page']} (found on {found})")
+        elif len(found) > 1:
+            notes.append(f"{where}: {answer!r} is on pages {found}")
+    for note in notes:
+        print("note:", note)
+    for failure in failures:
+        print("FAIL:", failure)
+    counts = ", ".join(f"{name} {len(p)} pages" for name, p in pages.items())
+    print(f"documents: {len(pages)} ({counts})")
+    print(
+        f"questions: {len(questions)} ({answered} answered, {absent} absent); "
+        f"failures: {len(failures)}; answers on several pages: {len(notes)}"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
