@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 eval: $(STAMP)
-	$(PY) -m lab.eval
+	$(PY) -m lab.eval_text   # the text tier: read-back, needles, facts, absent, natural questions
+	$(PY) -m lab.eval        # the optical tiers: read-back, needles, cross-document, speed
 
 bench: $(STAMP)
 	$(PY) -m lab.bench

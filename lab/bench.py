@@ -43,6 +43,7 @@ from rich.table import Table
 
 import ingest
 from ingest.layout import layout_html
+from ingest.tiers import TEXT
 from kb import pipeline, reader
 from kb.catalog import repo
 from kb.catalog.models import DocumentStatus
@@ -51,6 +52,7 @@ from kb.model.base import Backend, PageTensors
 from kb.packer import Candidate, pack
 from kb.settings import Settings
 from kb.tensors import TensorCache
+from lab import textdata
 
 QUESTION = "Who leads the Vireo project?"
 PAGES_PER_DOCUMENT = 50
@@ -188,6 +190,8 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
     version = backend.version
     page_ids: list[int] = []
     hashes: list[str] = []
+    rng = random.Random(f"kb-bench/{collection}")
+    texts = [textdata.make_page(rng, "heldout", max_bytes=2500).text for _ in range(50)]
     with ctx.session() as s:
         for first in range(0, n_pages, PAGES_PER_DOCUMENT):
             count = min(PAGES_PER_DOCUMENT, n_pages - first)
@@ -207,7 +211,7 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
                     document_id=doc.id,
                     number=number,
                     content_hash=h,
-                    text="",
+                    text=texts[(first + number) % len(texts)],
                     image_key=pipeline.page_image_key(h),
                 )
                 page_ids.append(page.id)
@@ -220,12 +224,21 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
     with ctx.session() as s:
         pages = repo.ready_pages(s, collection)
         candidates = [
-            Candidate(p.content_hash, p.document.created_at.timestamp() + p.number * 1e-6)
+            Candidate(
+                p.content_hash,
+                p.document.created_at.timestamp() + p.number * 1e-6,
+                text_tokens=backend.text_tokens(p.text),
+            )
             for p in pages
         ]
+        text_of = {p.content_hash: p.text for p in pages}
     packing = pack(candidates, backend.tier_tokens, backend.context_budget)
     for i, (key, tier) in enumerate(packing.chosen):
-        ctx.tensors.put(version, tier, str(key), random_tensors(backend, tier, i))
+        if tier == TEXT:  # the text tier's tensors depend on the text's length: encode it
+            tensors = backend.encode_text([text_of[key]])[0]
+        else:
+            tensors = random_tensors(backend, tier, i)
+        ctx.tensors.put(version, tier, str(key), tensors)
     return packing.tiers
 
 

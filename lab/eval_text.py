@@ -1,0 +1,360 @@
+"""Evaluate the reference model on its text tier, the product's exact memory: ``make eval``.
+
+    python -m lab.eval_text            # ~10-20 minutes on a 2-core CPU
+    python -m lab.eval_text --quick    # a smoke run (the tests run it)
+
+Everything goes through the service's own code: ``ReferenceBackend.encode_text`` (what ingest
+caches), ``ReferenceBackend.answer`` (what ``POST /v1/ask`` runs: pack, read, copy a span or say
+not found, page scores) and the model's batched greedy decoder for read-back. Sections:
+
+    readback   held-out pages read back from their text tier: character precision (1 - edit
+               distance / length, whitespace runs collapsed), whole page and first 256 chars
+    one-page   a question about a fact of one page, that page alone in memory
+    needle     one fact among N = 10, 100, 1,000 text-tier pages at depths 0-100%: answer
+               exact, needle page cited first
+    absent     questions whose answer no page holds, N = 10 and 100: the rate of invented
+               answers (anything but "not found")
+    cross      held-out cross-document sets (counts, comparisons): the honest figure
+    natural    natural questions over real documents the project did not write
+               (lab/natural: licences, manuals, specifications): answer span and page cited
+    speed      one question over 100 and 1,000 pages at the text tier and at tiny: context
+               tokens, kv bytes, seconds
+
+Held-out pages come from lab.textdata's held-out split: training never sees their values.
+An answer is right when it equals the expected one after collapsing whitespace, ignoring case;
+for the natural questions "span right" also counts an answer that contains the expected span
+and is at most twice its length plus 10 characters (a span a reader would accept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rapidfuzz.distance import Levenshtein
+from rich.console import Console
+from rich.table import Table
+
+from kb.model.base import ContextPage, PageTensors
+from kb.model.reference.backend import ReferenceBackend
+from kb.model.reference.processing_reference import decode, read_prompt
+from lab import data, textdata
+from lab.natural.check import QUESTIONS as NATURAL_QUESTIONS
+from lab.natural.check import page_texts
+
+NATURAL_DOCS = NATURAL_QUESTIONS.parent / "docs"
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Sizes:
+    readback_pages: int
+    one_page: int
+    needle: dict[int, int]  # N -> questions
+    absent: dict[int, int]
+    cross_sets: int
+    natural: bool
+    speed: tuple[int, ...]
+
+
+FULL = Sizes(24, 60, {10: 40, 100: 25, 1000: 10}, {10: 20, 100: 10}, 12, True, (100, 1000))
+QUICK = Sizes(2, 3, {10: 2}, {10: 2}, 1, False, (10,))
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def precision(hypothesis: str, reference: str) -> float:
+    ref, hyp = squash(reference), squash(hypothesis)
+    return max(0.0, 1.0 - Levenshtein.distance(hyp, ref) / max(1, len(ref)))
+
+
+def exact(answer: str, expected: str) -> bool:
+    return squash(answer).casefold() == squash(expected).casefold()
+
+
+def span_right(answer: str, expected: str) -> bool:
+    a, e = squash(answer).casefold(), squash(expected).casefold()
+    return a == e or (e in a and len(a) <= 2 * len(e) + 10)
+
+
+class Pages:
+    """Text-tier ContextPages with their tensors encoded once (as ingest caches them)."""
+
+    def __init__(self, backend: ReferenceBackend):
+        self.backend = backend
+        self._cache: dict[str, PageTensors] = {}
+
+    def page(self, text: str, doc: str, number: int) -> ContextPage:
+        if text not in self._cache:
+            self._cache[text] = self.backend.encode_text([text])[0]
+        return ContextPage(doc, number, f"{doc} p.{number}", "text", self._cache[text], text)
+
+
+def ask(backend: ReferenceBackend, question: str, pages: list[ContextPage]):
+    answer = backend.answer(question, pages)
+    top = max(range(len(pages)), key=lambda i: answer.page_scores[i]) if pages else -1
+    return answer, top
+
+
+def section_readback(backend: ReferenceBackend, n: int, rng: random.Random) -> dict[str, Any]:
+    texts = [textdata.make_page(rng, "heldout").text for _ in range(n)]
+    kvs = [backend.encode_text([t])[0]["kv"].float() for t in texts]
+    model = backend.model
+    got: list[str] = []
+    for i in range(0, n, 8):  # the model's batched greedy decoder, 8 pages at a time
+        batch = kvs[i : i + 8]
+        lens = [len(t.encode()) + 8 for t in texts[i : i + 8]]
+        ids, _ = model.generate_batch([read_prompt()] * len(batch), model.pack_batch(batch), lens)
+        got.extend(decode(row) for row in ids)
+    whole = [precision(g, t) for g, t in zip(got, texts, strict=True)]
+    head = [precision(squash(g)[:256], squash(t)[:256]) for g, t in zip(got, texts, strict=True)]
+    return {
+        "pages": n,
+        "precision": statistics.mean(whole),
+        "precision_first_256": statistics.mean(head),
+        "example": {"truth": texts[0][:200], "read": got[0][:200]},
+    }
+
+
+def section_one_page(backend, pages: Pages, n: int, rng: random.Random) -> dict[str, Any]:
+    right = 0
+    for i in range(n):
+        s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0)
+        answer, _ = ask(backend, s.question, [pages.page(s.pages[0], "one", i)])
+        right += exact(answer.text, s.answer)
+    return {"questions": n, "accuracy": right / n}
+
+
+def fillers(rng: random.Random, n: int) -> list[str]:
+    return [textdata.make_page(rng, "heldout", max_bytes=2500).text for _ in range(n)]
+
+
+def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
+    out: dict[str, Any] = {}
+    pool = fillers(rng, max(sizes) - 1) if sizes else []
+    for n, questions in sizes.items():
+        right = cited = 0
+        per_depth: dict[str, list[int]] = {}
+        seconds = []
+        for q in range(questions):
+            s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0, max_bytes=2500)
+            others = [t for t in pool[: n - 1] if s.answer not in t]
+            depth = DEPTHS[q % len(DEPTHS)]
+            at = round(depth * len(others))
+            texts = others[:at] + [s.pages[0]] + others[at:]
+            ctx = [pages.page(t, f"d{i}", 1) for i, t in enumerate(texts)]
+            started = time.perf_counter()
+            answer, top = ask(backend, s.question, ctx)
+            seconds.append(time.perf_counter() - started)
+            ok = exact(answer.text, s.answer)
+            right += ok
+            cited += top == at
+            per_depth.setdefault(f"{depth:.0%}", []).append(int(ok))
+        out[str(n)] = {
+            "questions": questions,
+            "accuracy": right / questions,
+            "cited_first": cited / questions,
+            "by_depth": {d: sum(v) / len(v) for d, v in per_depth.items()},
+            "seconds_median": statistics.median(seconds),
+        }
+    return out
+
+
+def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
+    out: dict[str, Any] = {}
+    for n, questions in sizes.items():
+        invented = 0
+        examples = []
+        for _ in range(questions):
+            s = textdata.ask_sample(rng, "heldout", n, p_absent=1.0, max_bytes=2500)
+            ctx = [pages.page(t, f"a{i}", 1) for i, t in enumerate(s.pages)]
+            answer, _ = ask(backend, s.question, ctx)
+            invented += answer.found
+            if answer.found and len(examples) < 3:
+                examples.append({"question": s.question, "answer": answer.text})
+        out[str(n)] = {"questions": questions, "invented": invented / questions, "examples": examples}
+    return out
+
+
+def section_cross(backend, pages: Pages, sets: int, seed: int) -> dict[str, Any]:
+    right = total = 0
+    for k in range(sets):
+        docs, facts = data.cross_document_set(seed + k, "heldout")
+        ctx = [pages.page(d.pages[0].text, f"c{k}.{i}", 1) for i, d in enumerate(docs)]
+        for fact in facts:
+            answer, _ = ask(backend, fact.question, ctx)
+            right += exact(answer.text, fact.answer)
+            total += 1
+    return {"questions": total, "accuracy": right / max(1, total)}
+
+
+def section_natural(backend, pages: Pages) -> dict[str, Any]:
+    questions = json.loads(NATURAL_QUESTIONS.read_text(encoding="utf-8"))
+    ctx: list[ContextPage] = []
+    where: dict[tuple[str, int], int] = {}
+    for path in sorted(NATURAL_DOCS.glob("*.txt")):
+        for number, text in enumerate(page_texts(path), start=1):
+            where[(path.name, number)] = len(ctx)
+            ctx.append(pages.page(text, path.name, number))
+    rows = []
+    for q in questions:
+        answer, top = ask(backend, q["question"], ctx)
+        if q["answer"] is None:
+            rows.append({"absent": True, "invented": answer.found})
+            continue
+        gold = where[(q["doc"], q["page"])]
+        rows.append(
+            {
+                "absent": False,
+                "exact": exact(answer.text, q["answer"]),
+                "span": span_right(answer.text, q["answer"]),
+                "cited": top == gold and answer.found,
+                "question": q["question"],
+                "expected": q["answer"],
+                "answer": answer.text,
+            }
+        )
+    answered = [r for r in rows if not r["absent"]]
+    absent = [r for r in rows if r["absent"]]
+    return {
+        "documents": len({q["doc"] for q in questions}),
+        "pages": len(ctx),
+        "questions": len(answered),
+        "span_right": sum(r["span"] for r in answered) / len(answered),
+        "exact": sum(r["exact"] for r in answered) / len(answered),
+        "cited_first": sum(r["cited"] for r in answered) / len(answered),
+        "absent_questions": len(absent),
+        "invented": sum(r["invented"] for r in absent) / max(1, len(absent)),
+        "examples": answered[:8],
+    }
+
+
+def section_speed(backend, pages: Pages, sizes: Sequence[int], rng: random.Random):
+    """One question over N pages at the text tier and at tiny. The tiny tier's kv are the right
+    shape filled with random values: cost depends on shapes only, not on values."""
+    out: dict[str, Any] = {}
+    cfg = backend.config
+    texts = fillers(rng, max(sizes))
+    for n in sizes:
+        ctx_text = [pages.page(t, f"s{i}", 1) for i, t in enumerate(texts[:n])]
+        T = backend.tier_tokens["tiny"]
+        kv = torch.randn(cfg.n_layers, 2, T, cfg.d_model).half()
+        ctx_tiny = [ContextPage(f"s{i}", 1, "", "tiny", {"kv": kv}) for i in range(n)]
+        row: dict[str, Any] = {}
+        for name, ctx in (("text", ctx_text), ("tiny", ctx_tiny)):
+            backend.answer("What is the access code for the Falcon archive?", ctx)  # warm
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                backend.answer("What is the access code for the Falcon archive?", ctx)
+                times.append(time.perf_counter() - started)
+            tokens = sum(
+                backend.text_tokens(p.text or "") if name == "text" else T for p in ctx
+            )
+            row[name] = {
+                "tokens": tokens,
+                "kv_bytes": tokens * cfg.n_layers * 2 * cfg.d_model * 2,  # fp16 cache
+                "seconds": statistics.median(times),
+            }
+        out[str(n)] = row
+    return out
+
+
+GOALS = [
+    ("text read-back", ("readback", "precision"), 0.95),
+    ("one-page facts", ("one_page", "accuracy"), 0.95),
+    ("needle N=10", ("needle", "10", "accuracy"), 0.95),
+    ("needle N=100", ("needle", "100", "accuracy"), 0.95),
+    ("needle N=1000", ("needle", "1000", "accuracy"), 0.95),
+    ("needle page cited first, N=100", ("needle", "100", "cited_first"), 0.95),
+    ("natural questions: span right", ("natural", "span_right"), 0.80),
+    ("natural questions: page cited", ("natural", "cited_first"), 0.80),
+]
+
+
+def _get(report: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node)
+
+
+def run(backend: ReferenceBackend, sizes: Sizes, seed: int, log=print) -> dict[str, Any]:
+    pages = Pages(backend)
+    report: dict[str, Any] = {"model": backend.version, "seed": seed}
+    steps = [
+        ("readback", lambda r: section_readback(backend, sizes.readback_pages, r)),
+        ("one_page", lambda r: section_one_page(backend, pages, sizes.one_page, r)),
+        ("needle", lambda r: section_needle(backend, pages, sizes.needle, r)),
+        ("absent", lambda r: section_absent(backend, pages, sizes.absent, r)),
+        ("cross", lambda r: section_cross(backend, pages, sizes.cross_sets, seed)),
+        ("speed", lambda r: section_speed(backend, pages, sizes.speed, r)),
+    ]
+    if sizes.natural:
+        steps.insert(5, ("natural", lambda r: section_natural(backend, pages)))
+    for name, fn in steps:
+        started = time.perf_counter()
+        report[name] = fn(random.Random(f"kb-eval-text/{seed}/{name}"))
+        log(f"{name}: {time.perf_counter() - started:.0f} s")
+    report["goals"] = [
+        {"goal": g, "value": _get(report, path), "target": target} for g, path, target in GOALS
+    ]
+    return report
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"text tier: {report['model']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("goal", justify="right")
+    for g in report["goals"]:
+        value = "-" if g["value"] is None else f"{g['value']:.1%}"
+        table.add_row(g["goal"], value, f">= {g['target']:.0%}")
+    for n, row in report.get("absent", {}).items():
+        table.add_row(f"invented answers when absent, N={n}", f"{row['invented']:.1%}", "low")
+    if "natural" in report:
+        table.add_row("natural: invented when absent", f"{report['natural']['invented']:.1%}", "")
+        table.add_row("natural: exact", f"{report['natural']['exact']:.1%}", "")
+    table.add_row("cross-document", f"{report['cross']['accuracy']:.1%}", "(honest figure)")
+    for n, row in report["speed"].items():
+        for tier, r in row.items():
+            table.add_row(
+                f"speed N={n} {tier}",
+                f"{r['seconds']:.2f} s",
+                f"{r['tokens']:,} tok, {r['kv_bytes'] / 2**20:.0f} MiB kv",
+            )
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--weights", type=Path, help="weights file or directory (default: shipped)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="JSON path (default data/eval/text-<version>.json)")
+    args = parser.parse_args(argv)
+    if backend is None:
+        backend = ReferenceBackend(args.weights)
+    report = run(backend, QUICK if args.quick else FULL, args.seed)
+    out = args.out or Path("data/eval") / f"text-{backend.version}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print_report(report, Console())
+    print(f"written to {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

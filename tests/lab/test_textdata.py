@@ -1,0 +1,52 @@
+"""The text-tier data engine: every fact's span is where the bytes say, splits never share values."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lab import textdata
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fact_spans_are_the_answer_bytes(seed):
+    page = textdata.make_page(random.Random(seed), "train")
+    data = page.text.encode()
+    assert page.text and len(data) <= 4000
+    for fact in page.facts:
+        span = data[fact.start : fact.end].decode()
+        assert " ".join(span.split()) == " ".join(fact.answer.split())
+
+
+def test_pages_are_generated_not_pooled():
+    rng = random.Random(0)
+    texts = {textdata.make_page(rng, "train").text for _ in range(50)}
+    assert len(texts) == 50
+
+
+def test_heldout_answers_never_appear_in_training_pages():
+    held = [textdata.ask_sample(random.Random(i), "heldout", 1, 0.0) for i in range(30)]
+    train_text = " ".join(textdata.make_page(random.Random(i), "train").text for i in range(300))
+    numeric = [s.answer for s in held if any(c.isdigit() for c in s.answer) and len(s.answer) > 4]
+    assert numeric and not [a for a in numeric if a in train_text]
+
+
+def test_ask_sample_places_the_answer_on_its_page_or_nowhere():
+    rng = random.Random(3)
+    for _ in range(20):
+        s = textdata.ask_sample(rng, "train", 5, p_absent=0.3)
+        assert s.question and 1 <= len(s.pages) <= 6
+        if s.page < 0:
+            assert s.answer == "" and s.start == -1
+        else:
+            assert s.pages[s.page].encode()[s.start : s.end].decode().split() == s.answer.split()
+            assert sum(s.answer in p for p in s.pages) == 1
+
+
+def test_paraphrase_keeps_the_question_recognisable():
+    rng = random.Random(1)
+    q = "What is the access code for the Falcon archive?"
+    forms = {textdata.paraphrase(rng, q) for _ in range(40)}
+    assert len(forms) > 5
+    assert all("falcon archive" in f.lower() for f in forms)
