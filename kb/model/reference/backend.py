@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kb.embed import SentenceEmbedder, segments
 from kb.model.base import NOT_FOUND, Answer, ContextPage, PageTensors
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import ReferenceModel
@@ -39,6 +40,11 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "reference.safetensors"
 FORMAT = "kb-reference/1"  # the "format" metadata key: what wrote the file
 INIT_SEED = 0  # the random initialisation used while no weights are shipped
+# The question scorer's bias on the copy path's start and end logits, per byte: weight * (cosine
+# of the question with the byte's sentence - floor). Chosen on held-out synthetic questions
+# (lab.eval_text), never on the natural-question documents it is measured on.
+SEGMENT_WEIGHT = 8.0
+SEGMENT_FLOOR = 0.45
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -166,6 +172,7 @@ class ReferenceBackend:
         device: str = "cpu",
         config: ReferenceConfig | None = None,
         batch_size: int = 16,
+        scorer: SentenceEmbedder | bool | None = None,
     ):
         if path is None and config is None and DEFAULT_WEIGHTS.is_file():
             path = DEFAULT_WEIGHTS
@@ -198,6 +205,14 @@ class ReferenceBackend:
         self.model = model
         self.config = config
         self.tier_tokens = {tier: config.tier_tokens(tier) for tier in config.tier_sizes}
+        # The question scorer (kb.embed): a pretrained sentence embedder whose question-to-segment
+        # cosines bias the copy path towards the sentences that answer (SEGMENT_WEIGHT). On by
+        # default for trained weights; a random initialisation (tests) goes without unless given.
+        if scorer is None:
+            scorer = self.trained and config.span_head
+        if scorer is True:
+            scorer = SentenceEmbedder()
+        self.scorer: SentenceEmbedder | None = scorer or None
 
     # --- Backend ---
 
@@ -241,6 +256,15 @@ class ReferenceBackend:
                     span = self.model.page_span(tokens, ids)[0]  # (2, n, Ds)
                     out["span"] = span.to("cpu", torch.float16).clone()
                 pages.append(out)
+        if self.scorer is not None and self.config.span_head:
+            for text, out in zip(texts, pages, strict=True):
+                bounds = segments(text)
+                if not bounds:
+                    continue
+                data = text.encode("utf-8")
+                sentences = [data[a:b].decode("utf-8", "replace") for a, b in bounds]
+                out["segments"] = self.scorer.embed(sentences).to(torch.float16)  # (S, 384)
+                out["segment_bytes"] = torch.tensor(bounds, dtype=torch.int64)  # (S, 2)
         return pages
 
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
@@ -260,7 +284,8 @@ class ReferenceBackend:
             if not self.config.span_head:
                 ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
                 return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
-            found, prob, scores = self.model.best_span(ask_prompt(question), memory)
+            bias = self.segment_bias(question, pages, spans)
+            found, prob, scores = self.model.best_span(ask_prompt(question), memory, bias=bias)
         page_scores = [float(s) for s in scores]
         if found is None:
             return Answer(text=NOT_FOUND, page_scores=page_scores, found=False)
@@ -274,6 +299,33 @@ class ReferenceBackend:
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
 
     # --- helpers ---
+
+    def segment_bias(
+        self,
+        question: str,
+        pages: list[ContextPage],
+        spans: list[tuple[torch.Tensor, torch.Tensor] | None],
+    ) -> torch.Tensor | None:
+        """Per byte of the text-tier pages, in memory order (P,): SEGMENT_WEIGHT * (cosine of
+        the question with the byte's segment - SEGMENT_FLOOR); bytes outside any segment get
+        the floor's share. None without a scorer or without segments."""
+        if self.scorer is None or not any(
+            page.tensors and "segments" in page.tensors for page in pages
+        ):
+            return None
+        q = self.scorer.embed([question])[0]  # (384,)
+        parts = []
+        for page, span in zip(pages, spans, strict=True):
+            if span is None:
+                continue
+            bias = torch.full((span[0].shape[1],), -SEGMENT_FLOOR)
+            tensors = page.tensors or {}
+            if "segments" in tensors:
+                cos = tensors["segments"].float() @ q  # (S,)
+                for (a, b), c in zip(tensors["segment_bytes"].tolist(), cos.tolist(), strict=True):
+                    bias[a:b] = c - SEGMENT_FLOOR
+            parts.append(bias)
+        return SEGMENT_WEIGHT * torch.cat(parts)
 
     def page_span(self, page: ContextPage) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A text-tier page's span keys (2, n, Ds) and real-byte mask (n,); None for vision."""

@@ -705,7 +705,11 @@ class ReferenceModel(nn.Module):
 
     @torch.inference_mode()
     def best_span(
-        self, prompt: list[int], memory: Memory, top_starts: int = 64
+        self,
+        prompt: list[int],
+        memory: Memory,
+        top_starts: int = 64,
+        bias: torch.Tensor | None = None,
     ) -> tuple[tuple[int, int] | None, float, torch.Tensor]:
         """The answer span for one prompt: ((start, end) byte indices into the memory's span
         bytes, end inclusive) or None for "not in the memory"; the span's probability; and the
@@ -713,13 +717,19 @@ class ReferenceModel(nn.Module):
 
         start + end logits are maximised over spans inside one page no longer than
         max_answer_bytes, among the ``top_starts`` best starts; "no answer" competes with its
-        own start + end logits.
+        own start + end logits. ``bias`` (P,) is added to every byte's start and end logits
+        (the backend's question scorer).
         """
         device = self.wte.weight.device
         idx = torch.tensor([prompt], dtype=torch.long, device=device)
         self(idx, memory)
         logits = self.span_logits(self.last_hidden[:, -1], memory)[0]  # (2, P + 1)
         P = logits.shape[1] - 1
+        if bias is not None and P > 0:
+            if bias.shape != (P,):
+                raise ValueError(f"span bias must be ({P},), got {tuple(bias.shape)}")
+            logits = logits.clone()
+            logits[:, :P] += bias.to(logits.device, logits.dtype)
         logp = logits.log_softmax(-1)  # (2, P + 1)
         page_scores = torch.zeros(memory.n_pages, device=device)
         if P == 0 or memory.span_page is None:

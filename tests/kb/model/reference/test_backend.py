@@ -219,3 +219,18 @@ def test_load_backend(tmp_path, weights):
         load_backend("deepseek-ocr2")
     with pytest.raises(ValueError, match="unknown model backend 'gpt'"):
         load_backend("gpt")
+
+
+def test_question_scorer_biases_the_copy_path_towards_the_answering_sentence(config):
+    backend = ReferenceBackend(config=config, scorer=True)
+    text = "Revenue in Q3 was 4.2 million euros.\nThe Lisbon office employs 37 engineers."
+    tensors = backend.encode_text([text])[0]
+    assert tensors["segments"].shape == (2, 384)
+    assert tensors["segment_bytes"].tolist() == [[0, 36], [37, len(text.encode())]]
+    page = ContextPage("d", 1, "d p.1", "text", tensors=tensors, text=text)
+    question = "How many engineers work in Lisbon?"
+    bias = backend.segment_bias(question, [page], [backend.page_span(page)])
+    assert bias is not None and bias.shape == (tensors["span"].shape[1],)
+    assert bias[text.encode().index(b"37")] > bias[text.encode().index(b"4.2")] + 2
+    # a random-initialised backend goes without a scorer unless given one
+    assert ReferenceBackend(config=config).scorer is None
