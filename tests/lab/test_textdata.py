@@ -1,4 +1,4 @@
-"""The text-tier data engine: every fact's span is where the bytes say, splits never share values."""
+"""The text-tier data engine: fact spans are where the bytes say; splits never share values."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The text-tier trainer on a tiny config: it runs, its losses are finite, it resumes, it exports."""
+"""The text-tier trainer on a tiny config: it runs, its losses are finite, it resumes, exports."""
 
 from __future__ import annotations
 

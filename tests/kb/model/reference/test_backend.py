@@ -229,7 +229,7 @@ def test_question_scorer_biases_the_copy_path_towards_the_answering_sentence(con
     assert tensors["segment_bytes"].tolist() == [[0, 36], [37, len(text.encode())]]
     page = ContextPage("d", 1, "d p.1", "text", tensors=tensors, text=text)
     question = "How many engineers work in Lisbon?"
-    bias = backend.segment_bias(question, [page], [backend.page_span(page)])
+    bias = backend.segment_bias(question, backend.packed([page]))
     assert bias is not None and bias.shape == (tensors["span"].shape[1],)
     assert bias[text.encode().index(b"37")] > bias[text.encode().index(b"4.2")] + 2
     # a random-initialised backend goes without a scorer unless given one
