@@ -182,7 +182,11 @@ def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
             invented += answer.found
             if answer.found and len(examples) < 3:
                 examples.append({"question": s.question, "answer": answer.text})
-        out[str(n)] = {"questions": questions, "invented": invented / questions, "examples": examples}
+        out[str(n)] = {
+            "questions": questions,
+            "invented": invented / questions,
+            "examples": examples,
+        }
     return out
 
 
@@ -343,7 +347,7 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--weights", type=Path, help="weights file or directory (default: shipped)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="JSON path (default data/eval/text-<version>.json)")
+    parser.add_argument("--out", type=Path, help="JSON (default data/eval/text-<version>.json)")
     args = parser.parse_args(argv)
     if backend is None:
         backend = ReferenceBackend(args.weights)
