@@ -262,9 +262,7 @@ def section_speed(backend, pages: Pages, sizes: Sequence[int], rng: random.Rando
                 started = time.perf_counter()
                 backend.answer("What is the access code for the Falcon archive?", ctx)
                 times.append(time.perf_counter() - started)
-            tokens = sum(
-                backend.text_tokens(p.text or "") if name == "text" else T for p in ctx
-            )
+            tokens = sum(backend.text_tokens(p.text or "") if name == "text" else T for p in ctx)
             row[name] = {
                 "tokens": tokens,
                 "kv_bytes": tokens * cfg.n_layers * 2 * cfg.d_model * 2,  # fp16 cache
