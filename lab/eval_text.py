@@ -174,7 +174,7 @@ def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
     out: dict[str, Any] = {}
     for n, questions in sizes.items():
         invented = 0
-        examples = []
+        examples: list[dict[str, str]] = []
         for _ in range(questions):
             s = textdata.ask_sample(rng, "heldout", n, p_absent=1.0, max_bytes=2500)
             ctx = [pages.page(t, f"a{i}", 1) for i, t in enumerate(s.pages)]

@@ -317,11 +317,10 @@ def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
         text = ""
         page = -1
         if got is not None:
-            blob = b"".join(
-                bytes(min(x, 255) for x in text_to_ids(p).tolist())[: len(p.encode())]
-                for p in s.pages
-            )
+            # the memory's text bytes: every page padded to whole tokens, as packed
+            blob = b"".join(bytes(min(x, 255) for x in text_to_ids(p).tolist()) for p in s.pages)
             text = blob[got[0] : got[1] + 1].decode("utf-8", "replace")
+            assert memory.span_page is not None
             page = int(memory.span_page[got[0]])
         if s.page < 0:
             absent += 1

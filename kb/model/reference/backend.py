@@ -332,7 +332,8 @@ class ReferenceBackend:
         memory = self.model.pack([self.page_kv(page) for page in pages], spans)
         first_byte: dict[int, int] = {}
         offset = 0
-        segs, byte_seg = [], []
+        segs: list[torch.Tensor] = []
+        byte_seg: list[torch.Tensor] = []
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
             if span is None:
                 continue

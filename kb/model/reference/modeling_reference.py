@@ -384,6 +384,8 @@ class CrossAttention(nn.Module):
         self.ln_kv = nn.LayerNorm(config.d_model)
         self.kv = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.align_loss = torch.zeros(())  # set by forward when given targets to align
+        self.align_count = 0
 
     def page_kv(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, D) page tokens -> (B, 2, T, D) keys and values; depends on that page alone."""
@@ -670,7 +672,7 @@ class ReferenceModel(nn.Module):
             x = x + self.abs_pos_gain * abs_pos  # (B, t, D)
         mass = x.new_zeros(B, memory.length)  # (B, M)
         align_total, align_count = x.new_zeros(()), 0
-        for layer, block in enumerate(self.blocks):
+        for layer, block in enumerate(cast(list[ReaderBlock], self.blocks)):
             x, layer_mass = block(x, memory, layer, cos, sin, cache, need_page_mass, align)
             if layer_mass is not None:
                 mass = mass + layer_mass / len(self.blocks)  # (B, M)
@@ -732,7 +734,7 @@ class ReferenceModel(nn.Module):
             logits[:, :P] += bias.to(logits.device, logits.dtype)
         logp = logits.log_softmax(-1)  # (2, P + 1)
         page_scores = torch.zeros(memory.n_pages, device=device)
-        if P == 0 or memory.span_page is None:
+        if P == 0 or memory.span_page is None or memory.span_mask is None:
             return None, 1.0, page_scores.cpu()
         page_scores.index_add_(0, memory.span_page, logp[0, :P].exp())
         null = float(logp[0, P] + logp[1, P])
