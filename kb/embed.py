@@ -17,6 +17,7 @@ time (the wheel depends on it, but the pooling and normalisation are done here).
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from importlib import resources
@@ -196,3 +197,56 @@ def segments(text: str) -> list[tuple[int, int]]:
         char_at = b
         out.append((start, byte_at))
     return out
+
+
+# --- the lexical half of the question scorer -----------------------------------------------------
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOPWORDS = frozenset(
+    """a an the of in on at to for from by with and or is are was were be been being do does did
+    what which who whom whose when where why how many much is it its this that these those there
+    i me my we our you your he she they them his her their can could would should will shall may
+    might must tell know please find give look up need about according documents files file hi
+    quick one any some not no as if so than then into out over under""".split()
+)
+
+
+def terms(text: str) -> list[str]:
+    """Content words of a text, lower-cased: what the lexical score matches."""
+    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
+
+
+def lexical_scores(question: str, texts: list[str]) -> torch.Tensor:
+    """How much of the question's content each text (a segment) contains, in [0, 1]: the sum of
+    the IDF weights of the question's terms present in it over the sum for all of them (IDF over
+    these texts, the whole memory). Names, codes and numbers are rare, so they weigh most.
+    Returns (len(texts),) float32; zeros when the question has no content word."""
+    return lexical_scores_of_sets(question, [set(terms(t)) for t in texts])
+
+
+def lexical_scores_of_sets(question: str, segment_terms: list[set[str]]) -> torch.Tensor:
+    """``lexical_scores`` over segments already cut into term sets (a packing keeps them)."""
+    q = set(terms(question))
+    n = len(segment_terms)
+    if not q or not n:
+        return torch.zeros(n)
+    present = [q & t for t in segment_terms]
+    df = {t: sum(t in p for p in present) for t in q}
+    idf = {t: math.log(1.0 + n / (1.0 + df[t])) for t in q}
+    total = sum(idf.values())
+    return torch.tensor([sum(idf[t] for t in p) / total for p in present])
+
+
+def lexical_bias(question: str, pages: list[str], lengths: list[int]) -> torch.Tensor:
+    """Per byte of pages laid end to end (each ``lengths[i]`` bytes long, padding included):
+    the lexical score of the byte's segment, 0 outside segments. (sum(lengths),) float32."""
+    index, sets = [], []
+    for text, n in zip(pages, lengths, strict=True):
+        idx = torch.full((n,), -1, dtype=torch.long)
+        data = text.encode("utf-8")
+        for a, b in segments(text):
+            idx[a:b] = len(sets)
+            sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
+        index.append(idx)
+    scores = torch.cat([lexical_scores_of_sets(question, sets), torch.zeros(1)])
+    return scores[torch.cat(index)] if index else torch.zeros(0)

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kb.embed import lexical_bias
 from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import ReferenceModel
@@ -60,9 +61,8 @@ CHECKPOINT_FORMAT = "kb-reference-text-ckpt/1"
 _before = set(globals())
 out_dir = "data/train/text"
 init_from = str(DEFAULT_WEIGHTS)  # "" = random initialisation
-model = (
-    '{"text_encoder": "slots", "text_layers": 2, "span_head": true}'  # ReferenceConfig overrides
-)
+# ReferenceConfig overrides of the init's config
+model = '{"text_encoder": "slots", "text_layers": 2, "span_head": true, "span_lexical": 4.0}'
 threads = 2
 seed = 1337
 batch_read = 6  # read-back samples per step
@@ -249,7 +249,14 @@ def ask_batch(model, samples: list[textdata.Sample], cfg, rng: random.Random):
             ends_t.append(P)
         aligns.append(al)
     idx, _, al = pad_rows(rows, [[-100]] * len(rows), aligns)
-    return memory, idx, al, torch.tensor(ends), torch.tensor(starts_t), torch.tensor(ends_t)
+    # The lexical bias of the copy path (configuration_reference.span_lexical), as at inference.
+    lex = torch.zeros(len(samples), P)
+    for b, s in enumerate(samples):
+        lengths = [len(text_to_ids(t, k)) for t in s.pages]
+        bias = lexical_bias(s.question, s.pages, lengths)
+        lex[b, : len(bias)] = bias
+    targets = torch.tensor(ends), torch.tensor(starts_t), torch.tensor(ends_t)
+    return memory, idx, al, *targets, model.config.span_lexical * lex
 
 
 def haystack_at(cfg, minutes: float) -> int:
@@ -272,11 +279,12 @@ def losses(model, cfg, rng, minutes: float):
     memory, idx, tgt, al = read_batch(model, reads, cfg)
     _, read_loss, _ = model(idx, memory, targets=tgt, align=al)
     read_align = model.align_loss
-    memory, idx, al, last, st, en = ask_batch(model, asks, cfg, rng)
+    memory, idx, al, last, st, en, lex = ask_batch(model, asks, cfg, rng)
     model(idx, memory, align=al)
     ask_align = model.align_loss
     h = model.last_hidden[torch.arange(len(asks)), last]  # (B, D)
     logits = model.span_logits(h, memory)  # (B, 2, P + 1)
+    logits = torch.cat([logits[:, :, :-1] + lex[:, None, :], logits[:, :, -1:]], dim=-1)
     span_loss = F.cross_entropy(logits[:, 0], st) + F.cross_entropy(logits[:, 1], en)
     total = read_loss + cfg["span"] * span_loss + cfg["align"] * (read_align + ask_align)
     parts = {"read": read_loss, "span": span_loss, "align": read_align + ask_align}
@@ -313,7 +321,9 @@ def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
         enc = encode_pages(model, s.pages, grad=False)
         memory = model.pack([e[0] for e in enc], [(e[1], e[2]) for e in enc])
         prompt = [BOS, ASK, *encode_text(s.question), SEP]
-        got, _, scores = model.best_span(prompt, memory)
+        lengths = [len(text_to_ids(t)) for t in s.pages]
+        lex = model.config.span_lexical * lexical_bias(s.question, s.pages, lengths)
+        got, _, scores = model.best_span(prompt, memory, bias=lex)
         text = ""
         page = -1
         if got is not None:

@@ -17,7 +17,8 @@ def test_batches_align_every_target_with_its_memory(model):
     cfg = T.parse_args(["--config", "smoke"])
     rng = random.Random(0)
     asks = [textdata.ask_sample(rng, "train", 3, 0.0, 400) for _ in range(2)]
-    memory, idx, al, last, starts, ends = T.ask_batch(model, asks, cfg, rng)
+    memory, idx, al, last, starts, ends, lex = T.ask_batch(model, asks, cfg, rng)
+    assert lex.shape == memory.span_mask.shape and (lex >= 0).all()
     k = model.config.text_bytes_per_token
     for b, s in enumerate(asks):
         # the start target is the answer's first byte in the sample's concatenated pages

@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kb.embed import SentenceEmbedder, segments
+from kb.embed import EMBED_DIM, SentenceEmbedder, lexical_scores_of_sets, segments, terms
 from kb.model.base import NOT_FOUND, Answer, ContextPage, PageTensors
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import Memory, ReferenceModel
@@ -155,15 +155,16 @@ def weights_digest(model: ReferenceModel, config: ReferenceConfig) -> str:
 
 @dataclass
 class Packed:
-    """One packing of pages (ReferenceBackend.packed): the memory and the question scorer's
-    segment embeddings (S, 384) with each text byte's segment (P,), -1 = none."""
+    """One packing of pages (ReferenceBackend.packed): the memory, and what the question scorer
+    needs of the text pages' segments (sentences, headings, rows)."""
 
     key: tuple
     keep: list  # the tensors the key's ids refer to: alive as long as the key is
     memory: Memory
     first_byte: dict[int, int]  # page index -> its first byte among the memory's text bytes
-    segments: torch.Tensor | None
-    byte_segment: torch.Tensor | None
+    segment_terms: list[set[str]]  # per segment of the text pages: its content words
+    segments: torch.Tensor  # (S, 384) embeddings, NaN rows where a page has none cached
+    byte_segment: torch.Tensor  # (P,) each text byte's segment, -1 = none
 
 
 class ReferenceBackend:
@@ -332,43 +333,58 @@ class ReferenceBackend:
         memory = self.model.pack([self.page_kv(page) for page in pages], spans)
         first_byte: dict[int, int] = {}
         offset = 0
-        segs: list[torch.Tensor] = []
+        sets: list[set[str]] = []  # per segment of every text page: its content words
+        embeddings: list[torch.Tensor] = []  # per segment: its embedding, NaN where not cached
         byte_seg: list[torch.Tensor] = []
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
             if span is None:
                 continue
             first_byte[i] = offset
             n = span[0].shape[1]
-            index = torch.full((n,), -1, dtype=torch.long)
-            tensors = page.tensors or {}
-            if "segments" in tensors:
-                base = sum(len(x) for x in segs)
-                for k, (a, b) in enumerate(tensors["segment_bytes"].tolist()):
-                    index[a:b] = base + k
-                segs.append(tensors["segments"].float())
-            byte_seg.append(index)
             offset += n
+            text = page.text or ""
+            data = text.encode("utf-8")
+            bounds = segments(text)
+            index = torch.full((n,), -1, dtype=torch.long)
+            for a, b in bounds:
+                index[a:b] = len(sets)
+                sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
+            byte_seg.append(index)
+            tensors = page.tensors or {}
+            cached = tensors.get("segment_bytes")
+            if cached is not None and cached.tolist() == [list(x) for x in bounds]:
+                embeddings.append(tensors["segments"].float())
+            elif bounds:
+                embeddings.append(torch.full((len(bounds), EMBED_DIM), float("nan")))
         packed = Packed(
             key=key,
             keep=[p.tensors for p in pages],
             memory=memory,
             first_byte=first_byte,
-            segments=torch.cat(segs) if segs else None,
-            byte_segment=torch.cat(byte_seg) if byte_seg else None,
+            segment_terms=sets,
+            segments=torch.cat(embeddings) if embeddings else torch.zeros(0, EMBED_DIM),
+            byte_segment=torch.cat(byte_seg) if byte_seg else torch.zeros(0, dtype=torch.long),
         )
         with self._packed_lock:
             self._last_packed = packed
         return packed
 
     def segment_bias(self, question: str, packed: Packed) -> torch.Tensor | None:
-        """Per byte of the text-tier pages, in memory order (P,): SEGMENT_WEIGHT * (cosine of
-        the question with the byte's segment - SEGMENT_FLOOR); bytes outside any segment get
-        the floor's share. None without a scorer or without segments."""
-        if self.scorer is None or packed.segments is None or packed.byte_segment is None:
+        """Per byte of the text-tier pages, in memory order (P,), added to the copy path's start
+        and end logits: config.span_lexical * the lexical score of the byte's segment (as in
+        training), plus, with a scorer, SEGMENT_WEIGHT * (the question's cosine with the
+        segment - SEGMENT_FLOOR). Bytes outside any segment get 0 and the floor's share."""
+        if not self.config.span_head or len(packed.byte_segment) == 0:
             return None
-        q = self.scorer.embed([question])[0]  # (384,)
-        cos = torch.cat([packed.segments @ q, torch.zeros(1)])  # (S + 1,): the last is "none"
-        return SEGMENT_WEIGHT * (cos[packed.byte_segment] - SEGMENT_FLOOR)  # -1 -> "none"
+        lexical = lexical_scores_of_sets(question, packed.segment_terms)  # (S,)
+        score = self.config.span_lexical * lexical
+        if self.scorer is not None and len(score):
+            q = self.scorer.embed([question])[0]  # (384,)
+            cos = packed.segments @ q  # (S,), NaN where a page has no cached embeddings
+            score = score + SEGMENT_WEIGHT * torch.nan_to_num(cos - SEGMENT_FLOOR, nan=0.0)
+        outside = -SEGMENT_WEIGHT * SEGMENT_FLOOR if self.scorer is not None else 0.0
+        score = torch.cat([score, torch.tensor([outside])])  # index -1: outside any segment
+        return score[packed.byte_segment]
 
     def page_span(self, page: ContextPage) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A text-tier page's span keys (2, n, Ds) and real-byte mask (n,); None for vision."""

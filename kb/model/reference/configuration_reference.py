@@ -55,6 +55,12 @@ class ReferenceConfig:
     span_head: bool = True
     span_dim: int = 32  # per byte, fp16: 2 * 32 * 2 B = 128 B per byte of text, 0.25 MB per page
     max_answer_bytes: int = 96  # longer answers than that are sentences, not spans
+    # Added to every byte's start and end logits, times the lexical score of its sentence
+    # (kb.embed.lexical_bias: the IDF share of the question's words it contains), in training
+    # and at inference alike: the copy path then learns which span of a matching sentence
+    # answers (a name for "who", a date for "when"), not to find the sentence from scratch,
+    # which a short CPU run did not learn (reading-on-a-cpu.md: alignment is the hard part).
+    span_lexical: float = 4.0
 
     # --- shared width of memory tokens and reader ---
     d_model: int = 256  # wide enough for 4 bytes per text token; fp16 weights stay ~15 MB
@@ -122,4 +128,6 @@ class ReferenceConfig:
             data = {**data, "stem": "patch", "reader_abs_pos": False}
         if data and "text_encoder" not in data:  # saved before the slot encoder and span head
             data = {**data, "text_encoder": "conv", "text_layers": 0, "span_head": False}
+        if data and "span_lexical" not in data:  # span heads trained before the lexical bias
+            data = {**data, "span_lexical": 0.0}
         return cls(**{k: v for k, v in data.items() if k in known})
