@@ -240,7 +240,8 @@ def lexical_scores_of_sets(question: str, segment_terms: list[set[str]]) -> torc
 def lexical_bias(question: str, pages: list[str], lengths: list[int]) -> torch.Tensor:
     """Per byte of pages laid end to end (each ``lengths[i]`` bytes long, padding included):
     the lexical score of the byte's segment, 0 outside segments. (sum(lengths),) float32."""
-    index, sets = [], []
+    index: list[torch.Tensor] = []
+    sets: list[set[str]] = []
     for text, n in zip(pages, lengths, strict=True):
         idx = torch.full((n,), -1, dtype=torch.long)
         data = text.encode("utf-8")

@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image
 
 from ingest import layout_styled_html, png_bytes, render_pdf_bytes, tier_image, word_boxes
+from ingest.tiers import VISION_TIERS
 
 DATA_VERSION = 2  # bump whenever generated pages or facts change: part of streams and cache keys
 SPLITS = ("train", "heldout")
@@ -1233,7 +1234,7 @@ def _pool_job(job: tuple[str, int, PoolSpec, tuple[str, ...]]) -> dict[str, Any]
     }
 
 
-TIER_SIZES = {"base": 1024, "small": 640, "tiny": 512, "gist": 256}  # as ingest/tiers.py
+TIER_SIZES = {tier.name: tier.size for tier in VISION_TIERS}  # ingest.tiers: the one table
 
 
 def build_pool(

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from rapidfuzz.distance import Levenshtein
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file, save_file
@@ -56,7 +55,15 @@ from kb.model.base import Backend, ContextPage, PageTensors
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.modeling_reference import ReferenceModel
 from kb.model.reference.processing_reference import decode, read_prompt
+from kb.tensors import tensor_key
 from lab import data
+from lab.metrics import (  # noqa: F401 - edit_distance: part of this module's API
+    answer_matches,
+    collapse_whitespace,
+    edit_distance,
+    head_precision,
+    precision,
+)
 
 SPLIT = "heldout"
 VISION_TIERS = ("base", "small", "tiny", "gist")  # richest first, as in ingest/tiers.py
@@ -138,31 +145,6 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 
 
-def collapse_whitespace(text: str) -> str:
-    return " ".join(text.split())
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance in characters (insert, delete, substitute: cost 1 each)."""
-    return int(Levenshtein.distance(a, b))
-
-
-def precision(hypothesis: str, reference: str) -> float:
-    """max(0, 1 - edit distance / reference length), whitespace runs collapsed on both sides."""
-    ref, hyp = collapse_whitespace(reference), collapse_whitespace(hypothesis)
-    if not ref:
-        raise ValueError("precision of an empty reference is undefined")
-    return max(0.0, 1.0 - edit_distance(hyp, ref) / len(ref))
-
-
-def head_precision(hypothesis: str, reference: str, chars: int) -> float:
-    """``precision`` of the first ``chars`` characters of each (whitespace collapsed): how well
-    the top of a page is read, whatever becomes of the rest. A read-back that stops early is
-    still charged for the characters of the head it left out."""
-    ref, hyp = collapse_whitespace(reference)[:chars], collapse_whitespace(hypothesis)[:chars]
-    return precision(hyp, ref)
-
-
 def text_tokens(text: str) -> float:
     """Text tokens as DeepSeek-OCR's Fox table counts them, approximated: characters / 4."""
     return len(collapse_whitespace(text)) / CHARS_PER_TOKEN
@@ -174,11 +156,6 @@ def bucket_of(tokens: float) -> str | None:
         if lo <= tokens < hi:
             return name
     return None
-
-
-def answer_matches(answer: str, expected: str) -> bool:
-    """Exact answer, after collapsing whitespace and ignoring case."""
-    return collapse_whitespace(answer).casefold() == collapse_whitespace(expected).casefold()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +335,8 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
 
 
 def tensor_cache_path(cache_dir: Path, version: str, tier: str, page_hash: str) -> Path:
-    return cache_dir / "tensors" / version / tier / page_hash[:2] / f"{page_hash}.safetensors"
+    """The service's own key scheme (kb.tensors.tensor_key), under the eval's cache directory."""
+    return cache_dir / tensor_key(version, tier, page_hash)
 
 
 def pool_encodings(

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rapidfuzz.distance import Levenshtein
 from rich.console import Console
 from rich.table import Table
 
@@ -48,6 +47,9 @@ from kb.model.reference import backend as reference_backend
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.processing_reference import decode, read_prompt
 from lab import data, textdata
+from lab.metrics import answer_matches as exact
+from lab.metrics import collapse_whitespace as squash
+from lab.metrics import precision, span_right
 from lab.natural.check import QUESTIONS as NATURAL_QUESTIONS
 from lab.natural.check import page_texts
 
@@ -68,24 +70,6 @@ class Sizes:
 
 FULL = Sizes(24, 60, {10: 40, 100: 25, 1000: 10}, {10: 20, 100: 10}, 12, True, (100, 1000))
 QUICK = Sizes(2, 3, {10: 2}, {10: 2}, 1, False, (10,))
-
-
-def squash(text: str) -> str:
-    return " ".join(text.split())
-
-
-def precision(hypothesis: str, reference: str) -> float:
-    ref, hyp = squash(reference), squash(hypothesis)
-    return max(0.0, 1.0 - Levenshtein.distance(hyp, ref) / max(1, len(ref)))
-
-
-def exact(answer: str, expected: str) -> bool:
-    return squash(answer).casefold() == squash(expected).casefold()
-
-
-def span_right(answer: str, expected: str) -> bool:
-    a, e = squash(answer).casefold(), squash(expected).casefold()
-    return a == e or (e in a and len(a) <= 2 * len(e) + 10)
 
 
 class Pages:

@@ -54,6 +54,7 @@ from kb.model.reference.processing_reference import (
     text_to_ids,
 )
 from lab import textdata
+from lab.metrics import precision
 
 CHECKPOINT_FORMAT = "kb-reference-text-ckpt/1"
 
@@ -294,14 +295,6 @@ def losses(model, cfg, rng, minutes: float):
 # --- evaluation during training (lab.eval measures the product) --------------------------------
 
 
-def char_precision(predicted: str, reference: str) -> float:
-    from rapidfuzz.distance import Levenshtein
-
-    if not reference:
-        return float(not predicted)
-    return max(0.0, 1.0 - Levenshtein.distance(predicted, reference) / len(reference))
-
-
 @torch.no_grad()
 def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
     model.eval()
@@ -314,7 +307,7 @@ def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
         n = min(len(s.pages[0].encode()), cfg["read_bytes"])
         ids, _ = model.generate([BOS, READ], memory, n)
         ref = s.pages[0].encode()[:n].decode("utf-8", "ignore")
-        prec.append(char_precision(decode(ids)[: len(ref)], ref))
+        prec.append(precision(decode(ids)[: len(ref)], ref) if ref.strip() else 0.0)
     right = cited = absent_ok = absent = 0
     for _ in range(cfg["eval_asks"]):
         s = textdata.ask_sample(rng, "heldout", cfg["haystack"], 0.15)

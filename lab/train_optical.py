@@ -72,6 +72,7 @@ from kb.model.reference.processing_reference import (
     text_to_ids,
 )
 from lab.data import DATA_VERSION, Pool, PoolSpec, build_pool
+from lab.metrics import precision
 
 CHECKPOINT_FORMAT = "kb-reference-ckpt/1"
 
@@ -588,16 +589,10 @@ def eval_sets(sampler: Sampler, cfg: dict[str, Any]) -> dict[str, list[Sample]]:
 
 
 def char_precision(predicted: str, reference: str) -> float:
-    """1 - edit distance / reference length, floored at 0 (the eval's read-back precision)."""
-    if not reference:
-        return float(predicted == reference)
-    prev = list(range(len(reference) + 1))
-    for i, a in enumerate(predicted, 1):
-        cur = [i]
-        for j, b in enumerate(reference, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
-        prev = cur
-    return max(0.0, 1.0 - prev[-1] / len(reference))
+    """The eval's read-back precision (lab.metrics), 0 or 1 for an empty reference."""
+    if not reference.strip():
+        return float(not predicted.strip())
+    return precision(predicted, reference)
 
 
 @torch.no_grad()

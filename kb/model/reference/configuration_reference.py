@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ingest.tiers import VISION_TIERS
+
 
 def _default_tier_sizes() -> dict[str, int]:
-    # The square render of each vision tier, as in ingest/tiers.py: one token per 64 x 64 px cell.
-    return {"base": 1024, "small": 640, "tiny": 512, "gist": 256}
+    # The square render of each vision tier (ingest.tiers, the one tier table): one token per
+    # 64 x 64 px cell.
+    return {tier.name: tier.size for tier in VISION_TIERS}
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""The lab's one set of text metrics: every trainer and evaluation scores with these.
+
+- precision = max(0, 1 - edit distance / reference length), in characters, after collapsing runs
+  of whitespace on both sides (line breaks of a layout are not content); Fox-style read-back;
+- an answer is right when it equals the expected one after collapsing whitespace, ignoring case.
+"""
+
+from __future__ import annotations
+
+from rapidfuzz.distance import Levenshtein
+
+
+def collapse_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance in characters (insert, delete, substitute: cost 1 each)."""
+    return int(Levenshtein.distance(a, b))
+
+
+def precision(hypothesis: str, reference: str) -> float:
+    """max(0, 1 - edit distance / reference length), whitespace runs collapsed on both sides."""
+    ref, hyp = collapse_whitespace(reference), collapse_whitespace(hypothesis)
+    if not ref:
+        raise ValueError("precision of an empty reference is undefined")
+    return max(0.0, 1.0 - edit_distance(hyp, ref) / len(ref))
+
+
+def head_precision(hypothesis: str, reference: str, chars: int) -> float:
+    """``precision`` of the first ``chars`` characters of each (whitespace collapsed): how well
+    the top of a page is read, whatever becomes of the rest. A read-back that stops early is
+    still charged for the characters of the head it left out."""
+    ref, hyp = collapse_whitespace(reference)[:chars], collapse_whitespace(hypothesis)[:chars]
+    return precision(hyp, ref)
+
+
+def answer_matches(answer: str, expected: str) -> bool:
+    """Exact answer, after collapsing whitespace and ignoring case."""
+    return collapse_whitespace(answer).casefold() == collapse_whitespace(expected).casefold()
+
+
+def span_right(answer: str, expected: str) -> bool:
+    """The expected span, or an answer that contains it and is at most twice its length plus
+    10 characters (a span a reader would accept: "37 engineers" for "37")."""
+    a = collapse_whitespace(answer).casefold()
+    e = collapse_whitespace(expected).casefold()
+    return a == e or (e in a and len(a) <= 2 * len(e) + 10)
