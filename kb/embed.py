@@ -237,9 +237,10 @@ def lexical_scores_of_sets(question: str, segment_terms: list[set[str]]) -> torc
     return torch.tensor([sum(idf[t] for t in p) / total for p in present])
 
 
-def lexical_bias(question: str, pages: list[str], lengths: list[int]) -> torch.Tensor:
-    """Per byte of pages laid end to end (each ``lengths[i]`` bytes long, padding included):
-    the lexical score of the byte's segment, 0 outside segments. (sum(lengths),) float32."""
+def segment_index(pages: list[str], lengths: list[int]) -> tuple[torch.Tensor, list[set[str]]]:
+    """Pages laid end to end (each ``lengths[i]`` bytes, padding included) -> each byte's segment
+    (sum(lengths),), -1 outside any, and every segment's content words: what lexical scores of
+    many questions over one memory share."""
     index: list[torch.Tensor] = []
     sets: list[set[str]] = []
     for text, n in zip(pages, lengths, strict=True):
@@ -249,5 +250,12 @@ def lexical_bias(question: str, pages: list[str], lengths: list[int]) -> torch.T
             idx[a:b] = len(sets)
             sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
         index.append(idx)
+    return (torch.cat(index) if index else torch.zeros(0, dtype=torch.long)), sets
+
+
+def lexical_bias(question: str, pages: list[str], lengths: list[int]) -> torch.Tensor:
+    """Per byte of pages laid end to end (each ``lengths[i]`` bytes long, padding included):
+    the lexical score of the byte's segment, 0 outside segments. (sum(lengths),) float32."""
+    index, sets = segment_index(pages, lengths)
     scores = torch.cat([lexical_scores_of_sets(question, sets), torch.zeros(1)])
-    return scores[torch.cat(index)] if index else torch.zeros(0)
+    return scores[index]

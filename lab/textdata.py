@@ -270,3 +270,51 @@ def ask_sample(
     at = rng.randint(0, len(others))
     pages = others[:at] + [holder.text] + others[at:]
     return Sample("ask", pages, question, fact.answer, at, fact.start, fact.end)
+
+
+@dataclass
+class Question:
+    question: str
+    answer: str = ""  # "" = not in the memory
+    page: int = -1
+    start: int = -1
+    end: int = -1
+
+
+@dataclass
+class MemorySample:
+    """Pages and many questions over them: the memory is encoded once, every fact it states
+    (with a unique answer) is asked, and some questions whose answer no page holds."""
+
+    pages: list[str]
+    questions: list[Question]
+
+
+def memory_sample(
+    rng: random.Random,
+    split: str,
+    n_pages: int,
+    max_questions: int = 16,
+    absent: int = 2,
+    max_bytes: int = 4000,
+) -> MemorySample:
+    made = [make_page(rng, split, max_bytes) for _ in range(n_pages)]
+    texts = [p.text for p in made]
+    questions: list[Question] = []
+    for i, page in enumerate(made):
+        for fact in page.facts:
+            if sum(t.count(fact.answer) for t in texts) != 1:
+                continue  # stated twice in the memory: two right spans
+            q = paraphrase(rng, fact.question)
+            questions.append(Question(q, fact.answer, i, fact.start, fact.end))
+    rng.shuffle(questions)
+    questions = questions[:max_questions]
+    wanted = len(questions) + absent
+    for _ in range(5 * absent):  # questions about pages that are not in the memory
+        if len(questions) == wanted:
+            break
+        other = make_page(rng, split, max_bytes)
+        facts = [f for f in other.facts if not any(f.answer in t for t in texts)]
+        if facts:
+            questions.append(Question(paraphrase(rng, rng.choice(facts).question)))
+    return MemorySample(texts, questions)

@@ -13,10 +13,14 @@ text-tier pages packed as ``ReferenceModel.pack`` packs them, drawn fresh every 
   read  BOS READ -> the page's bytes. Byte loss, plus the alignment loss: head 0 of every reader
         layer is pulled to memory token floor(j / 4) of that page when it writes byte j
         (reading-on-a-cpu.md section 2: 0% -> 72% read-back in 20 CPU-minutes).
-  ask   BOS ASK question SEP over 1..haystack pages, one of which states the answer (at any
-        depth), or, with p_absent, none. The copy path (SpanKeys) is trained with cross-entropy on
-        the answer's start and end byte among every byte of the memory, or on "no answer";
-        the alignment loss pulls head 0 at SEP to the answer's token.
+  ask   BOS ASK question SEP over a memory of 1..haystack pages: every fact the pages state with
+        an answer found once in the memory (up to ``questions``), worded as people ask
+        (textdata.paraphrase), and ``absent`` questions about pages not in the memory. The memory
+        is encoded once for all of them. The copy path (SpanKeys) is trained with cross-entropy
+        on the answer's start and end byte among every byte of the memory, or on "no answer",
+        with the lexical bias added as at inference; the alignment loss pulls head 0 at SEP to
+        the answer's token. (One question per memory gave 8 span examples a step, too few: the
+        copy path stayed at chance for 200 steps.)
 
 The vision encoder and the reader start from the shipped weights (``init_from``); the slot text
 encoder and the span head are new. The optical tiers are lab/train_optical.py's.
@@ -37,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kb.embed import lexical_bias
+from kb.embed import lexical_bias, lexical_scores_of_sets, segment_index
 from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import ReferenceModel
@@ -67,7 +71,9 @@ model = '{"text_encoder": "slots", "text_layers": 2, "span_head": true, "span_le
 threads = 2
 seed = 1337
 batch_read = 6  # read-back samples per step
-batch_ask = 8  # question samples per step
+batch_ask = 4  # memories per step, each asked every fact it states (up to ``questions``)
+questions = 12  # questions per memory: the memory is encoded once, the reader is cheap
+absent = 2  # questions per memory whose answer no page holds
 read_bytes = 320  # read-back targets: the first read_bytes of a page (positions generalise on)
 read_distractors = 1  # other pages in a read-back's memory (0..this)
 haystack = 8  # pages per question, log-uniform 1..haystack (the eval goes to 1,000): a start
@@ -77,7 +83,6 @@ haystack_start = 2
 curriculum_minutes = 20.0
 page_bytes = 1600  # training pages are cut here (compute); eval pages are whole
 grad_pages = 3  # pages per question encoded with gradient (the answer's page always is)
-p_absent = 0.15
 align = 1.0  # weight of the alignment loss
 span = 1.0  # weight of the copy path's loss
 lr = 1e-3
@@ -103,7 +108,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             dict(enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1, d_model=32, n_heads=2,
                  mlp_ratio=2, n_layers=2, text_layers=1, span_dim=8)
         ),
-        batch_read=2, batch_ask=2, read_bytes=32, haystack=3, haystack_start=2, page_bytes=400,
+        batch_read=2, batch_ask=2, questions=4, read_bytes=32, haystack=3, haystack_start=2,
+        page_bytes=400,
         max_minutes=0.15, eval_minutes=0.1, eval_asks=4, eval_reads=2, checkpoint_minutes=0.05,
     ),
 }  # fmt: skip
@@ -220,44 +226,52 @@ def pad_rows(rows, tgts, aligns):
     return idx, tgt, al
 
 
-def ask_batch(model, samples: list[textdata.Sample], cfg, rng: random.Random):
-    per_sample = []
-    for s in samples:
-        grad = {s.page} if s.page >= 0 else set()
-        others = [i for i in range(len(s.pages)) if i not in grad]
-        rng.shuffle(others)
-        grad |= set(others[: cfg["grad_pages"] - len(grad)])
-        order = sorted(range(len(s.pages)), key=lambda i: i not in grad)
-        enc_g = encode_pages(model, [s.pages[i] for i in order if i in grad], grad=True)
-        enc_n = encode_pages(model, [s.pages[i] for i in order if i not in grad], grad=False)
-        enc = dict(zip(order, enc_g + enc_n, strict=True))
-        per_sample.append([enc[i] for i in range(len(s.pages))])
-    memory, tok_off, byte_off = memory_of(model, per_sample)
-    rows, ends, starts_t, ends_t, aligns = [], [], [], [], []
-    P = memory.span.shape[2]
+def memory_questions(model, sample: textdata.MemorySample, cfg, rng: random.Random):
+    """One memory, many questions: the copy path's loss (start and end cross-entropy, the
+    lexical bias added as at inference) and the alignment loss at each question's SEP, summed,
+    with the number of questions."""
     k = model.config.text_bytes_per_token
-    for b, s in enumerate(samples):
-        ids = [BOS, ASK, *encode_text(s.question), SEP]
-        rows.append(ids)
-        ends.append(len(ids) - 1)
+    holders = [q.page for q in sample.questions if q.page >= 0]
+    order = sorted(range(len(sample.pages)), key=lambda i: -holders.count(i))
+    grad = set(order[: cfg["grad_pages"]])
+    enc_g = encode_pages(model, [sample.pages[i] for i in order if i in grad], grad=True)
+    enc_n = encode_pages(model, [sample.pages[i] for i in order if i not in grad], grad=False)
+    enc = dict(zip(order, enc_g + enc_n, strict=True))
+    memory, tok_off, byte_off = memory_of(model, [[enc[i] for i in range(len(sample.pages))]])
+    P = memory.span.shape[2]
+    rows, last, starts, ends, aligns = [], [], [], [], []
+    for q in sample.questions:
+        ids = [BOS, ASK, *encode_text(q.question), SEP]
         al = [-1] * len(ids)
-        if s.page >= 0:
-            starts_t.append(byte_off[b][s.page] + s.start)
-            ends_t.append(byte_off[b][s.page] + s.end - 1)
-            al[-1] = tok_off[b][s.page] + s.start // k
+        if q.page >= 0:
+            starts.append(byte_off[0][q.page] + q.start)
+            ends.append(byte_off[0][q.page] + q.end - 1)
+            al[-1] = tok_off[0][q.page] + q.start // k
         else:
-            starts_t.append(P)  # "no answer"
-            ends_t.append(P)
+            starts.append(P)  # "no answer"
+            ends.append(P)
+        rows.append(ids)
+        last.append(len(ids) - 1)
         aligns.append(al)
     idx, _, al = pad_rows(rows, [[-100]] * len(rows), aligns)
-    # The lexical bias of the copy path (configuration_reference.span_lexical), as at inference.
-    lex = torch.zeros(len(samples), P)
-    for b, s in enumerate(samples):
-        lengths = [len(text_to_ids(t, k)) for t in s.pages]
-        bias = lexical_bias(s.question, s.pages, lengths)
-        lex[b, : len(bias)] = bias
-    targets = torch.tensor(ends), torch.tensor(starts_t), torch.tensor(ends_t)
-    return memory, idx, al, *targets, model.config.span_lexical * lex
+    Q = len(rows)
+    model(idx, memory, align=al)  # Q rows over one memory (CrossAttention shares it)
+    align_loss = model.align_loss * Q
+    h = model.last_hidden[torch.arange(Q), torch.tensor(last)]  # (Q, D)
+    logits = model.span_logits(h, memory)  # (Q, 2, P + 1)
+    lengths = [len(text_to_ids(t, k)) for t in sample.pages]
+    index, sets = segment_index(sample.pages, lengths)
+    lex = torch.stack(
+        [
+            torch.cat([lexical_scores_of_sets(q.question, sets), torch.zeros(1)])[index]
+            for q in sample.questions
+        ]
+    )  # (Q, P)
+    lex = model.config.span_lexical * lex
+    logits = torch.cat([logits[:, :, :-1] + lex[:, None, :], logits[:, :, -1:]], dim=-1)
+    span_loss = F.cross_entropy(logits[:, 0], torch.tensor(starts), reduction="sum")
+    span_loss = span_loss + F.cross_entropy(logits[:, 1], torch.tensor(ends), reduction="sum")
+    return span_loss, align_loss, Q
 
 
 def haystack_at(cfg, minutes: float) -> int:
@@ -270,26 +284,32 @@ def draw_n(rng: random.Random, n_max: int) -> int:
 
 
 def losses(model, cfg, rng, minutes: float):
-    reads = [textdata.read_sample(rng, "train", rng.randint(0, cfg["read_distractors"]))
-             for _ in range(cfg["batch_read"])]  # fmt: skip
+    reads = [
+        textdata.read_sample(rng, "train", rng.randint(0, cfg["read_distractors"]))
+        for _ in range(cfg["batch_read"])
+    ]
     n_max = haystack_at(cfg, minutes)
-    asks = [
-        textdata.ask_sample(rng, "train", draw_n(rng, n_max), cfg["p_absent"], cfg["page_bytes"])
+    memories = [
+        textdata.memory_sample(
+            rng, "train", draw_n(rng, n_max), cfg["questions"], cfg["absent"], cfg["page_bytes"]
+        )
         for _ in range(cfg["batch_ask"])
     ]
     memory, idx, tgt, al = read_batch(model, reads, cfg)
     _, read_loss, _ = model(idx, memory, targets=tgt, align=al)
     read_align = model.align_loss
-    memory, idx, al, last, st, en, lex = ask_batch(model, asks, cfg, rng)
-    model(idx, memory, align=al)
-    ask_align = model.align_loss
-    h = model.last_hidden[torch.arange(len(asks)), last]  # (B, D)
-    logits = model.span_logits(h, memory)  # (B, 2, P + 1)
-    logits = torch.cat([logits[:, :, :-1] + lex[:, None, :], logits[:, :, -1:]], dim=-1)
-    span_loss = F.cross_entropy(logits[:, 0], st) + F.cross_entropy(logits[:, 1], en)
+    span_sum, align_sum, count = idx.new_zeros((), dtype=torch.float), 0.0, 0
+    for sample in memories:
+        if not sample.questions:
+            continue
+        s_loss, a_loss, q = memory_questions(model, sample, cfg, rng)
+        span_sum, align_sum, count = span_sum + s_loss, align_sum + a_loss, count + q
+    span_loss = span_sum / max(count, 1)
+    ask_align = align_sum / max(count, 1)
     total = read_loss + cfg["span"] * span_loss + cfg["align"] * (read_align + ask_align)
     parts = {"read": read_loss, "span": span_loss, "align": read_align + ask_align}
-    return total, {k: float(v.detach()) for k, v in parts.items()} | {"haystack": n_max}
+    out = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
+    return total, out | {"haystack": n_max, "questions": count}
 
 
 # --- evaluation during training (lab.eval measures the product) --------------------------------

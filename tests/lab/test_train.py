@@ -13,25 +13,19 @@ from lab import textdata
 from lab import train as T
 
 
-def test_batches_align_every_target_with_its_memory(model):
+def test_memory_questions_target_every_answer_in_its_memory(model):
     cfg = T.parse_args(["--config", "smoke"])
     rng = random.Random(0)
-    asks = [textdata.ask_sample(rng, "train", 3, 0.0, 400) for _ in range(2)]
-    memory, idx, al, last, starts, ends, lex = T.ask_batch(model, asks, cfg, rng)
-    assert lex.shape == memory.span_mask.shape and (lex >= 0).all()
-    k = model.config.text_bytes_per_token
-    for b, s in enumerate(asks):
-        # the start target is the answer's first byte in the sample's concatenated pages
-        blob = b"".join(p.encode() + b"\0" * (-len(p.encode()) % k or 0) for p in s.pages)
-        offsets = [0]
-        for p in s.pages:
-            n = len(p.encode())
-            offsets.append(offsets[-1] + max(k, -(-n // k) * k))
-        assert int(starts[b]) == offsets[s.page] + s.start
-        assert int(ends[b]) == offsets[s.page] + s.end - 1
-        assert bool(memory.span_mask[b, starts[b]]) and bool(memory.span_mask[b, ends[b]])
-        assert int(al[b, last[b]]) == (offsets[s.page] + s.start) // k
-        assert blob  # the pages are there
+    sample = textdata.memory_sample(rng, "train", 3, 6, 1, 400)
+    assert sample.questions and any(q.page < 0 for q in sample.questions)
+    for q in sample.questions:
+        if q.page >= 0:
+            data = sample.pages[q.page].encode()
+            assert data[q.start : q.end].decode().split() == q.answer.split()
+            assert sum(p.count(q.answer) for p in sample.pages) == 1
+    span_loss, align_loss, count = T.memory_questions(model, sample, cfg, rng)
+    assert count == len(sample.questions)
+    assert span_loss.item() > 0 and align_loss.item() > 0 and span_loss.requires_grad
     reads = [textdata.read_sample(rng, "train", 1) for _ in range(2)]
     memory, idx, tgt, al = T.read_batch(model, reads, cfg)
     assert (al[:, 2:] >= 0).any() and (tgt[:, 1:] != -100).any()

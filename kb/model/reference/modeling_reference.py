@@ -404,6 +404,13 @@ class CrossAttention(nn.Module):
         M = k.shape[2]
         if M == 0:  # nothing to read: softmax over no keys is undefined, the answer is zero
             return torch.zeros_like(x), (x.new_zeros(B, 0) if need_mass else None)
+        if k.shape[0] == 1 and B > 1 and not need_mass:
+            # One memory read by B rows (many questions over one memory): each position reads
+            # the memory on its own, so the rows are one sequence of B * t queries, with no copy
+            # of the memory per row.
+            flat = None if align is None else align.reshape(1, B * t)
+            y, _ = self.forward(x.reshape(1, B * t, D), k, v, mask, False, flat)
+            return y.view(B, t, D), None
         q = self.q(x).view(B, t, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, t, hd)
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M)
         if align is not None:
@@ -660,8 +667,8 @@ class ReferenceModel(nn.Module):
         alignment loss is then in ``self.align_loss``. The final states (B, t, D) are kept in
         ``self.last_hidden`` for the span head."""
         B, t = idx.shape
-        if memory.k[0].shape[0] != B:
-            raise ValueError(f"memory batch {memory.k[0].shape[0]} != input batch {B}")
+        if memory.k[0].shape[0] not in (1, B):
+            raise ValueError(f"memory batch {memory.k[0].shape[0]} is neither 1 nor {B}")
         past = cache.length if cache is not None else 0
         positions = torch.arange(past, past + t, device=idx.device).float()
         angles = positions[:, None] * self.inv_freq[None, :]  # (t, hd/2)
