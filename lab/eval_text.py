@@ -34,7 +34,7 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def fillers(rng: random.Random, n: int) -> list[str]:
 
 def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
     out: dict[str, Any] = {}
-    pool = fillers(rng, max(sizes) - 1) if sizes else []
+    pool = fillers(random.Random("kb-eval-text/pool"), max(sizes)) if sizes else []
     for n, questions in sizes.items():
         right = cited = 0
         per_depth: dict[str, list[int]] = {}
@@ -156,13 +156,16 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
 
 
 def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
+    """Questions about a fact of a page that is not in the memory, over N held-out pages."""
     out: dict[str, Any] = {}
+    pool = fillers(random.Random("kb-eval-text/pool"), max(sizes) if sizes else 0)
     for n, questions in sizes.items():
         invented = 0
         examples: list[dict[str, str]] = []
         for _ in range(questions):
-            s = textdata.ask_sample(rng, "heldout", n, p_absent=1.0, max_bytes=2500)
-            ctx = [pages.page(t, f"a{i}", 1) for i, t in enumerate(s.pages)]
+            s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0)
+            texts = [t for t in pool[:n] if s.answer not in t]
+            ctx = [pages.page(t, f"a{i}", 1) for i, t in enumerate(texts)]
             answer, _ = ask(backend, s.question, ctx)
             invented += answer.found
             if answer.found and len(examples) < 3:
@@ -345,6 +348,7 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON (default data/eval/text-<version>.json)")
     parser.add_argument("--sections", nargs="*", help="only these sections (default: all)")
+    parser.add_argument("--ns", type=int, nargs="*", help="needle haystack sizes (default: all)")
     parser.add_argument(
         "--scorer",
         type=float,
@@ -357,7 +361,10 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
         backend = ReferenceBackend(args.weights)
     if args.scorer:
         reference_backend.SEGMENT_WEIGHT, reference_backend.SEGMENT_FLOOR = args.scorer
-    report = run(backend, QUICK if args.quick else FULL, args.seed, sections=args.sections)
+    sizes = QUICK if args.quick else FULL
+    if args.ns:
+        sizes = replace(sizes, needle={n: sizes.needle.get(n, 10) for n in args.ns})
+    report = run(backend, sizes, args.seed, sections=args.sections)
     out = args.out or Path("data/eval") / f"text-{backend.version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))
