@@ -57,28 +57,25 @@ def test_ask_packs_the_pages_cites_them_and_never_overflows(stack: Stack, pdf_id
         assert r.status_code == 200, r.text
         body = r.json()
         assert isinstance(body["answer"], str) and body["model"].startswith("deepseek-ocr2-")
-        assert body["context"] == {
-            "pages": 3,
-            "tokens": 3 * 257,
-            "tiers": {"base": 3},
-            "left_out": 0,
-        }
+        # Short pages: their exact text costs less than a vision view, so all three are packed
+        # at the text tier (kb.packer), well inside the decoder's window.
+        context = body["context"]
+        assert context["pages"] == 3 and context["tiers"] == {"text": 3}
+        assert 0 < context["tokens"] < 3 * 145 and context["left_out"] == 0
         assert body["citations"] and len(body["citations"]) == 3
         assert {(cit["document_id"], cit["page"]) for cit in body["citations"]} == {
             (pdf_id, n) for n in (1, 2, 3)
         }
-        assert abs(sum(cit["score"] for cit in body["citations"]) - 1) < 1e-3
+        assert all(cit["tier"] == "text" for cit in body["citations"])
 
         again = c.post("/v1/ask", json={"question": "Where is the optical sensor supplier?"})
         assert again.json()["answer"] == body["answer"]  # the same, from the cached prefix
 
-        # a tight budget fades pages to the 768 view, then leaves the oldest out, counted
-        faded = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 3 * 145})
-        assert faded.json()["context"]["tiers"] == {"small": 3}
-        cut = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 300})
-        assert cut.json()["context"] == {
-            "pages": 2, "tokens": 290, "tiers": {"small": 2}, "left_out": 1
-        }  # fmt: skip
+        # a budget below every page's text fades them to vision views or leaves them out,
+        # counted, never silently
+        cut = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 150})
+        assert cut.json()["context"]["pages"] + cut.json()["context"]["left_out"] == 3
+        assert cut.json()["context"]["tokens"] <= 150
         # a budget beyond the model's window is capped at it, not overflowed
         huge = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 10**6})
         assert huge.status_code == 200 and huge.json()["context"]["pages"] == 3
