@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,30 @@ def weights_digest(model: ReferenceModel, config: ReferenceConfig) -> str:
         digest.update(key.encode())
         digest.update(value.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+_WORD_BYTE = re.compile(rb"[\w\x80-\xff]")
+_JOINERS = b"-.,:/'"  # inside a word or number when a word character follows: QZ-4410, 4.2, 8,210
+
+
+def whole_words(data: bytes, a: int, b: int) -> tuple[int, int]:
+    """Widen the byte span [a, b) of ``data`` to whole words: a span that starts or ends inside a
+    word, a code or a number takes all of it ("Osa" -> "Osaka", "4" -> "4.2"). The copy path
+    scores bytes; people read words."""
+
+    def word(i: int) -> bool:
+        return 0 <= i < len(data) and bool(_WORD_BYTE.match(data[i : i + 1]))
+
+    def joined(i: int) -> bool:  # a joiner between two word characters
+        return 0 <= i < len(data) and data[i] in _JOINERS and word(i - 1) and word(i + 1)
+
+    if a >= b:
+        return a, b
+    while word(a - 1) or joined(a - 1):
+        a -= 1
+    while word(b) or joined(b):
+        b += 1
+    return a, b
 
 
 @dataclass
@@ -312,7 +337,8 @@ class ReferenceBackend:
         i = int(memory.span_page[start])
         first = packed.first_byte[i]  # the page's first byte in the memory
         data = (pages[i].text or "").encode("utf-8")
-        text = data[start - first : end - first + 1].decode("utf-8", errors="replace").strip()
+        a, b = whole_words(data, start - first, end - first + 1)
+        text = data[a:b].decode("utf-8", errors="replace").strip()
         page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
 

@@ -18,6 +18,7 @@ from kb.model.reference.backend import (
     random_model,
     save_weights,
     sha256_file,
+    whole_words,
 )
 
 from .conftest import tiny_config
@@ -234,3 +235,14 @@ def test_question_scorer_biases_the_copy_path_towards_the_answering_sentence(con
     assert bias[text.encode().index(b"37")] > bias[text.encode().index(b"4.2")] + 2
     # a random-initialised backend goes without a scorer unless given one
     assert ReferenceBackend(config=config).scorer is None
+
+
+@pytest.mark.parametrize(
+    "piece,word",
+    [("Osa", "Osaka"), ("QZ-", "QZ-4410"), ("210", "8,210,896"), ("EU", "EUR"), ("37", "37")],
+)
+def test_answers_are_whole_words(piece, word):
+    data = b"The supplier is in Osaka. Code QZ-4410, total 8,210,896 EUR; 37 staff."
+    i = data.index(piece.encode())
+    a, b = whole_words(data, i, i + len(piece))
+    assert data[a:b].decode() == word
