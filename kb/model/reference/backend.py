@@ -338,7 +338,7 @@ class ReferenceBackend:
         first = packed.first_byte[i]  # the page's first byte in the memory
         data = (pages[i].text or "").encode("utf-8")
         a, b = whole_words(data, start - first, end - first + 1)
-        text = data[a:b].decode("utf-8", errors="replace").strip()
+        text = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
 

@@ -64,6 +64,12 @@ class ReferenceConfig:
     # answers (a name for "who", a date for "when"), not to find the sentence from scratch,
     # which a short CPU run did not learn (reading-on-a-cpu.md: alignment is the hard part).
     span_lexical: float = 4.0
+    # "No answer" competes with the best span by logits, and was learnt against memories of
+    # about this many text bytes (training's 1-8 pages of up to 1,600 bytes). Over a memory of
+    # P bytes its logit moves by log(P / span_null_bytes): every byte is one more place an answer
+    # could be, so a small memory needs less evidence and a large one more (measured: without
+    # it, 4 short pages said "not found" to every question and 100 pages invented answers).
+    span_null_bytes: int = 6000
 
     # --- shared width of memory tokens and reader ---
     d_model: int = 256  # wide enough for 4 bytes per text token; fp16 weights stay ~15 MB
@@ -132,5 +138,5 @@ class ReferenceConfig:
         if data and "text_encoder" not in data:  # saved before the slot encoder and span head
             data = {**data, "text_encoder": "conv", "text_layers": 0, "span_head": False}
         if data and "span_lexical" not in data:  # span heads trained before the lexical bias
-            data = {**data, "span_lexical": 0.0}
+            data = {**data, "span_lexical": 0.0, "span_null_bytes": 0}
         return cls(**{k: v for k, v in data.items() if k in known})

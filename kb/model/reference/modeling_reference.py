@@ -745,6 +745,9 @@ class ReferenceModel(nn.Module):
             return None, 1.0, page_scores.cpu()
         page_scores.index_add_(0, memory.span_page, logp[0, :P].exp())
         null = float(logp[0, P] + logp[1, P])
+        if self.config.span_null_bytes:  # configuration_reference: null against memory size
+            real = int(memory.span_mask[0].sum())
+            null += 2 * math.log(max(real, 1) / self.config.span_null_bytes)
         L = self.config.max_answer_bytes
         starts = logp[0, :P].topk(min(top_starts, P)).indices  # (K,)
         ends = starts[:, None] + torch.arange(L, device=device)[None]  # (K, L)

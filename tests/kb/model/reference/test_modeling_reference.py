@@ -325,3 +325,20 @@ def test_reader_alignment_loss_is_reported(model):
     align = torch.tensor([[-1, 0, 0, 0]])
     model(idx, memory, align=align)
     assert model.align_loss.item() > 0 and model.align_loss.requires_grad
+
+
+def test_no_answer_is_weighed_against_the_memory_size(config):
+    """span_null_bytes: the same logits say "no answer" over a memory judged large and answer
+    over one judged small."""
+    text = "Name: Ada Lovelace. Code: QZ-4410."
+    ids = text_to_ids(text)[None]
+    prompt = [257, 260, *b"Which code?", 261]
+    found = {}
+    for ref in (1, 10**9):
+        torch.manual_seed(0)
+        model = ReferenceModel(replace(config, span_null_bytes=ref)).eval()
+        tokens = model.encode_text(ids)
+        span = (model.page_span(tokens, ids)[0], torch.arange(ids.shape[1]) < len(text))
+        memory = model.pack([model.page_kv(tokens)[0]], [span])
+        found[ref] = model.best_span(prompt, memory)[0]
+    assert found[1] is None and found[10**9] is not None
