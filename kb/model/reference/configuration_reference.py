@@ -66,9 +66,10 @@ class ReferenceConfig:
     span_lexical: float = 4.0
     # "No answer" competes with the best span by logits, and was learnt against memories of
     # about this many text bytes (training's 1-8 pages of up to 1,600 bytes). Over a memory of
-    # P bytes its logit moves by log(P / span_null_bytes): every byte is one more place an answer
-    # could be, so a small memory needs less evidence and a large one more (measured: without
-    # it, 4 short pages said "not found" to every question and 100 pages invented answers).
+    # P bytes its start and end logits each move by log(P / span_null_bytes): every byte is one
+    # more place an answer could be, so a small memory needs less evidence and a large one more
+    # (measured: without it, 4 short pages said "not found" to every question and 100 pages
+    # invented answers to 60% of absent ones; docs/benchmarks.md).
     span_null_bytes: int = 6000
 
     # --- shared width of memory tokens and reader ---
