@@ -997,13 +997,8 @@ def filler_page(seed: int, split: str = "train") -> SyntheticPage:
     return pages[0]
 
 
-def needle_page(seed: int, split: str = "train") -> tuple[SyntheticPage, Fact]:
-    """A page of filler text with exactly one unique fact (the needle) at a random depth."""
-    rng = _rng("needle", seed, split)
-    layout = rng.choice(LAYOUTS)
-    v = _Values(rng, split)
-    target = _page_target(rng, None)
-    style = _choose_style(rng, layout, target)
+def needle_fact(rng: random.Random, v: _Values) -> tuple[str, str, str]:
+    """One needle: (statement, question, answer) about a project with a code name."""
     statement, question, kind = rng.choice(_NEEDLES)
     project = v.codename()
     answer = {
@@ -1015,8 +1010,21 @@ def needle_page(seed: int, split: str = "train") -> tuple[SyntheticPage, Fact]:
         "room": lambda: f"{rng.choice('ABCDEFG')}{v.count(100, 999)}",
         "weight": lambda: f"{v.count(2, 950)} kg",
     }[kind]()
-    statement = statement.format(project=project, **{kind: answer})
-    question = question.format(project=project)
+    return (
+        statement.format(project=project, **{kind: answer}),
+        question.format(project=project),
+        answer,
+    )
+
+
+def needle_page(seed: int, split: str = "train") -> tuple[SyntheticPage, Fact]:
+    """A page of filler text with exactly one unique fact (the needle) at a random depth."""
+    rng = _rng("needle", seed, split)
+    layout = rng.choice(LAYOUTS)
+    v = _Values(rng, split)
+    target = _page_target(rng, None)
+    style = _choose_style(rng, layout, target)
+    statement, question, answer = needle_fact(rng, v)
     filler = _filler_blocks(v, layout)
     head = _block(f"<h1>{_esc(rng.choice(_HEADINGS))}</h1>")
     for _ in range(10):  # a needle that falls off the page is placed again, nearer the top

@@ -171,7 +171,7 @@ def make_page(rng: random.Random, split: str, max_bytes: int = 4000) -> TextPage
         statement, question, answer = _tech_fact(rng, v)
         body.append((f"<p>{html.escape(statement)}</p>", [(question, answer)]))
     if rng.random() < 0.35:
-        statement, question, answer = _needle(rng, v)
+        statement, question, answer = synth.needle_fact(rng, v)
         body.append((f"<p>{html.escape(statement)}</p>", [(question, answer)]))
     for _ in range(rng.randint(1, 8)):
         b = next(filler)
@@ -198,25 +198,6 @@ def make_page(rng: random.Random, split: str, max_bytes: int = 4000) -> TextPage
         seen.add(question)
         page.facts.append(TextFact(question, answer, *span))
     return page
-
-
-def _needle(rng: random.Random, v: synth._Values) -> tuple[str, str, str]:
-    statement, question, kind = rng.choice(synth._NEEDLES)
-    project = v.codename()
-    answer = {
-        "person": v.person,
-        "date": v.date,
-        "money": lambda: v.money(5_000, 5_000_000),
-        "city": v.city,
-        "code": lambda: v.code(rng.choice(["AX", "KC", "QZ", "RT"]), 6),
-        "room": lambda: f"{rng.choice('ABCDEFG')}{v.count(100, 999)}",
-        "weight": lambda: f"{v.count(2, 950)} kg",
-    }[kind]()
-    return (
-        statement.format(project=project, **{kind: answer}),
-        question.format(project=project),
-        answer,
-    )
 
 
 # --- samples -------------------------------------------------------------------------------------
