@@ -28,7 +28,6 @@ encoder and the span head are new. The optical tiers are lab/train_optical.py's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -58,6 +57,7 @@ from kb.model.reference.processing_reference import (
     text_to_ids,
 )
 from lab import textdata
+from lab.config import parse_config
 from lab.metrics import precision
 
 CHECKPOINT_FORMAT = "kb-reference-text-ckpt/1"
@@ -116,20 +116,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """Defaults, then the preset, then explicit flags (lab.config)."""
     defaults = {k: globals()[k] for k in CONFIG_KEYS}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for key, value in defaults.items():
-        if isinstance(value, bool):
-            parser.add_argument(f"--{key}", nargs="?", const=True, default=None,
-                                type=lambda s: s.lower() in ("1", "true", "yes"))  # fmt: skip
-        else:
-            parser.add_argument(f"--{key}", type=type(value), default=None)
-    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    cfg = dict(defaults)
-    if args.get("config"):
-        cfg.update(PRESETS[args["config"]])
-    cfg.update(args)
-    return cfg
+    return parse_config(defaults, PRESETS, argv, __doc__.split("\n")[0])
 
 
 # --- batches ---------------------------------------------------------------------------------

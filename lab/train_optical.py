@@ -39,7 +39,6 @@ the model from it through ReferenceConfig.from_dict, so old checkpoints keep loa
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from kb.model.reference.processing_reference import (
     read_prompt,
     text_to_ids,
 )
+from lab.config import parse_config
 from lab.data import DATA_VERSION, Pool, PoolSpec, build_pool
 from lab.metrics import precision
 
@@ -261,24 +261,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
-    """Defaults, then the preset, then explicit flags."""
+    """Defaults, then the preset, then explicit flags (lab.config)."""
     defaults = {k: globals()[k] for k in CONFIG_KEYS}
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="", help=f"preset: {', '.join(PRESETS)}")
-    for key, value in defaults.items():
-        if isinstance(value, bool):
-            parser.add_argument(f"--{key}", nargs="?", const=True, default=None,
-                                type=lambda s: s.lower() in ("1", "true", "yes"))  # fmt: skip
-        else:
-            parser.add_argument(f"--{key}", type=type(value), default=None)
-    args = parser.parse_args(argv)
-    if args.config and args.config not in PRESETS:
-        parser.error(f"unknown --config {args.config!r}; expected one of {', '.join(PRESETS)}")
-    cfg = dict(defaults)
-    cfg.update(PRESETS.get(args.config, {}))
-    cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
-    cfg["config"] = args.config
-    return cfg
+    return parse_config(defaults, PRESETS, argv, __doc__.split("\n")[0])
 
 
 def weights(spec: str) -> dict[str, float]:
