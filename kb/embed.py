@@ -161,15 +161,15 @@ def _is_marker(text: str, dot: int) -> bool:
     return not text[line_start:word_start].strip() and bool(_ENUMERATOR.fullmatch(word))
 
 
-def segments(text: str) -> list[tuple[int, int]]:
+def char_segments(text: str) -> list[tuple[int, int]]:
     """Cut a page's text into segments to score: sentences, headings, list items, table rows.
 
     A segment ends at a sentence end (``.``, ``?`` or ``!`` followed by whitespace), at a blank
     line, or at the line break after a short line (under SHORT_LINE characters: a heading, a list
     item, a table row); a line that starts with a list marker starts a new one. Segments longer
-    than MAX_SEGMENT characters are cut on whitespace. Returns (start, end) UTF-8 byte offsets
-    into ``text.encode("utf-8")``, in order, each spanning non-whitespace content only (it starts
-    and ends on a non-whitespace character).
+    than MAX_SEGMENT characters are cut on whitespace. Returns (start, end) character offsets, in
+    order, each spanning non-whitespace content only (it starts and ends on a non-whitespace
+    character).
     """
     cuts = {0, len(text)}
     cuts.update(m.end() for m in _SENTENCE_END.finditer(text) if not _is_marker(text, m.start()))
@@ -187,6 +187,12 @@ def segments(text: str) -> list[tuple[int, int]]:
         span = _trim(text, a, b)
         if span is not None:
             chars.extend(_cut_long(text, *span))
+    return chars
+
+
+def segments(text: str) -> list[tuple[int, int]]:
+    """``char_segments`` as (start, end) UTF-8 byte offsets into ``text.encode("utf-8")``."""
+    chars = char_segments(text)
     # Character offsets to UTF-8 byte offsets, walking forward once.
     out: list[tuple[int, int]] = []
     char_at, byte_at = 0, 0

@@ -45,6 +45,7 @@ from rich.table import Table
 from kb.model.base import ContextPage, PageTensors
 from kb.model.reference import backend as reference_backend
 from kb.model.reference.backend import ReferenceBackend
+from kb.model.reference.extractor import SpanExtractor
 from kb.model.reference.processing_reference import decode, read_prompt
 from lab import data, textdata
 from lab.metrics import answer_matches as exact
@@ -356,9 +357,20 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
         metavar=("WEIGHT", "FLOOR"),
         help="the question scorer's segment weight and floor (default: the backend's)",
     )
+    parser.add_argument(
+        "--extractor",
+        default="",
+        help="the copy path's fine stage: a weights file, or 'off' for the one-stage copy path "
+        "(default: the shipped extractor, where there is one)",
+    )
     args = parser.parse_args(argv)
     if backend is None:
-        backend = ReferenceBackend(args.weights)
+        reader: SpanExtractor | bool | None = None
+        if args.extractor == "off":
+            reader = False
+        elif args.extractor:
+            reader = SpanExtractor(Path(args.extractor))
+        backend = ReferenceBackend(args.weights, extractor=reader)
     if args.scorer:
         reference_backend.SEGMENT_WEIGHT, reference_backend.SEGMENT_FLOOR = args.scorer
     sizes = QUICK if args.quick else FULL

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,16 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kb.embed import EMBED_DIM, SentenceEmbedder, lexical_scores_of_sets, segments, terms
+from kb.embed import (
+    EMBED_DIM,
+    SentenceEmbedder,
+    char_segments,
+    lexical_scores_of_sets,
+    segments,
+    terms,
+)
 from kb.model.base import NOT_FOUND, Answer, ContextPage, PageTensors
+from kb.model.reference import extractor as fine
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import Memory, ReferenceModel
 from kb.model.reference.processing_reference import (
@@ -190,6 +198,9 @@ class Packed:
     segment_terms: list[set[str]]  # per segment of the text pages: its content words
     segments: torch.Tensor  # (S, 384) embeddings, NaN rows where a page has none cached
     byte_segment: torch.Tensor  # (P,) each text byte's segment, -1 = none
+    # per segment: (page index, its number on the page); per text page: its segments' char bounds
+    segment_at: list[tuple[int, int]] = field(default_factory=list)
+    page_segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 class ReferenceBackend:
@@ -214,6 +225,7 @@ class ReferenceBackend:
         config: ReferenceConfig | None = None,
         batch_size: int = 16,
         scorer: SentenceEmbedder | bool | None = None,
+        extractor: fine.SpanExtractor | bool | None = None,
     ):
         if path is None and config is None and DEFAULT_WEIGHTS.is_file():
             path = DEFAULT_WEIGHTS
@@ -254,6 +266,14 @@ class ReferenceBackend:
         if scorer is True:
             scorer = SentenceEmbedder()
         self.scorer: SentenceEmbedder | None = scorer or None
+        # The copy path's fine stage (extractor.py): reads the best-scoring segments' windows and
+        # copies the answer out of them. On by default where its weights ship and the scorer is on.
+        if extractor is None:
+            extractor = self.scorer is not None and fine.WEIGHTS.is_file()
+        if extractor is True:
+            extractor = fine.SpanExtractor(fine.WEIGHTS)
+        # (It reads text, not tensors: the tensors' version does not depend on it.)
+        self.extractor: fine.SpanExtractor | None = extractor or None
         self._packed_lock = threading.Lock()
         self._last_packed: Packed | None = None
 
@@ -327,6 +347,8 @@ class ReferenceBackend:
             if not self.config.span_head:
                 ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
                 return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
+            if self.extractor is not None and packed.segment_at:
+                return self._extract(question, pages, packed)
             bias = self.segment_bias(question, packed)
             found, prob, scores = self.model.best_span(ask_prompt(question), memory, bias=bias)
         page_scores = [float(s) for s in scores]
@@ -341,6 +363,35 @@ class ReferenceBackend:
         text = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
+
+    def _extract(self, question: str, pages: list[ContextPage], packed: Packed) -> Answer:
+        """The two-stage copy path: every segment of the memory's text pages scored against the
+        question (segment_scores), the reader (extractor.py) over the windows of the TOP best,
+        the answer copied from the window whose best span beats "no answer" by most. Page
+        scores: per page, the reader's best window score (a sigmoid), the answer's page first."""
+        assert self.extractor is not None
+        scores = self.segment_scores(question, packed)
+        top = torch.argsort(scores, descending=True)[: fine.TOP].tolist()
+        windows = []
+        for s in top:
+            i, k = packed.segment_at[s]
+            windows.append(fine.window(i, pages[i].text or "", packed.page_segments[i], k))
+        got = self.extractor.extract(question, [w.text for w in windows])
+        page_scores = [0.0] * len(pages)
+        for e in got:
+            i = windows[e.window].page
+            page_scores[i] = max(page_scores[i], float(torch.sigmoid(torch.tensor(e.score))))
+        best = max(got, key=lambda e: e.score)
+        if best.score <= self.extractor.threshold:
+            return Answer(text=NOT_FOUND, page_scores=page_scores, found=False)
+        w = windows[best.window]
+        text = pages[w.page].text or ""
+        a, b = w.to_page(best.start, best.end)
+        data = text.encode("utf-8")
+        a, b = whole_words(data, len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8")))
+        span = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
+        page_scores[w.page] += 1.0  # the page the answer was copied from
+        return Answer(text=" ".join(span.split()), page_scores=page_scores, found=True)
 
     # --- helpers ---
 
@@ -362,6 +413,8 @@ class ReferenceBackend:
         sets: list[set[str]] = []  # per segment of every text page: its content words
         embeddings: list[torch.Tensor] = []  # per segment: its embedding, NaN where not cached
         byte_seg: list[torch.Tensor] = []
+        segment_at: list[tuple[int, int]] = []
+        page_segments: dict[int, list[tuple[int, int]]] = {}
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
             if span is None:
                 continue
@@ -371,8 +424,10 @@ class ReferenceBackend:
             text = page.text or ""
             data = text.encode("utf-8")
             bounds = segments(text)
+            page_segments[i] = char_segments(text)
             index = torch.full((n,), -1, dtype=torch.long)
-            for a, b in bounds:
+            for k, (a, b) in enumerate(bounds):
+                segment_at.append((i, k))
                 index[a:b] = len(sets)
                 sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
             byte_seg.append(index)
@@ -390,6 +445,8 @@ class ReferenceBackend:
             segment_terms=sets,
             segments=torch.cat(embeddings) if embeddings else torch.zeros(0, EMBED_DIM),
             byte_segment=torch.cat(byte_seg) if byte_seg else torch.zeros(0, dtype=torch.long),
+            segment_at=segment_at,
+            page_segments=page_segments,
         )
         with self._packed_lock:
             self._last_packed = packed
@@ -402,15 +459,22 @@ class ReferenceBackend:
         segment - SEGMENT_FLOOR). Bytes outside any segment get 0 and the floor's share."""
         if not self.config.span_head or len(packed.byte_segment) == 0:
             return None
+        score = self.segment_scores(question, packed)
+        outside = -SEGMENT_WEIGHT * SEGMENT_FLOOR if self.scorer is not None else 0.0
+        score = torch.cat([score, torch.tensor([outside])])  # index -1: outside any segment
+        return score[packed.byte_segment]
+
+    def segment_scores(self, question: str, packed: Packed) -> torch.Tensor:
+        """Per segment of the memory's text pages (S,): config.span_lexical * the share of the
+        question's rare words it holds, plus, with a scorer, SEGMENT_WEIGHT * (the question's
+        cosine with it - SEGMENT_FLOOR)."""
         lexical = lexical_scores_of_sets(question, packed.segment_terms)  # (S,)
         score = self.config.span_lexical * lexical
         if self.scorer is not None and len(score):
             q = self.scorer.embed([question])[0]  # (384,)
             cos = packed.segments @ q  # (S,), NaN where a page has no cached embeddings
             score = score + SEGMENT_WEIGHT * torch.nan_to_num(cos - SEGMENT_FLOOR, nan=0.0)
-        outside = -SEGMENT_WEIGHT * SEGMENT_FLOOR if self.scorer is not None else 0.0
-        score = torch.cat([score, torch.tensor([outside])])  # index -1: outside any segment
-        return score[packed.byte_segment]
+        return score
 
     def page_span(self, page: ContextPage) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A text-tier page's span keys (2, n, Ds) and real-byte mask (n,); None for vision."""

@@ -1,0 +1,253 @@
+"""Train the copy path's fine stage (kb/model/reference/extractor.py) on lab.textdata's questions.
+
+    python -m lab.train_extractor --max_minutes 60   # from MiniLM as shipped (background it)
+    python -m lab.train_extractor --resume           # go on from out_dir/ckpt.pt
+    python -m lab.train_extractor --config smoke     # the whole loop in seconds
+
+Each step draws fresh memories (``pages`` pages, no pool) and asks every fact they state, worded
+as people ask (textdata.paraphrase). For each question the reader sees, as at inference, windows
+around segments (``extractor.window``): the answer's segment or a neighbour's (the answer then
+sits anywhere in the window), and windows that hold no answer, the hardest first: the segments
+whose words overlap the question most (kb.embed.lexical_scores, the coarse stage's lexical half)
+and, for questions about pages not in the memory, the best-scoring windows of the memory. Loss:
+cross-entropy of the answer's start and end token among the window's tokens, [CLS] for "no
+answer" (SQuAD 2.0). Held-out: every fact of unseen memories answered end to end (coarse stage
+by lexical score, the reader over the top windows), and absent questions said absent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kb.embed import char_segments, lexical_scores
+from kb.model.reference.extractor import (
+    TOP,
+    WEIGHTS,
+    SpanExtractor,
+    Window,
+    window,
+)
+from lab import textdata
+from lab.config import parse_config
+from lab.metrics import answer_matches
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "data/train/extractor",
+    "max_minutes": 60.0,
+    "max_steps": 0,
+    "resume": False,
+    "export": False,
+    "pages": 4,  # pages per training memory
+    "questions": 12,  # questions per step (each one answering window and a share of negatives)
+    "negatives": 12,  # windows without the answer per step
+    "lr": 1e-4,
+    "head_lr": 1e-3,
+    "warmup": 30,
+    "weight_decay": 0.01,
+    "threads": 2,
+    "eval_every": 5.0,  # minutes
+    "eval_memories": 6,
+    "seed": 0,
+}
+PRESETS = {"smoke": {"max_steps": 3, "questions": 2, "negatives": 2, "eval_memories": 1}}
+
+
+def char_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Byte offsets of ``text.encode()`` -> char offsets."""
+    data = text.encode("utf-8")
+    return len(data[:start].decode("utf-8", "replace")), len(data[:end].decode("utf-8", "replace"))
+
+
+def locate(w: Window, a: int, b: int) -> tuple[int, int] | None:
+    """Page char span [a, b) -> the window's char span, if one piece holds all of it."""
+    for at, p, n in w.pieces:
+        if p <= a and b <= p + n:
+            return at + a - p, at + b - p
+    return None
+
+
+def memory_windows(texts: list[str]) -> tuple[list[Window], list[str]]:
+    """Every segment of every page in its window, and each segment's text."""
+    wins, segs = [], []
+    for i, text in enumerate(texts):
+        bounds = char_segments(text)
+        for k, (a, b) in enumerate(bounds):
+            wins.append(window(i, text, bounds, k))
+            segs.append(text[a:b])
+    return wins, segs
+
+
+def examples(rng: random.Random, split: str, cfg: dict[str, Any]):
+    """(question, window text, answer window span or None) for one step."""
+    out: list[tuple[str, str, tuple[int, int] | None]] = []
+    negatives: list[tuple[str, str, tuple[int, int] | None]] = []
+    while len(out) < cfg["questions"]:
+        mem = textdata.memory_sample(rng, split, cfg["pages"], max_questions=6, absent=2)
+        wins, segs = memory_windows(mem.pages)
+        for q in mem.questions:
+            scores = lexical_scores(q.question, segs).tolist()
+            order = sorted(range(len(wins)), key=lambda k: -scores[k])
+            holders: list[int] = []
+            if q.answer:
+                a, b = char_span(mem.pages[q.page], q.start, q.end)
+                holders = [k for k in order if wins[k].page == q.page and locate(wins[k], a, b)]
+                if holders:
+                    k = rng.choice(holders)  # the answer's segment or a neighbour's
+                    out.append((q.question, wins[k].text, locate(wins[k], a, b)))
+            hard = [k for k in order[:TOP] if k not in holders]
+            if hard:
+                k = hard[min(int(rng.expovariate(0.5)), len(hard) - 1)]
+                negatives.append((q.question, wins[k].text, None))
+    rng.shuffle(negatives)
+    return out[: cfg["questions"]] + negatives[: cfg["negatives"]]
+
+
+def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> torch.Tensor:
+    """(B, 2) start and end token of each answer, 0 ([CLS]) for none or cut off by truncation."""
+    offsets = b["enc"]["offset_mapping"]
+    out = torch.zeros(len(spans), 2, dtype=torch.long)
+    for r, span in enumerate(spans):
+        if span is None:
+            continue
+        a, z = span
+        ctx = b["context"][r]
+        starts = [t for t in range(len(ctx)) if ctx[t] and offsets[r, t, 0] <= a < offsets[r, t, 1]]
+        ends = [t for t in range(len(ctx)) if ctx[t] and offsets[r, t, 0] < z <= offsets[r, t, 1]]
+        if starts and ends and starts[0] <= ends[-1]:
+            out[r] = torch.tensor([starts[0], ends[-1]])
+    return out
+
+
+def loss_of(model: SpanExtractor, batch: list[tuple[str, str, tuple[int, int] | None]]):
+    b = model.batch([q for q, _, _ in batch], [w for _, w, _ in batch])
+    logits = model.logits(b["enc"])  # (B, L, 2)
+    allowed = b["context"].clone()
+    allowed[:, 0] = True  # [CLS]: no answer
+    logits = logits.masked_fill(~allowed[..., None], -1e4)
+    target = token_targets(b, [s for _, _, s in batch])
+    return F.cross_entropy(logits[..., 0], target[:, 0]) + F.cross_entropy(
+        logits[..., 1], target[:, 1]
+    )
+
+
+def answer(model: SpanExtractor, question: str, texts: list[str], wins, segs) -> str | None:
+    """End to end over one memory: lexical coarse stage, the reader over the top windows."""
+    scores = lexical_scores(question, segs).tolist()
+    top = sorted(range(len(wins)), key=lambda k: -scores[k])[:TOP]
+    got = model.extract(question, [wins[k].text for k in top])
+    best = max(got, key=lambda e: e.score)
+    if best.score <= model.threshold:
+        return None
+    return " ".join(wins[top[best.window]].text[best.start : best.end].split())
+
+
+def evaluate(model: SpanExtractor, cfg: dict[str, Any]) -> dict[str, float]:
+    model.eval()
+    right = asked = absent = absent_ok = 0
+    for m in range(cfg["eval_memories"]):
+        rng = random.Random(f"kb-extractor-eval/{m}")
+        mem = textdata.memory_sample(rng, "heldout", 8, max_questions=12, absent=3)
+        wins, segs = memory_windows(mem.pages)
+        for q in mem.questions:
+            got = answer(model, q.question, mem.pages, wins, segs)
+            if q.answer:
+                asked += 1
+                right += got is not None and answer_matches(got, q.answer)
+            else:
+                absent += 1
+                absent_ok += got is None
+    model.train()
+    return {"answer": right / max(1, asked), "absent_ok": absent_ok / max(1, absent)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(DEFAULTS, PRESETS, argv, __doc__ or "")
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
+    model = SpanExtractor()
+    model.freeze()
+    step, minutes_before = 0, 0.0
+    names = model.trained_names()
+    params = dict(model.named_parameters())
+    groups = [
+        {"params": [params[n] for n in names if not n.startswith("head.")], "lr": cfg["lr"]},
+        {"params": [params[n] for n in names if n.startswith("head.")], "lr": cfg["head_lr"]},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+    if cfg["resume"] or cfg["export"]:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"], strict=False)
+        opt.load_state_dict(ckpt["opt"])
+        step, minutes_before = ckpt["step"], ckpt["minutes"]
+    if cfg["export"]:
+        export(model, out, step, minutes_before)
+        return
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    rngs = textdata.stream(cfg["seed"] * 1_000_003 + step, "train")
+    t0, last_eval = time.time(), time.time()
+    base_lrs = [g["lr"] for g in groups]
+    model.train()
+
+    def minutes() -> float:
+        return minutes_before + (time.time() - t0) / 60
+
+    def checkpoint() -> None:
+        trained = {n: params[n].detach().clone() for n in names}
+        torch.save(
+            {"model": trained, "opt": opt.state_dict(), "step": step, "minutes": minutes()},
+            ckpt_path,
+        )
+
+    def log(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+        with log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    if step == 0:
+        log({"step": 0, "minutes": 0.0, **evaluate(model, cfg)})
+    while not stop["now"]:
+        if cfg["max_steps"] and step >= cfg["max_steps"]:
+            break
+        if minutes() - minutes_before >= cfg["max_minutes"]:
+            break
+        warm = min(1.0, (step + 1) / cfg["warmup"])
+        for g, lr in zip(groups, base_lrs, strict=True):
+            g["lr"] = lr * warm
+        batch = examples(next(rngs), "train", cfg)
+        loss = loss_of(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([params[n] for n in names], 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            log({"step": step, "minutes": round(minutes(), 2), "loss": round(loss.item(), 4)})
+        if time.time() - last_eval >= cfg["eval_every"] * 60:
+            log({"step": step, "minutes": round(minutes(), 2), **evaluate(model, cfg)})
+            checkpoint()
+            last_eval = time.time()
+    log({"step": step, "minutes": round(minutes(), 2), **evaluate(model, cfg)})
+    checkpoint()
+    export(model, out, step, minutes())
+
+
+def export(model: SpanExtractor, out: Path, step: int, minutes: float) -> None:
+    path = out / WEIGHTS.name
+    digest = model.save(path, {"step": str(step), "minutes": f"{minutes:.1f}"})
+    print(f"wrote {path} ({digest[:12]}); ship it: cp {path}* {WEIGHTS.parent}/")
+
+
+if __name__ == "__main__":
+    main()
