@@ -18,6 +18,7 @@ by lexical score, the reader over the top windows), and absent questions said ab
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -55,9 +56,20 @@ DEFAULTS: dict[str, Any] = {
     "threads": 2,
     "eval_every": 5.0,  # minutes
     "eval_memories": 6,
+    "calibrate_memories": 12,
+    "eval_pages": 8,  # pages per held-out memory (evaluation and calibration)
     "seed": 0,
 }
-PRESETS = {"smoke": {"max_steps": 3, "questions": 2, "negatives": 2, "eval_memories": 1}}
+PRESETS = {
+    "smoke": {
+        "max_steps": 3,
+        "questions": 2,
+        "negatives": 2,
+        "eval_memories": 1,
+        "calibrate_memories": 1,
+        "eval_pages": 2,
+    }
+}
 
 
 def char_span(text: str, start: int, end: int) -> tuple[int, int]:
@@ -154,7 +166,7 @@ def evaluate(model: SpanExtractor, cfg: dict[str, Any]) -> dict[str, float]:
     right = asked = absent = absent_ok = 0
     for m in range(cfg["eval_memories"]):
         rng = random.Random(f"kb-extractor-eval/{m}")
-        mem = textdata.memory_sample(rng, "heldout", 8, max_questions=12, absent=3)
+        mem = textdata.memory_sample(rng, "heldout", cfg["eval_pages"], 12, absent=3)
         wins, segs = memory_windows(mem.pages)
         for q in mem.questions:
             got = answer(model, q.question, mem.pages, wins, segs)
@@ -191,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.load_state_dict(ckpt["opt"])
         step, minutes_before = ckpt["step"], ckpt["minutes"]
     if cfg["export"]:
-        export(model, out, step, minutes_before)
+        export(model, out, step, minutes_before, cfg)
         return
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -240,12 +252,56 @@ def main(argv: list[str] | None = None) -> None:
             last_eval = time.time()
     log({"step": step, "minutes": round(minutes(), 2), **evaluate(model, cfg)})
     checkpoint()
-    export(model, out, step, minutes())
+    export(model, out, step, minutes(), cfg)
 
 
-def export(model: SpanExtractor, out: Path, step: int, minutes: float) -> None:
+def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The "no answer" threshold: over held-out memories (seeds apart from the evaluation's),
+    answered through the backend as the service answers (both coarse-stage halves, the shipped
+    reference weights), the threshold that gets the most questions right, an absent answer
+    counting as right when said absent. Returns it and the figures at it."""
+    from kb.model.base import ContextPage
+    from kb.model.reference.backend import ReferenceBackend
+
+    backend = ReferenceBackend(extractor=model)
+    model.eval()
+    rows: list[tuple[float, bool, bool]] = []  # (best score, answer right if given, absent)
+    for m in range(cfg):
+        rng = random.Random(f"kb-extractor-calibrate/{m}")
+        mem = textdata.memory_sample(rng, "heldout", cfg["eval_pages"], 12, absent=4)
+        tensors = backend.encode_text(mem.pages)
+        pages = [
+            ContextPage(f"m{m}", i + 1, f"p{i + 1}", "text", tensors=t, text=text)
+            for i, (t, text) in enumerate(zip(tensors, mem.pages, strict=True))
+        ]
+        model.threshold = float("-inf")
+        for q in mem.questions:
+            got = backend.answer(q.question, pages)
+            score = got.score if got.score is not None else float("-inf")
+            ok = bool(q.answer) and answer_matches(got.text, q.answer)
+            rows.append((score, ok, not q.answer))
+    grid = sorted({round(r[0], 2) for r in rows if math.isfinite(r[0])})
+
+    def right(t: float) -> int:
+        return sum((score > t and ok) or (score <= t and absent) for score, ok, absent in rows)
+
+    best = max(grid, key=right) if grid else 0.0
+    asked = [r for r in rows if not r[2]]
+    absent = [r for r in rows if r[2]]
+    figures = {
+        "questions": len(rows),
+        "answer": sum(s > best and ok for s, ok, _ in asked) / max(1, len(asked)),
+        "absent_ok": sum(s <= best for s, _, _ in absent) / max(1, len(absent)),
+    }
+    return best, figures
+
+
+def export(model: SpanExtractor, out: Path, step: int, minutes: float, cfg: dict[str, Any]) -> None:
     path = out / WEIGHTS.name
-    digest = model.save(path, {"step": str(step), "minutes": f"{minutes:.1f}"})
+    model.threshold, figures = calibrate(model, cfg)
+    print(json.dumps({"threshold": model.threshold, **figures}), flush=True)
+    meta = {"step": str(step), "minutes": f"{minutes:.1f}", "calibration": json.dumps(figures)}
+    digest = model.save(path, meta)
     print(f"wrote {path} ({digest[:12]}); ship it: cp {path}* {WEIGHTS.parent}/")
 
 

@@ -39,6 +39,9 @@ class Answer:
     # One score per context page, in the order given, higher = more used to answer (>= 0).
     page_scores: list[float] = field(default_factory=list)
     found: bool = True  # False: the memory holds no answer (text is NOT_FOUND)
+    # How much the backend believes it (its own scale; None where it has none): the extractive
+    # reader's best span minus "no answer", which a threshold turns into ``found``.
+    score: float | None = None
 
 
 class Backend(Protocol):

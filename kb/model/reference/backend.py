@@ -383,7 +383,7 @@ class ReferenceBackend:
             page_scores[i] = max(page_scores[i], float(torch.sigmoid(torch.tensor(e.score))))
         best = max(got, key=lambda e: e.score)
         if best.score <= self.extractor.threshold:
-            return Answer(text=NOT_FOUND, page_scores=page_scores, found=False)
+            return Answer(NOT_FOUND, page_scores, found=False, score=best.score)
         w = windows[best.window]
         text = pages[w.page].text or ""
         a, b = w.to_page(best.start, best.end)
@@ -391,7 +391,7 @@ class ReferenceBackend:
         a, b = whole_words(data, len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8")))
         span = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[w.page] += 1.0  # the page the answer was copied from
-        return Answer(text=" ".join(span.split()), page_scores=page_scores, found=True)
+        return Answer(" ".join(span.split()), page_scores, found=True, score=best.score)
 
     # --- helpers ---
 

@@ -1,0 +1,111 @@
+"""The copy path's fine stage: windows, the weights file, spans read out of windows, and the
+two-stage answer of the backend (with an untrained head: behaviour, not quality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kb.embed import char_segments
+from kb.model.base import NOT_FOUND, ContextPage
+from kb.model.reference import extractor as fine
+from kb.model.reference.backend import ReferenceBackend
+from kb.model.reference.extractor import SpanExtractor, window
+
+PAGE = (
+    "Quarterly report\n\n"
+    "Revenue in Q3 was 4.2 million euros. The Lisbon office employs 37 engineers.\n"
+    "The board approved the new warehouse in Rotterdam. Audits happen every spring.\n"
+)
+
+
+@pytest.fixture(scope="module")
+def reader() -> SpanExtractor:
+    torch.manual_seed(0)
+    model = SpanExtractor()
+    torch.nn.init.normal_(model.head.weight, std=0.5)  # an untrained head with opinions
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(reader: SpanExtractor, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("extractor") / "extractor.safetensors"
+    reader.save(path, {"step": "0"})
+    return path
+
+
+def test_a_window_is_the_title_and_the_segments_around_one_and_maps_back():
+    bounds = char_segments(PAGE)
+    assert [PAGE[a:b] for a, b in bounds][:2] == [
+        "Quarterly report",
+        "Revenue in Q3 was 4.2 million euros.",
+    ]
+    w = window(7, PAGE, bounds, 3)  # "The board approved ...": title, the one before, it, after
+    assert w.page == 7
+    assert w.text == (
+        "Quarterly report\nThe Lisbon office employs 37 engineers.\n"
+        "The board approved the new warehouse in Rotterdam. Audits happen every spring."
+    )
+    i = w.text.index("Rotterdam")
+    a, b = w.to_page(i, i + len("Rotterdam"))
+    assert PAGE[a:b] == "Rotterdam"
+    a, b = w.to_page(0, len("Quarterly"))
+    assert PAGE[a:b] == "Quarterly"
+    first = window(0, PAGE, bounds, 0)  # the first segment has no title to add
+    assert first.text.startswith("Quarterly report\n\nRevenue") and len(first.pieces) == 1
+
+
+def test_spans_lie_inside_their_windows_and_are_deterministic(reader: SpanExtractor):
+    windows = ["The Lisbon office employs 37 engineers.", "Audits happen every spring."]
+    got = reader.extract("How many engineers work in Lisbon?", windows)
+    assert [e.window for e in got] == [0, 1]
+    for e in got:
+        assert 0 <= e.start < e.end <= len(windows[e.window])
+    again = reader.extract("How many engineers work in Lisbon?", windows)
+    assert [(e.start, e.end, round(e.score, 4)) for e in again] == [
+        (e.start, e.end, round(e.score, 4)) for e in got
+    ]
+
+
+def test_the_weights_file_round_trips_and_refuses_tampering(reader, saved, tmp_path):
+    loaded = SpanExtractor(saved)
+    assert loaded.metadata["step"] == "0" and loaded.metadata["format"] == fine.FORMAT
+    window_text = ["The board approved the new warehouse in Rotterdam."]
+    a = reader.extract("Where is the warehouse?", window_text)[0]
+    b = loaded.extract("Where is the warehouse?", window_text)[0]
+    assert (a.start, a.end) == (b.start, b.end) and abs(a.score - b.score) < 0.05  # fp16 file
+    tampered = tmp_path / saved.name
+    data = bytearray(saved.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    (tmp_path / (saved.name + ".sha256")).write_text(
+        (saved.parent / (saved.name + ".sha256")).read_text()
+    )
+    with pytest.raises(RuntimeError, match="sha256"):
+        SpanExtractor(tampered)
+
+
+def test_the_backend_copies_the_answer_from_the_best_window(config, reader):
+    backend = ReferenceBackend(config=config, scorer=True, extractor=reader)
+    other = "Minutes of the safety meeting.\nFire drills are held twice a year."
+    pages = [
+        ContextPage(d, 1, f"{d} p.1", "text", tensors=backend.encode_text([t])[0], text=t)
+        for d, t in (("other", other), ("report", PAGE))
+    ]
+    reader.threshold = float("-inf")  # always answer: the span must come from a page
+    try:
+        answer = backend.answer("Where will the new warehouse be?", pages)
+    finally:
+        reader.threshold = 0.0
+    assert answer.found and answer.text and len(answer.page_scores) == 2
+    cited = max(range(2), key=lambda i: answer.page_scores[i])
+    squashed = " ".join((pages[cited].text or "").split())
+    assert answer.text in squashed
+    reader.threshold = float("inf")  # never answer: "not found", nothing cited
+    try:
+        answer = backend.answer("Where will the new warehouse be?", pages)
+    finally:
+        reader.threshold = 0.0
+    assert not answer.found and answer.text == NOT_FOUND
