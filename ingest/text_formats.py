@@ -629,7 +629,10 @@ class HtmlSplitter(HTMLParser):
 
 
 BREAK_MARK = "\u200a"  # HAIR SPACE: MuPDF may break a line at it, and reads it back as itself
-_LONG_TOKEN = re.compile(rf"\S{{{_TOKEN_CHARS + 1},}}")
+# CJK scripts break between any two characters already (and MuPDF reads a mark between them
+# back as a space), so their characters never count towards a long token.
+_NOT_CJK = r"[^\s\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+_LONG_TOKEN = re.compile(rf"{_NOT_CJK}{{{_TOKEN_CHARS + 1},}}")
 _BREAK_AFTER = re.compile(rf"([^\w\s])(?=\S)|(\w{{{_WORD_CHARS}}})(?=\w)")
 
 
