@@ -3,10 +3,11 @@
 Callers (the API and the workers) use only what is exported here:
 
     ext = check_upload(filename, first_bytes)          # at upload time
-    n = count_pages(path, ext)
-    for chunk in iter_page_chunks(path, ext, start=resume_from):
-        for page in chunk:
-            png_bytes(tier_image(page.image, "small")), page.text, page.content_hash
+    with open_document(path, ext, max_pages=settings.max_pages_per_document) as doc:
+        n = doc.page_count                             # checked against max_pages already
+        for chunk in page_chunks(doc, start=resume_from):
+            for page in chunk:
+                png_bytes(tier_image(page.image, "small")), page.text, page.content_hash
 
 Every failure a user can cause raises an IngestError subclass whose message is meant for them.
 This package imports neither `kb`, `api` nor `workers`: data flows from here, never back.
@@ -18,6 +19,7 @@ from ingest.errors import (
     EmptyDocument,
     EncryptedDocument,
     IngestError,
+    TooManyPages,
     UnsupportedFormat,
 )
 from ingest.layout import FONT_FACES, layout_styled_html
@@ -27,6 +29,7 @@ from ingest.render import (
     count_pages,
     iter_page_chunks,
     open_document,
+    page_chunks,
     page_hash,
     png_bytes,
     render_page,
@@ -49,12 +52,14 @@ __all__ = [
     "EncryptedDocument",
     "IngestError",
     "RenderedPage",
+    "TooManyPages",
     "UnsupportedFormat",
     "check_upload",
     "count_pages",
     "iter_page_chunks",
     "layout_styled_html",
     "open_document",
+    "page_chunks",
     "page_hash",
     "png_bytes",
     "render_page",

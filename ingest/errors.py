@@ -30,3 +30,14 @@ class EmptyDocument(IngestError):
 
 class DocumentTooLarge(IngestError):
     """Over a size limit that protects a worker's memory (text size, image pixels, page count)."""
+
+
+class TooManyPages(DocumentTooLarge):
+    """More pages than the per-document cap (the `max_pages_per_document` setting)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the document has more than {limit} pages, the limit per document "
+            "(max_pages_per_document); split it into smaller files"
+        )
+        self.limit = limit

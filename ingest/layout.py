@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pymupdf
 
-from ingest.errors import DocumentTooLarge
+from ingest.errors import TooManyPages
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ MARGIN = 54.0  # 0.75 in, a common word-processor default
 CONTENT = PAGE + (MARGIN, MARGIN, -MARGIN, -MARGIN)
 BASE_FONT_PT = 11.0  # readable at the 1024 px render (~13 px per line of type)
 _OVERFLOW_TOLERANCE = 36.0  # `filled` includes the last block's bottom margin (a few pt)
-MAX_LAYOUT_PAGES = 25_000  # 50 MB of dense text is ~10,000 pages; more means a runaway layout
+MAX_LAYOUT_PAGES = 25_000  # layout_styled_html's guard (synthetic documents); uploads are capped
+# by the caller's max_pages (the max_pages_per_document setting)
 
 # MuPDF's HTML engine supports a CSS subset; this stays inside it. `em` is BASE_FONT_PT.
 BASE_CSS = """
@@ -67,47 +68,98 @@ def _pdf_writer() -> Iterator[tuple[pymupdf.DocumentWriter, io.BytesIO]]:
     writer.close()
 
 
-def layout_html(fragments: Iterable[str]) -> bytes:
+def layout_html(fragments: Iterable[str], max_pages: int | None = None) -> bytes:
     """Lay out each fragment (a self-contained piece of HTML) from the top of a new page.
 
-    Returns the bytes of a PDF. Exceptions raised while producing the fragments (EmptyDocument,
-    DocumentTooLarge) propagate unchanged.
+    Returns the bytes of a PDF. Every fragment is laid out once, except a table that does not
+    fit the page (too wide, or a row taller than a page): MuPDF would cut it off at the margin,
+    so that fragment is laid out again with its tables as plain blocks, which wrap, and no
+    column is lost. Raises TooManyPages as soon as the layout passes `max_pages` (None: no cap)
+    instead of laying out the rest. Exceptions raised while producing the fragments
+    (EmptyDocument, DocumentTooLarge) propagate unchanged.
     """
+    segments: list[bytes] = []  # PDFs in page order; a table fragment is laid out on its own
     pages = 0
-    with _pdf_writer() as (writer, buffer):
-        for fragment in fragments:
-            if "<table" in fragment and _overflows(fragment):
-                # MuPDF cannot split a table row across pages: a row taller than a page runs off
-                # its bottom and the rest of the row is lost. Cells as plain blocks can split.
-                fragment = flatten_tables(fragment)
-            story = pymupdf.Story(fragment, user_css=BASE_CSS, em=BASE_FONT_PT)
-            more = True
-            while more:
-                pages += 1
-                _check_page_count(pages)
-                device = writer.begin_page(PAGE)
-                more, filled = story.place(CONTENT)
-                story.draw(device)
-                writer.end_page()
-                if pymupdf.Rect(filled).y1 > CONTENT.y1 + _OVERFLOW_TOLERANCE:
-                    log.warning(
-                        "layout overflowed page %d (%s); text may be cut off", pages, filled
-                    )
-    return buffer.getvalue()
+    pending: list[str] = []  # fragments without tables, laid out together into one segment
+
+    def flush() -> None:
+        nonlocal pages
+        if pending:
+            with _pdf_writer() as (writer, buffer):
+                for fragment in pending:
+                    pages = _place(fragment, writer, pages, max_pages)
+            segments.append(buffer.getvalue())
+            pending.clear()
+
+    for fragment in fragments:
+        if "<table" in fragment:
+            flush()
+            laid_out = _place_table_fragment(fragment, pages, max_pages)
+            if laid_out is None:  # too wide or too tall: flattened, it wraps
+                pending.append(flatten_tables(fragment))
+                flush()
+            else:
+                segments.append(laid_out[0])
+                pages += laid_out[1]
+        else:
+            pending.append(fragment)
+            if len(pending) >= 8:  # fragments are ~100 pages each: bound what waits here
+                flush()
+    flush()
+    if len(segments) == 1:
+        return segments[0]
+    with pymupdf.open() as joined:
+        for segment in segments:
+            with pymupdf.open(stream=segment, filetype="pdf") as part:
+                joined.insert_pdf(part)
+        return joined.tobytes(deflate=True)
 
 
-def _overflows(fragment: str) -> bool:
-    """Dry run: does any page of this fragment's layout run past the bottom margin?"""
+def _place(fragment: str, writer: pymupdf.DocumentWriter, pages: int, max_pages: int | None) -> int:
+    """Lay one fragment out onto new pages of `writer`; the page count so far afterwards."""
     story = pymupdf.Story(fragment, user_css=BASE_CSS, em=BASE_FONT_PT)
-    more, pages = True, 0
+    more = True
     while more:
         pages += 1
-        _check_page_count(pages)
+        _check_page_count(pages, max_pages)
+        device = writer.begin_page(PAGE)
         more, filled = story.place(CONTENT)
+        story.draw(device)
+        writer.end_page()
         if pymupdf.Rect(filled).y1 > CONTENT.y1 + _OVERFLOW_TOLERANCE:
-            return True
-        story.draw(None)  # drawing to no device is what moves the story on to the next page
-    return False
+            log.warning("layout overflowed page %d (%s); text may be cut off", pages, filled)
+    return pages
+
+
+def _place_table_fragment(
+    fragment: str, pages: int, max_pages: int | None
+) -> tuple[bytes, int] | None:
+    """(PDF, its pages) of a fragment with tables; None, as soon as a page overflows.
+
+    Each page is checked after it is placed and before it is drawn, so a table that runs past
+    the right margin or the bottom stops the layout at once.
+    """
+    story = pymupdf.Story(fragment, user_css=BASE_CSS, em=BASE_FONT_PT)
+    count = 0
+    with _pdf_writer() as (writer, buffer):
+        more = True
+        while more:
+            count += 1
+            _check_page_count(pages + count, max_pages)
+            more, filled = story.place(CONTENT)
+            rect = pymupdf.Rect(filled)
+            if (
+                rect.x1 > CONTENT.x1 + _OVERFLOW_TOLERANCE / 4
+                or rect.y1 > CONTENT.y1 + _OVERFLOW_TOLERANCE
+            ):
+                if count == 1:
+                    writer.begin_page(PAGE)  # a writer with no pages refuses to close
+                    writer.end_page()
+                return None
+            device = writer.begin_page(PAGE)
+            story.draw(device)
+            writer.end_page()
+    return buffer.getvalue(), count
 
 
 _TABLE_TAG = re.compile(r"<(/?)(table|thead|tbody|tfoot|tr|td|th|caption)\b[^>]*>")
@@ -126,12 +178,9 @@ def flatten_tables(fragment: str) -> str:
     return _TABLE_TAG.sub(replace, fragment)
 
 
-def _check_page_count(pages: int) -> None:
-    if pages > MAX_LAYOUT_PAGES:
-        raise DocumentTooLarge(
-            f"the document lays out to more than {MAX_LAYOUT_PAGES:,} pages; split it into "
-            "smaller files"
-        )
+def _check_page_count(pages: int, max_pages: int | None) -> None:
+    if max_pages is not None and pages > max_pages:
+        raise TooManyPages(max_pages)
 
 
 FONT_FACES = ("regular", "bold", "italic", "bolditalic")  # the keys of layout_styled_html's fonts
@@ -195,7 +244,7 @@ def layout_styled_html(
             more = True
             while more:
                 pages += 1
-                _check_page_count(pages)
+                _check_page_count(pages, MAX_LAYOUT_PAGES)
                 device = writer.begin_page(PAGE)
                 for rect in rects:
                     if not more:

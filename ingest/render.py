@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +23,17 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
+from ingest.archive import check_zip
 from ingest.errors import (
     CorruptDocument,
     DocumentTooLarge,
     EmptyDocument,
     EncryptedDocument,
     IngestError,
+    TooManyPages,
 )
 from ingest.layout import PAGE, layout_html
-from ingest.text_formats import html_fragments
+from ingest.text_formats import html_fragments, unmark_breaks
 from ingest.tiers import CANONICAL, TEXT, get_tier
 from ingest.upload import (
     IMAGE_EXTENSIONS,
@@ -42,8 +43,14 @@ from ingest.upload import (
     normalize_extension,
 )
 
+MAX_EPUB_CHAPTER_BYTES = 16 * 1024 * 1024  # MuPDF lays a chapter out whole before it can count
+# its pages (~10 MB/s, ~180 pages per MB of plain paragraphs): 16 MB is ~3,000 pages, already
+# over the default page cap; a 200 MB chapter took 4.3 GB and 15 minutes.
 MAX_IMAGE_PIXELS = 150_000_000  # per frame; a 600 dpi A2 scan is ~70 Mpx. Decoding a bigger
 # image would take gigabytes of worker memory, and it ends up at 1024 px anyway.
+# What MuPDF raises for a file it cannot read. Nothing broader: a time limit that interrupts the
+# layout (Celery's SoftTimeLimitExceeded) must reach the worker as what it is, not as "damaged".
+_MUPDF_ERRORS = (RuntimeError, ValueError, IndexError, pymupdf.mupdf.FzErrorBase)
 # pymupdf's defaults for plain text, minus ligature preservation: "ﬁ" (one glyph, U+FB01) reads
 # back as "fi", so the text tier and text search see ordinary words.
 _TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES
@@ -67,13 +74,20 @@ class RenderedPage:
     content_hash: str  # sha256 of image pixels + text: equal pages share cached tokens
 
 
+class _LaidOutDocument(pymupdf.Document):
+    """A text document we laid out ourselves: its text layer carries our line-break marks."""
+
+
 @contextmanager
-def open_document(path: Path, ext: str) -> Iterator[pymupdf.Document]:
+def open_document(path: Path, ext: str, max_pages: int | None = None) -> Iterator[pymupdf.Document]:
     """Open any supported document as a pymupdf Document with at least one page; always close it.
 
-    `ext` is the upload's extension (the stored file may have none). Raises the IngestError
+    `ext` is the upload's extension (the stored file may have none). `max_pages` (None: no cap;
+    uploads pass the max_pages_per_document setting) is checked before any page is rendered,
+    and text and EPUB layouts stop as soon as they pass it. A reflowable document is laid out
+    here, once: render every page from the one open document. Raises the IngestError
     subclasses: UnsupportedFormat, EmptyDocument, EncryptedDocument, CorruptDocument,
-    DocumentTooLarge.
+    DocumentTooLarge (TooManyPages).
     """
     ext = normalize_extension(ext)
     size = path.stat().st_size
@@ -82,45 +96,60 @@ def open_document(path: Path, ext: str) -> Iterator[pymupdf.Document]:
     with path.open("rb") as file:
         check_magic(ext, file.read(SNIFF_BYTES))
 
+    doc: pymupdf.Document
     if ext in TEXT_EXTENSIONS:
-        doc = pymupdf.open(stream=_text_layout(path, ext), filetype="pdf")
+        doc = _LaidOutDocument(stream=layout_html(html_fragments(path, ext), max_pages),
+                               filetype="pdf")  # fmt: skip
     else:
         if ext in IMAGE_EXTENSIONS:
-            _check_image_size(path)
+            _check_image_size(path, max_pages)
+        elif ext in (".epub", ".xps"):  # zip containers: measured before MuPDF inflates them
+            _check_container(path, ext)
         doc = _open_with_pymupdf(path, ext)
     try:
-        _prepare(doc, ext)
+        _prepare(doc, ext, max_pages)
         yield doc
     finally:
         doc.close()
 
 
-def count_pages(path: Path, ext: str) -> int:
+def count_pages(path: Path, ext: str, max_pages: int | None = None) -> int:
     """Number of pages the document renders to (for text formats: after layout)."""
-    with open_document(path, ext) as doc:
+    with open_document(path, ext, max_pages) as doc:
         return doc.page_count
 
 
 def iter_page_chunks(
-    path: Path, ext: str, chunk_size: int = 16, start: int = 1
+    path: Path, ext: str, chunk_size: int = 16, start: int = 1, max_pages: int | None = None
 ) -> Iterator[list[RenderedPage]]:
-    """Render pages `start`..last, yielding lists of at most `chunk_size` pages.
+    """Open the document and render pages `start`..last, in lists of at most `chunk_size`.
+
+    The document is closed when the iteration ends, fails, or is abandoned. To know the page
+    count too, open it once with `open_document` and use `page_chunks`: a text document or an
+    EPUB is laid out each time it is opened.
+    """
+    with open_document(path, ext, max_pages) as doc:
+        yield from page_chunks(doc, chunk_size, start)
+
+
+def page_chunks(
+    doc: pymupdf.Document, chunk_size: int = 16, start: int = 1
+) -> Iterator[list[RenderedPage]]:
+    """Render pages `start`..last of an open document, yielding lists of at most `chunk_size`.
 
     Only the chunk being handed out is held here: a 1,000-page PDF never sits in memory whole,
     as long as the caller lets go of each chunk before asking for the next. `start` (1-based) lets
-    a retried task resume where it stopped; a start past the last page yields nothing. The
-    document is closed when the iteration ends, fails, or is abandoned.
+    a retried task resume where it stopped; a start past the last page yields nothing.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if start < 1:
         raise ValueError(f"start is a 1-based page number, got {start}")
-    with open_document(path, ext) as doc:
-        last = doc.page_count
-        for first in range(start, last + 1, chunk_size):
-            chunk = [render_page(doc, n) for n in range(first, min(first + chunk_size, last + 1))]
-            yield chunk
-            del chunk  # else this frame keeps it alive while the next chunk renders
+    last = doc.page_count
+    for first in range(start, last + 1, chunk_size):
+        chunk = [render_page(doc, n) for n in range(first, min(first + chunk_size, last + 1))]
+        yield chunk
+        del chunk  # else this frame keeps it alive while the next chunk renders
 
 
 def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
@@ -135,15 +164,15 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                                  alpha=False)  # fmt: skip
         text = page.get_text(flags=_TEXT_FLAGS)
+        if isinstance(doc, _LaidOutDocument):
+            text = unmark_breaks(text)
         rendered = Image.frombuffer(
             "RGB", (pixmap.width, pixmap.height), pixmap.samples, "raw", "RGB", pixmap.stride, 1
         )
         # Rounding can make the long side size + 1 px; dropping that pixel is invisible.
         rendered = rendered.crop((0, 0, min(pixmap.width, size), min(pixmap.height, size)))
         del pixmap
-    except IngestError:
-        raise
-    except Exception as exc:  # MuPDF raises RuntimeError subclasses and its own FzError types
+    except _MUPDF_ERRORS as exc:  # RuntimeError subclasses and MuPDF's own FzError types
         raise CorruptDocument(
             f"page {number} of the document could not be rendered; the file may be damaged"
         ) from exc
@@ -229,64 +258,54 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class _LastLayout:
-    """The PDF of the last text document laid out in this process, keyed by file identity.
-
-    A render task calls count_pages and then iter_page_chunks (and a retry resumes with `start`):
-    without this, a 20 MB text file would be laid out (~10 s) for each call. One entry only; the
-    PDF is about a quarter of the text's size.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: tuple[str, int, int, str] | None = None
-        self._pdf = b""
-
-    def get(self, key: tuple[str, int, int, str]) -> bytes | None:
-        with self._lock:
-            return self._pdf if key == self._key else None
-
-    def put(self, key: tuple[str, int, int, str], pdf: bytes) -> None:
-        with self._lock:
-            self._key, self._pdf = key, pdf
-
-
-_last_layout = _LastLayout()
-
-
-def _text_layout(path: Path, ext: str) -> bytes:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, ext)
-    pdf = _last_layout.get(key)
-    if pdf is None:
-        pdf = layout_html(html_fragments(path, ext))
-        _last_layout.put(key, pdf)
-    return pdf
+def _check_container(path: Path, ext: str) -> None:
+    """Inflate the zip (bounded, whatever its headers say); refuse an EPUB chapter too big to lay
+    out."""
+    what = f"the {_FORMAT_NAMES[ext]}"
+    members = check_zip(path, what)  # after this, the declared sizes are the real ones
+    if ext == ".epub":
+        chapters = [m for m in members if m.filename.lower().endswith((".xhtml", ".html", ".htm"))]
+        biggest = max(chapters, key=lambda m: m.file_size, default=None)
+        if biggest is not None and biggest.file_size > MAX_EPUB_CHAPTER_BYTES:
+            raise DocumentTooLarge(
+                f"a chapter of the EPUB book is {biggest.file_size / 2**20:.0f} MB of text; the "
+                f"limit is {MAX_EPUB_CHAPTER_BYTES // 2**20} MB per chapter. Split the book or "
+                "upload a PDF export"
+            )
 
 
 def _open_with_pymupdf(path: Path, ext: str) -> pymupdf.Document:
     what = _FORMAT_NAMES.get(ext, "document")
     try:
         return pymupdf.open(path, filetype=ext.lstrip("."))
-    except Exception as exc:  # FileDataError for damaged files; RuntimeError variants otherwise
+    except _MUPDF_ERRORS as exc:  # FileDataError for damaged files; RuntimeError variants otherwise
         raise CorruptDocument(
             f"the {what} could not be opened; it is damaged or not a valid {what}. "
             "Check that it opens on your computer and upload it again"
         ) from exc
 
 
-def _prepare(doc: pymupdf.Document, ext: str) -> None:
-    """Unlock, lay out (EPUB) and check that there is a page to render."""
+def _prepare(doc: pymupdf.Document, ext: str, max_pages: int | None) -> None:
+    """Unlock, lay out (EPUB) and check that there is a page to render and not too many."""
     try:
         _unlock(doc)
         if ext == ".epub":  # reflowable: lay out onto the same A4 pages as our text formats
             doc.layout(rect=PAGE, fontsize=11)
+            # MuPDF lays out a chapter when its pages are first counted: count chapter by
+            # chapter, so a book over the cap stops there instead of being laid out whole.
+            page_count = 0
+            for chapter in range(doc.chapter_count):
+                page_count += doc.chapter_page_count(chapter)
+                if max_pages is not None and page_count > max_pages:
+                    raise TooManyPages(max_pages)
         page_count = doc.page_count
     except IngestError:
         raise
-    except Exception as exc:  # MuPDF fails late on some damaged files (EPUB chapters, xref)
+    except _MUPDF_ERRORS as exc:  # MuPDF fails late on some damaged files (EPUB chapters, xref)
         what = _FORMAT_NAMES.get(ext, "document")
         raise CorruptDocument(f"the {what} is damaged and could not be read") from exc
+    if max_pages is not None and page_count > max_pages:
+        raise TooManyPages(max_pages)
     if page_count == 0:
         if doc.is_pdf and doc.is_repaired:
             raise CorruptDocument("the PDF is damaged: none of its pages could be read")
@@ -305,13 +324,16 @@ def _unlock(doc: pymupdf.Document) -> None:
         )
 
 
-def _check_image_size(path: Path) -> None:
-    """Refuse decompression bombs before MuPDF decodes them (Pillow only reads the headers)."""
+def _check_image_size(path: Path, max_pages: int | None) -> None:
+    """Refuse decompression bombs and TIFFs with too many pages before MuPDF decodes them
+    (Pillow only reads the headers)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 frames = getattr(image, "n_frames", 1)
+                if max_pages is not None and frames > max_pages:
+                    raise TooManyPages(max_pages)
                 for index in range(frames):
                     image.seek(index)
                     if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -338,6 +360,7 @@ __all__ = [
     "count_pages",
     "iter_page_chunks",
     "open_document",
+    "page_chunks",
     "page_hash",
     "png_bytes",
     "render_page",

@@ -17,23 +17,21 @@ from __future__ import annotations
 import codecs
 import html
 import re
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from ingest.archive import check_zip
 from ingest.errors import CorruptDocument, DocumentTooLarge, EmptyDocument, UnsupportedFormat
 
 MAX_TEXT_BYTES = 50 * 1024 * 1024  # a .txt/.md/.html over this is refused: it would lay out to
 # ~10,000+ pages and the decoded text, HTML and PDF all sit in a worker's memory at once
-MAX_DOCX_UNCOMPRESSED = 200 * 1024 * 1024  # python-docx reads every part into memory; also
-# stops zip bombs
 FRAGMENT_CHARS = 400_000  # HTML per Story: ~100-150 pages, laid out in well under a second
 _MARKDOWN_SECTION_CHARS = 256_000  # markdown-it-py memory is ~80x its input; parse in sections
 _READ_CHUNK_CHARS = 1_000_000  # how much decoded text is handed to the HTML parser at a time
-_PRE_LINE_CHARS = 80  # monospace characters that always fit a line (~85 at the layout's sizes)
+_TOKEN_CHARS = 20  # a token (no whitespace) longer than this gets places to break (mark_breaks)
 _WORD_CHARS = 30  # proportional characters that fit a line even in wide glyphs and big headings
 
 # Control characters other than tab, newline and carriage return (form feeds become newlines):
@@ -45,16 +43,19 @@ def decode_text(data: bytes, declared: str | None = None) -> str:
     """Bytes of a text file -> str, whatever its encoding, never failing.
 
     A BOM decides when there is one; then the encoding the file declares (an HTML <meta
-    charset>), if Python knows it and the bytes fit; then UTF-8; then cp1252 (what "ANSI" files
-    from Windows are); then latin-1, which accepts any byte. A wrong guess shows odd accents,
-    not a crash.
+    charset>), if Python knows it and the bytes fit; then UTF-8. Anything else is a legacy
+    encoding (Shift-JIS, GB18030, cp1251, cp1252, ...), detected by charset-normalizer from the
+    bytes. Short Western texts fit many single-byte code pages equally well; among the best
+    guesses, cp1252 (what "ANSI" files from Windows are) wins when it reads the same or as well.
+    latin-1, which accepts any byte, is the last resort: a wrong guess shows odd characters, not
+    a crash.
     """
     if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
         text = data.decode("utf-32", errors="replace")
     elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
         text = data.decode("utf-16", errors="replace")
     else:
-        candidates: tuple[str, ...] = ("utf-8-sig", "cp1252", "latin-1")
+        candidates: tuple[str, ...] = ("utf-8-sig",)
         if declared and _known_codec(declared):
             candidates = (declared, *candidates)
         for encoding in candidates:
@@ -63,7 +64,25 @@ def decode_text(data: bytes, declared: str | None = None) -> str:
                 break
             except UnicodeDecodeError:
                 continue
+        else:
+            text = _detect_legacy(data)
     return _CONTROL_CHARS.sub("", text.replace("\f", "\n"))
+
+
+def _detect_legacy(data: bytes) -> str:
+    from charset_normalizer import from_bytes
+
+    try:
+        western: str | None = data.decode("cp1252")
+    except UnicodeDecodeError:
+        western = None
+    matches = list(from_bytes(data))
+    if not matches:
+        return western if western is not None else data.decode("latin-1")
+    best = [m for m in matches if m.chaos <= matches[0].chaos]
+    if western is not None and any(m.encoding == "cp1252" or str(m) == western for m in best):
+        return western
+    return str(matches[0])
 
 
 def read_text_file(path: Path, html_page: bool = False) -> str:
@@ -199,25 +218,11 @@ def _docx_html(path: Path) -> Iterator[str]:
 
 
 def _check_docx_container(path: Path) -> None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except zipfile.BadZipFile as exc:
-        raise CorruptDocument(
-            "the Word document is damaged (it is not a readable zip archive); save it again "
-            "and re-upload"
-        ) from exc
-    names = {info.filename for info in infos}
-    if "word/document.xml" not in names:
+    infos = check_zip(path, "the Word document")
+    if "word/document.xml" not in {info.filename for info in infos}:
         raise UnsupportedFormat(
             "the file is named .docx but is not a Word document (the zip archive has no "
             "word/document.xml); upload it with its real extension"
-        )
-    unpacked = sum(info.file_size for info in infos)
-    if unpacked > MAX_DOCX_UNCOMPRESSED:
-        raise DocumentTooLarge(
-            f"the Word document unpacks to {unpacked / 2**20:.0f} MB; the limit is "
-            f"{MAX_DOCX_UNCOMPRESSED // 2**20} MB. Remove large images or upload a PDF export"
         )
 
 
@@ -563,15 +568,15 @@ class HtmlSplitter(HTMLParser):
                 cut = data.find(separator, 1)
                 if cut == -1:
                     break
-            self._emit_text(data[:cut], in_pre)
+            self._emit_text(data[:cut])
             self._cut()
             data = data[cut + 1 :]
-        self._emit_text(data, in_pre)
+        self._emit_text(data)
 
-    def _emit_text(self, data: str, in_pre: bool) -> None:
+    def _emit_text(self, data: str) -> None:
         if data and not data.isspace():
             self.has_text = self._fragment_has_text = True
-        self._emit(html.escape(_break_long_words(data, in_pre), quote=False))
+        self._emit(html.escape(mark_breaks(data), quote=False))
 
     def _emit(self, chunk: str) -> None:
         self._out.append(chunk)
@@ -623,24 +628,32 @@ class HtmlSplitter(HTMLParser):
         return done
 
 
-_LONG_WORD_PRE = re.compile(rf"\S{{{_PRE_LINE_CHARS + 1},}}")
-_LONG_WORD = re.compile(rf"\S{{{_WORD_CHARS + 1},}}")
+BREAK_MARK = "\u200a"  # HAIR SPACE: MuPDF may break a line at it, and reads it back as itself
+# CJK scripts break between any two characters already (and MuPDF reads a mark between them
+# back as a space), so their characters never count towards a long token.
+_NOT_CJK = r"[^\s\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
+_LONG_TOKEN = re.compile(rf"{_NOT_CJK}{{{_TOKEN_CHARS + 1},}}")
+_BREAK_AFTER = re.compile(rf"([^\w\s])(?=\S)|(\w{{{_WORD_CHARS}}})(?=\w)")
 
 
-def _break_long_words(data: str, in_pre: bool) -> str:
-    """Give words too long for a line somewhere to break, or MuPDF cuts them off at the margin.
+def mark_breaks(data: str) -> str:
+    """Give tokens too long for a line places to break, or MuPDF cuts them off at the margin.
 
-    Long URLs, hashes and base64 have no spaces. In <pre> we break them with a newline every
-    _PRE_LINE_CHARS (a wrapped line reads back with a newline anyway); elsewhere with a zero-width
-    space every _WORD_CHARS, which is invisible but reads back as a space in the page's text.
+    URLs, hashes and base64 have no spaces. A token over _TOKEN_CHARS gets a BREAK_MARK after
+    each punctuation character (where MuPDF breaks anyway, e.g. after "/" or "-") and every
+    _WORD_CHARS letters. The mark is for display only: `unmark_breaks` takes it out of the text
+    layer again, with the line break it made, so the text keeps the exact characters. A hair space
+    in the source would be taken for a mark, so it becomes an ordinary space first.
     """
-    if in_pre:
-        return _LONG_WORD_PRE.sub(lambda m: _split_every(m.group(), _PRE_LINE_CHARS, "\n"), data)
-    return _LONG_WORD.sub(lambda m: _split_every(m.group(), _WORD_CHARS, "\u200b"), data)
+    data = data.replace(BREAK_MARK, " ")
+    return _LONG_TOKEN.sub(lambda m: _BREAK_AFTER.sub(rf"\1\2{BREAK_MARK}", m.group()), data)
 
 
-def _split_every(word: str, n: int, separator: str) -> str:
-    return separator.join(word[i : i + n] for i in range(0, len(word), n))
+def unmark_breaks(text: str) -> str:
+    """The text layer of a page laid out from `mark_breaks` output, with the marks undone."""
+    return (
+        text.replace(BREAK_MARK + "\n", "").replace("\n" + BREAK_MARK, "").replace(BREAK_MARK, "")
+    )
 
 
 def _reopen(open_: _Open) -> str:

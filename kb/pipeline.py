@@ -64,33 +64,36 @@ def render_document(
         path = Path(tmp) / f"original{ext}"
         ctx.store.get_file(key, path)
         try:
-            total = ingest.count_pages(path, ext)
-            with ctx.session() as s:
-                if not repo.set_pages_total(s, document_id, total):
-                    return RenderResult(chunks=[])
-            size = ctx.settings.render_chunk_pages
-            for chunk in ingest.iter_page_chunks(path, ext, chunk_size=size):
-                for page in chunk:
-                    image_key = page_image_key(page.content_hash)
-                    if not ctx.store.exists(image_key):
-                        ctx.store.put(image_key, ingest.png_bytes(page.image), "image/png")
+            # Opened once: a text document or an EPUB is laid out here, once, for the count
+            # and every page; over max_pages_per_document it fails before any page renders.
+            with ingest.open_document(path, ext, ctx.settings.max_pages_per_document) as opened:
+                total = opened.page_count
                 with ctx.session() as s:
-                    if repo.get_document(s, document_id) is None:
-                        log.info("render: document %s deleted mid-way; stopping", document_id)
-                        return RenderResult(chunks=chunks)
+                    if not repo.set_pages_total(s, document_id, total):
+                        return RenderResult(chunks=[])
+                size = ctx.settings.render_chunk_pages
+                for chunk in ingest.page_chunks(opened, chunk_size=size):
                     for page in chunk:
-                        repo.upsert_page(
-                            s,
-                            document_id=document_id,
-                            number=page.number,
-                            content_hash=page.content_hash,
-                            text=page.text,
-                            image_key=page_image_key(page.content_hash),
-                        )
-                numbers = [p.number for p in chunk]
-                chunks.append(numbers)
-                if on_chunk is not None:
-                    on_chunk(numbers)
+                        image_key = page_image_key(page.content_hash)
+                        if not ctx.store.exists(image_key):
+                            ctx.store.put(image_key, ingest.png_bytes(page.image), "image/png")
+                    with ctx.session() as s:
+                        if repo.get_document(s, document_id) is None:
+                            log.info("render: document %s deleted mid-way; stopping", document_id)
+                            return RenderResult(chunks=chunks)
+                        for page in chunk:
+                            repo.upsert_page(
+                                s,
+                                document_id=document_id,
+                                number=page.number,
+                                content_hash=page.content_hash,
+                                text=page.text,
+                                image_key=page_image_key(page.content_hash),
+                            )
+                    numbers = [p.number for p in chunk]
+                    chunks.append(numbers)
+                    if on_chunk is not None:
+                        on_chunk(numbers)
         except ingest.IngestError as exc:
             fail_document(ctx, document_id, str(exc))
             return RenderResult(chunks=chunks, failed=True)

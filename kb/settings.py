@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     admin_key: SecretStr | None = None
 
     max_upload_mb: int = Field(200, ge=1)
+    # Pages one document may have, checked before any page is rendered (PDF, XPS, TIFF frames,
+    # EPUB and laid-out text alike): ~2,000 pages is a long book; 20,000 tiny pages held a
+    # worker for half an hour.
+    max_pages_per_document: int = Field(2000, ge=1)
     render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
     task_time_limit_s: int = Field(1800, ge=10)  # hard limit of one task
     worker_concurrency: int = Field(1, ge=1)

@@ -8,8 +8,12 @@ person can read, and the worker keeps running.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import redis
 import urllib3.exceptions
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
@@ -42,8 +46,14 @@ RETRY = dict(
     acks_late=True,
 )
 REINDEX_BATCH = 16
+# A task whose worker process died under it (out of memory, a crash in a native library) is
+# delivered again (task_reject_on_worker_lost): a bad moment of the machine should not lose a
+# document. Twice in a row is the document itself: the next delivery fails it instead of
+# killing the worker a third time.
+WORKER_LOSSES_ALLOWED = 2
 
 _ctx: Context | None = None
+_redis: redis.Redis | None = None
 
 
 def ctx() -> Context:
@@ -56,14 +66,61 @@ def ctx() -> Context:
 @worker_process_init.connect
 def _load_once(**_: object) -> None:
     """Each worker process builds its context and loads the model once, before any task."""
-    global _ctx
+    global _ctx, _redis
     _ctx = None  # never share a forked parent's engine or sockets
+    _redis = None
     ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
+
+
+def broker() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(get_settings().redis_url or "")
+    return _redis
+
+
+@contextmanager
+def unless_it_killed_its_worker(task: Task, document_id: str) -> Iterator[bool]:
+    """Yield True to run the task, False when its last WORKER_LOSSES_ALLOWED runs never ended.
+
+    Each start increments a counter in Redis (the broker, so it is there whenever a task is),
+    keyed by the task id, which a redelivered message keeps; every ending a process lives to see
+    (success, failure, a retry) deletes it. What is left counts the runs whose worker died under
+    them. On a refusal the document is failed here.
+    """
+    key = f"kb:unfinished:{task.request.id}"
+    lost = int(broker().incr(key)) - 1
+    # Outlives every redelivery (the visibility timeout is twice the hard limit).
+    broker().expire(key, 4 * get_settings().task_time_limit_s)
+    log.info(
+        "document %s: %s starts (%d earlier run(s) did not finish)", document_id, task.name, lost
+    )
+    if lost >= WORKER_LOSSES_ALLOWED:
+        broker().delete(key)
+        fail_document(
+            ctx(),
+            document_id,
+            f"processing this document stopped the worker {lost} times (it ran out of memory "
+            "or crashed), so it was not tried again; split it into smaller files or upload a "
+            "PDF export",
+        )
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        broker().delete(key)
 
 
 def _unexpected(document_id: str, exc: BaseException) -> None:
     if isinstance(exc, SoftTimeLimitExceeded):
-        fail_document(ctx(), document_id, "processing took too long and was stopped")
+        limit = app.conf.task_soft_time_limit
+        fail_document(
+            ctx(),
+            document_id,
+            f"processing took longer than {limit} s and was stopped; split the document into "
+            "smaller files",
+        )
     else:
         log.exception("document %s: unexpected error", document_id)
         fail_document(ctx(), document_id, f"internal error while processing: {exc}")
@@ -71,6 +128,12 @@ def _unexpected(document_id: str, exc: BaseException) -> None:
 
 @app.task(name="ingest.render", bind=True, **RETRY)
 def render(self, document_id: str) -> None:
+    with unless_it_killed_its_worker(self, document_id) as run:
+        if run:
+            _render(self, document_id)
+
+
+def _render(self, document_id: str) -> None:  # type: ignore[no-untyped-def]
     try:
         render_document(ctx(), document_id, on_chunk=lambda n: encode.delay(document_id, n))
     except TRANSIENT:
@@ -83,6 +146,12 @@ def render(self, document_id: str) -> None:
 
 @app.task(name="ingest.encode", bind=True, **RETRY)
 def encode(self, document_id: str, page_numbers: list[int]) -> None:
+    with unless_it_killed_its_worker(self, document_id) as run:
+        if run:
+            _encode(self, document_id, page_numbers)
+
+
+def _encode(self, document_id: str, page_numbers: list[int]) -> None:  # type: ignore[no-untyped-def]
     try:
         encode_pages(ctx(), document_id, page_numbers)
     except TRANSIENT:

@@ -21,6 +21,8 @@ from ingest import (
     UnsupportedFormat,
     count_pages,
     iter_page_chunks,
+    open_document,
+    page_chunks,
 )
 from ingest.text_formats import HtmlSplitter, decode_text
 from ingest.tiers import CANONICAL
@@ -136,15 +138,16 @@ def test_text_over_the_size_limit_is_refused(tmp_path, monkeypatch):
 def test_a_text_document_is_laid_out_once_for_count_and_render(tmp_path, monkeypatch):
     calls = []
     real = ingest.render.layout_html
-    monkeypatch.setattr(ingest.render, "layout_html", lambda f: calls.append(1) or real(f))
+    monkeypatch.setattr(
+        ingest.render, "layout_html", lambda f, cap: calls.append(cap) or real(f, cap)
+    )
     path = tmp_path / "once.txt"
     path.write_text("a line\n" * 200)
-    count_pages(path, ".txt")
-    list(iter_page_chunks(path, ".txt", start=2))
-    assert len(calls) == 1
-    path.write_text("a different line\n" * 200)  # a new file at the same path is laid out anew
-    assert "different" in all_pages(path, ".txt")[0].text
-    assert len(calls) == 2
+    with open_document(path, ".txt", max_pages=50) as doc:  # as kb.pipeline renders
+        total = doc.page_count
+        rendered = [p.number for chunk in page_chunks(doc, chunk_size=2) for p in chunk]
+    assert rendered == list(range(1, total + 1)) and total >= 3
+    assert calls == [50]
 
 
 # --- .md --------------------------------------------------------------------------------------
@@ -407,8 +410,5 @@ def test_a_docx_with_no_text_is_empty(tmp_path):
 def test_the_layout_uses_a4_pages(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text("x")
-    pdf = ingest.render._text_layout(path, ".txt")
-    import pymupdf
-
-    with pymupdf.open(stream=pdf, filetype="pdf") as doc:
+    with open_document(path, ".txt") as doc:
         assert doc[0].rect == ingest.layout.PAGE
