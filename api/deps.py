@@ -12,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kb.context import Context
 
+RETRY_AFTER_S = 1  # a question takes about a second (docs/benchmarks.md)
+
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 
 
@@ -78,8 +80,6 @@ async def model_slot(request: Request) -> AsyncIterator[None]:
     finally:
         slots.release()
 
-
-RETRY_AFTER_S = 1  # a question takes about a second (docs/benchmarks.md)
 
 CtxDep = Annotated[Context, Depends(get_ctx)]
 AdminKey = Annotated[bool, Depends(is_admin)]
