@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint eval bench clean
+.PHONY: install run test test-fast fuzz lint eval bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Schemathesis against the running service's OpenAPI document (also part of `make test`);
+# SCHEMATHESIS_EXAMPLES=200 SCHEMATHESIS_SEED=N explore further.
+fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/api/test_openapi_contract.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

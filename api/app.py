@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,9 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.routes import admin, router, v1
+from api.limits import BodyLimits
+from api.routes import FILES_PER_REQUEST, admin, router, v1
 from kb.context import Context
 from kb.settings import Settings, get_settings
+from kb.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ctx = ctx
         app.state.api_key = settings.key("api")
         app.state.admin_key = settings.key("admin")
+        app.state.model_slots = threading.BoundedSemaphore(settings.max_asks_in_flight)
         ctx.backend  # noqa: B018 - load the model at start, not on the first question
         yield
         ctx.close()
@@ -34,22 +38,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Optical-memory knowledge base",
         version="1",
-        description="Upload documents, ask questions over the whole corpus at once.",
+        description=(
+            "Upload documents, ask questions over the whole corpus at once. Every error is "
+            '`{"detail": "..."}` with a real status code. Limits: one file per upload request '
+            f"(at most {FILES_PER_REQUEST}; more are refused with 422), bodies up to "
+            f"KB_MAX_UPLOAD_MB ({settings.max_upload_mb} MB; 413 as soon as it is passed), a "
+            f"body that stalls for KB_BODY_READ_TIMEOUT_S ({settings.body_read_timeout_s:g} s) "
+            "gets 408, and beyond KB_MAX_ASKS_IN_FLIGHT "
+            f"({settings.max_asks_in_flight}) questions at once 429 with Retry-After."
+        ),
         lifespan=lifespan,
     )
-
-    @app.middleware("http")
-    async def refuse_oversized(request: Request, call_next):  # type: ignore[no-untyped-def]
-        # Refuse before the body is read when the client declares it; the upload handler
-        # still counts the bytes it receives, for clients that don't.
-        length = request.headers.get("content-length")
-        limit = (settings.max_upload_mb << 20) + (1 << 20)  # + room for the multipart framing
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse(
-                {"detail": f"file is larger than the {settings.max_upload_mb} MB limit"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        return await call_next(request)
+    app.add_middleware(
+        BodyLimits,
+        max_upload_mb=settings.max_upload_mb,
+        read_timeout_s=settings.body_read_timeout_s,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -66,6 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {"detail": problems or "invalid request"},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.error("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the object store is unavailable; try again later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
     @app.exception_handler(Exception)

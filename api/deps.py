@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kb.context import Context
+
+RETRY_AFTER_S = 1  # a question takes about a second (docs/benchmarks.md)
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 
@@ -48,6 +52,37 @@ def require_admin(
     _check(creds, [request.app.state.admin_key])
 
 
+def is_admin(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> bool:
+    """Whether the request carries the admin key; never refuses (for open routes)."""
+    return creds is not None and secrets.compare_digest(
+        creds.credentials.encode(), request.app.state.admin_key.encode()
+    )
+
+
+async def model_slot(request: Request) -> AsyncIterator[None]:
+    """A place among the questions the model can hold in flight, or 429 at once.
+
+    Runs on the event loop and never waits: a request beyond KB_MAX_ASKS_IN_FLIGHT is answered
+    before it takes a thread, so waiting questions cannot fill the thread pool and starve
+    /healthz and the other routes.
+    """
+    slots: threading.BoundedSemaphore = request.app.state.model_slots
+    if not slots.acquire(blocking=False):
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many questions in flight; try again shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
 CtxDep = Annotated[Context, Depends(get_ctx)]
+AdminKey = Annotated[bool, Depends(is_admin)]
+ModelSlot = Depends(model_slot)
 User = Depends(require_user)
 Admin = Depends(require_admin)

@@ -6,24 +6,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import mimetypes
+import re
 import tempfile
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path as FilePath
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from sqlalchemy import text
+from starlette.datastructures import UploadFile as FormFile
 
 import ingest
-from api.deps import Admin, CtxDep, User
+from api.deps import Admin, AdminKey, CtxDep, ModelSlot, User
 from api.schemas import (
     AskIn,
     AskOut,
     CitationOut,
+    CollectionName,
     ContextOut,
     DocumentAccepted,
     DocumentList,
     DocumentOut,
     DocumentPatch,
+    ErrorOut,
     Health,
     JobAccepted,
     JobOut,
@@ -37,11 +53,50 @@ from kb.pipeline import original_key
 from workers.celery_app import app as celery
 
 log = logging.getLogger(__name__)
-router = APIRouter()
-v1 = APIRouter(prefix="/v1", dependencies=[User])
-admin = APIRouter(prefix="/v1/admin", dependencies=[Admin])
 
 COPY_CHUNK = 1 << 20
+FILES_PER_REQUEST = 1  # each upload is one document; more files in one request: 422
+
+# What each error status means here; every route lists the ones it can answer (OpenAPI), with
+# the body every error has: {"detail": "..."}.
+_ERRORS = {
+    400: "the body cannot be parsed: malformed multipart, or JSON that is not UTF-8",
+    401: "missing or invalid API key",
+    403: "this route needs the admin key",
+    404: "not found",
+    408: "the request body stalled for longer than KB_BODY_READ_TIMEOUT_S; the connection is "
+    "closed",
+    409: "the page is not encoded yet",
+    413: "the body is larger than KB_MAX_UPLOAD_MB; refused as soon as the limit is passed",
+    415: "unsupported file type, or contents that do not match the extension",
+    422: "invalid input; `detail` says which field and why",
+    429: "too many questions in flight (KB_MAX_ASKS_IN_FLIGHT); retry after Retry-After seconds",
+    503: "the object store is unavailable; try again later",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {
+            "model": ErrorOut,
+            "description": _ERRORS[code],
+            **({"headers": _RETRY_AFTER} if code == 429 else {}),
+        }
+        for code in codes
+    }
+
+
+BODY_ERRORS = (400, 408, 413, 422)  # any route that reads a body
+
+router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[User], responses=errors(401, 422))
+admin = APIRouter(prefix="/v1/admin", dependencies=[Admin], responses=errors(401, 403, 422))
+
+# Ids are UUIDs (kb.catalog.models.new_id); anything else is simply not found, and never reaches
+# the database (PostgreSQL refuses NUL in text with an error, not an empty result).
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+PageNumber = Annotated[int, Path(ge=1, le=repo.PAGE_NUMBER_MAX, description="1-based")]
 
 
 def _doc_out(doc: Document) -> DocumentOut:
@@ -62,8 +117,23 @@ def _not_found(what: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
 
 
-@router.get("/healthz", response_model=Health, tags=["health"])
-def healthz(ctx: CtxDep, response: Response) -> Health:
+def _check_id(value: str, what: str) -> str:
+    if not _ID.fullmatch(value):
+        raise _not_found(what)
+    return value
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    response_model_exclude_none=True,
+    tags=["health"],
+    responses={503: {"model": Health, "description": "a part is down: status degraded"}},
+)
+def healthz(ctx: CtxDep, response: Response, admin_key: AdminKey) -> Health:
+    """`ok` or `degraded` for anyone (a load balancer needs no key); with the admin key, each
+    part's state and errors and the model. Never waits on the model."""
+
     def check(fn) -> dict[str, str]:
         try:
             detail = fn()
@@ -85,12 +155,16 @@ def healthz(ctx: CtxDep, response: Response) -> Health:
         ctx.store.ping()
         return {"backend": type(ctx.store).__name__}
 
-    backend = ctx.backend
-    result = Health(
-        status="ok",
-        queue=check(queue),
-        store=check(store),
-        catalog=check(catalog),
+    parts = {"queue": check(queue), "store": check(store), "catalog": check(catalog)}
+    ok = all(part["status"] == "ok" for part in parts.values())
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    if not admin_key:
+        return Health(status="ok" if ok else "degraded")
+    backend = ctx.backend  # loaded in the lifespan: no lock is taken here
+    return Health(
+        status="ok" if ok else "degraded",
+        **parts,
         model={
             "status": "ok",
             "name": backend.name,
@@ -99,31 +173,47 @@ def healthz(ctx: CtxDep, response: Response) -> Health:
             "context_budget": backend.context_budget,
         },
     )
-    if any(part["status"] != "ok" for part in (result.queue, result.store, result.catalog)):
-        result.status = "degraded"
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return result
+
+
+async def _one_file(request: Request) -> None:
+    """Refuse a request with more than FILES_PER_REQUEST files (FastAPI would keep the last)."""
+    form = await request.form()  # already parsed for the handler: this reads the cached form
+    files = sum(isinstance(value, FormFile) for _, value in form.multi_items())
+    if files > FILES_PER_REQUEST:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"one file per request, this one has {files}; upload each document in its own request",
+        )
 
 
 @v1.post(
     "/documents",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DocumentAccepted,
-    responses={200: {"model": DocumentAccepted, "description": "already uploaded"}},
+    responses={
+        200: {"model": DocumentAccepted, "description": "already uploaded"},
+        **errors(*BODY_ERRORS, 415, 503),
+    },
+    dependencies=[Depends(_one_file)],
 )
 def upload_document(
     ctx: CtxDep,
     response: Response,
     file: Annotated[UploadFile, File(description="the document")],
-    collection: Annotated[str, Form(min_length=1, max_length=100)] = "default",
+    collection: Annotated[CollectionName, Form()] = "default",
 ) -> DocumentAccepted:
+    """Upload one document (one file per request: more are refused with 422). The same bytes
+    uploaded again to the same collection, even at the same moment, give the one document
+    (200, `duplicate: true`) unless it failed."""
     try:
         filename = ingest.safe_filename(file.filename or "")
     except ingest.IngestError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    # The body was already refused past the limit while it streamed in (api.limits); this
+    # counts the file alone, without the multipart framing.
     limit = ctx.settings.max_upload_mb << 20
     with tempfile.TemporaryDirectory(prefix="kb-upload-") as tmp:
-        path = Path(tmp) / "upload"
+        path = FilePath(tmp) / "upload"
         digest, size = hashlib.sha256(), 0
         with path.open("wb") as out:
             while chunk := file.file.read(COPY_CHUNK):
@@ -147,7 +237,7 @@ def upload_document(
         sha = digest.hexdigest()
         with ctx.session() as s:
             existing = repo.find_document_by_sha256(s, collection, sha)
-            if existing is not None:
+            if existing is not None:  # the common case, without storing the bytes again
                 response.status_code = status.HTTP_200_OK
                 return DocumentAccepted(id=existing.id, status=existing.status, duplicate=True)  # type: ignore[arg-type]
 
@@ -157,7 +247,7 @@ def upload_document(
         ctx.store.put_file(key, path, content_type)
     try:
         with ctx.session() as s:
-            repo.create_document(
+            doc, created = repo.add_document(
                 s,
                 collection=collection,
                 filename=filename,
@@ -167,24 +257,30 @@ def upload_document(
                 original_key=key,
                 document_id=doc_id,
             )
+            accepted = DocumentAccepted(id=doc.id, status=doc.status, duplicate=not created)  # type: ignore[arg-type]
     except Exception:
         ctx.store.delete(key)  # no orphaned original
         raise
+    if not created:  # a concurrent upload of the same bytes won the race
+        ctx.store.delete(key)
+        response.status_code = status.HTTP_200_OK
+        return accepted
     celery.send_task("ingest.render", args=[doc_id])
     log.info("queued %s (%s, %d bytes, %s)", doc_id, filename, size, ext)
-    return DocumentAccepted(id=doc_id, status="queued")
+    return accepted
 
 
-@v1.get("/documents", response_model=DocumentList)
+@v1.get("/documents", response_model=DocumentList, responses=errors(422))
 def list_documents(
-    ctx: CtxDep, collection: Annotated[str | None, Query(min_length=1, max_length=100)] = None
+    ctx: CtxDep, collection: Annotated[CollectionName | None, Query()] = None
 ) -> DocumentList:
     with ctx.session() as s:
         return DocumentList(documents=[_doc_out(d) for d in repo.list_documents(s, collection)])
 
 
-@v1.get("/documents/{document_id}", response_model=DocumentOut)
+@v1.get("/documents/{document_id}", response_model=DocumentOut, responses=errors(404))
 def get_document(ctx: CtxDep, document_id: str) -> DocumentOut:
+    _check_id(document_id, "document")
     with ctx.session() as s:
         doc = repo.get_document(s, document_id)
         if doc is None:
@@ -192,9 +288,12 @@ def get_document(ctx: CtxDep, document_id: str) -> DocumentOut:
         return _doc_out(doc)
 
 
-@v1.patch("/documents/{document_id}", response_model=DocumentOut)
+@v1.patch(
+    "/documents/{document_id}", response_model=DocumentOut, responses=errors(404, *BODY_ERRORS)
+)
 def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> DocumentOut:
     """Pin a document (its pages keep the exact text tier first) or unpin it."""
+    _check_id(document_id, "document")
     with ctx.session() as s:
         if not repo.set_pinned(s, document_id, body.pinned):
             raise _not_found("document")
@@ -205,8 +304,11 @@ def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> Docume
         return _doc_out(doc)
 
 
-@v1.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
+@v1.delete(
+    "/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404)
+)
 def delete_document(ctx: CtxDep, document_id: str) -> Response:
+    _check_id(document_id, "document")
     with ctx.session() as s:
         doc = repo.get_document(s, document_id)
         if doc is None:
@@ -220,8 +322,7 @@ def delete_document(ctx: CtxDep, document_id: str) -> Response:
 
 
 def _page(ctx: CtxDep, document_id: str, n: int):
-    if n < 1:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "pages are numbered from 1")
+    _check_id(document_id, "document")
     with ctx.session() as s:
         if repo.get_document(s, document_id) is None:
             raise _not_found("document")
@@ -235,19 +336,24 @@ def _page(ctx: CtxDep, document_id: str, n: int):
 @v1.get(
     "/documents/{document_id}/pages/{n}/image",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **errors(404, 422)},
 )
-def page_image(ctx: CtxDep, document_id: str, n: int) -> Response:
+def page_image(ctx: CtxDep, document_id: str, n: PageNumber) -> Response:
     page = _page(ctx, document_id, n)
     return Response(ctx.store.get(page.image_key), media_type="image/png")
 
 
-@v1.get("/documents/{document_id}/pages/{n}/text", response_model=PageText)
+@v1.get(
+    "/documents/{document_id}/pages/{n}/text",
+    response_model=PageText,
+    responses=errors(404, 409, 422, 429),
+    dependencies=[ModelSlot],
+)
 def page_text(
     ctx: CtxDep,
     document_id: str,
-    n: int,
-    tier: str = "base",
+    n: PageNumber,
+    tier: Annotated[str, Query(max_length=16)] = "base",
     max_bytes: Annotated[int, Query(ge=1, le=16384)] = 4096,
 ) -> PageText:
     """``max_bytes``: where a vision-tier read-back stops (the text tier is returned whole)."""
@@ -263,13 +369,20 @@ def page_text(
     )
 
 
-@v1.post("/ask", response_model=AskOut)
+@v1.post(
+    "/ask",
+    response_model=AskOut,
+    responses=errors(404, *BODY_ERRORS, 429),
+    dependencies=[ModelSlot],
+)
 def ask(ctx: CtxDep, body: AskIn) -> AskOut:
+    """Answer from every ready page of the collection. Beyond KB_MAX_ASKS_IN_FLIGHT questions
+    at once: 429 with Retry-After, at once."""
     try:
         result = reader.ask(ctx, body.question, body.collection, body.max_context_tokens)
     except reader.EmptyCollection as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except reader.BudgetTooSmall as exc:
+    except (reader.BudgetTooSmall, reader.BudgetTooLarge) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return AskOut(
         answer=result.answer,
@@ -282,7 +395,12 @@ def ask(ctx: CtxDep, body: AskIn) -> AskOut:
     )
 
 
-@admin.post("/reindex", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted)
+@admin.post(
+    "/reindex",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=errors(404, *BODY_ERRORS),
+)
 def reindex(ctx: CtxDep, body: ReindexIn | None = None) -> JobAccepted:
     collection = body.collection if body else None
     with ctx.session() as s:
@@ -294,8 +412,9 @@ def reindex(ctx: CtxDep, body: ReindexIn | None = None) -> JobAccepted:
     return JobAccepted(job_id=job_id)
 
 
-@admin.get("/jobs/{job_id}", response_model=JobOut)
+@admin.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(ctx: CtxDep, job_id: str) -> JobOut:
+    _check_id(job_id, "job")
     with ctx.session() as s:
         job = repo.get_job(s, job_id)
         if job is None:

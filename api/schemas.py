@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from kb.catalog.repo import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
 
 DocStatus = Literal["queued", "processing", "ready", "failed"]
+CollectionName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=COLLECTION_NAME_MAX, pattern=COLLECTION_NAME_PATTERN
+    ),
+]
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: a real status code and one sentence for a person."""
+
+    detail: str
 
 
 class DocumentAccepted(BaseModel):
@@ -43,8 +57,15 @@ class AskIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=4000)
-    collection: str = Field("default", min_length=1, max_length=100)
-    max_context_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    collection: CollectionName = "default"
+    max_context_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="At most the model's context budget (65,536 tokens for the reference "
+        "model; /healthz with the admin key shows model.context_budget); above it: 422. "
+        "Default: that budget.",
+    )
 
 
 class CitationOut(BaseModel):
@@ -72,7 +93,7 @@ class AskOut(BaseModel):
 class ReindexIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str | None = Field(None, min_length=1, max_length=100)
+    collection: CollectionName | None = None
 
 
 class JobAccepted(BaseModel):
@@ -98,8 +119,10 @@ class PageText(BaseModel):
 
 
 class Health(BaseModel):
+    """Without the admin key only `status`; the parts (hosts, errors, model) are for the admin."""
+
     status: Literal["ok", "degraded"]
-    queue: dict[str, str]
-    store: dict[str, str]
-    catalog: dict[str, str]
-    model: dict[str, str | bool | int]
+    queue: dict[str, str] | None = None
+    store: dict[str, str] | None = None
+    catalog: dict[str, str] | None = None
+    model: dict[str, str | bool | int] | None = None

@@ -24,7 +24,9 @@ SUPPORTED_EXTENSIONS: frozenset[str] = (
 
 SNIFF_BYTES = 1024  # pass at least this many leading bytes to check_upload: PDF readers accept
 # a %PDF header anywhere in the first 1024 bytes (some generators put junk before it)
-MAX_FILENAME_CHARS = 200  # fits a database column and a Content-Disposition header with room left
+# Counted in UTF-8 bytes, not characters: 255 bytes is a file name's limit on every common file
+# system (NAME_MAX), and 200 Japanese characters are 600 bytes.
+MAX_FILENAME_BYTES = 255
 
 _SUPPORTED_HINT = "PDF, XPS, EPUB, PNG, JPEG, TIFF, TXT, Markdown (.md), HTML or Word (.docx)"
 _TYPE_NAMES = {
@@ -88,13 +90,19 @@ def safe_filename(name: str) -> str:
         raise IngestError(
             "the file name is empty or unusable; give the file a name like report.pdf"
         )
-    if len(name) > MAX_FILENAME_CHARS:
+    if len(name.encode()) > MAX_FILENAME_BYTES:
         stem, dot, ext = name.rpartition(".")
         if dot and stem and 0 < len(ext) <= 16:  # keep the extension: it decides the loader
-            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip() + "." + ext
+            room = MAX_FILENAME_BYTES - len(ext.encode()) - 1
+            name = _cut_utf8(stem, room).rstrip() + "." + ext
         else:
-            name = name[:MAX_FILENAME_CHARS].rstrip()
+            name = _cut_utf8(name, MAX_FILENAME_BYTES).rstrip()
     return name
+
+
+def _cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest start of `text` that is at most `max_bytes` in UTF-8, cut between characters."""
+    return text.encode()[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def extension_of(filename: str) -> str:

@@ -8,6 +8,7 @@ an identical page (same content hash) anywhere in the store is encoded once per 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ def page_image_key(content_hash: str) -> str:
 
 
 def original_key(document_id: str, filename: str) -> str:
-    return f"originals/{document_id}/{filename}"
+    """Where an upload's bytes are kept: named by its id and extension, never by the name the
+    client sent (a name can be 255 bytes, or start with a prefix the store reserves)."""
+    ext = Path(filename).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,16}", ext):
+        ext = ""
+    return f"originals/{document_id}/original{ext}"
 
 
 @dataclass

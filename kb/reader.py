@@ -25,6 +25,10 @@ class BudgetTooSmall(ValueError):
     """The question's token budget holds no page at all: nothing to answer from."""
 
 
+class BudgetTooLarge(ValueError):
+    """The question asks for more context tokens than the model's budget allows."""
+
+
 class PageNotReady(LookupError):
     """The page exists but has no tensors yet."""
 
@@ -62,6 +66,13 @@ def ask(
     max_citations: int = 5,
 ) -> AskResult:
     backend = ctx.backend
+    # The backend's budget is also the most a question may ask for: memory and time grow with
+    # the context, and one question must not take the whole service.
+    if max_context_tokens is not None and max_context_tokens > backend.context_budget:
+        raise BudgetTooLarge(
+            f"max_context_tokens is at most {backend.context_budget} for this model; "
+            f"ask with {backend.context_budget} or fewer"
+        )
     budget = backend.context_budget if max_context_tokens is None else max_context_tokens
     # A decoder with a hard window (deepseek-ocr2) caps every budget: pages that do not fit are
     # faded or left out by the packer (and counted), never overflowed.

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     # EPUB and laid-out text alike): ~2,000 pages is a long book; 20,000 tiny pages held a
     # worker for half an hour.
     max_pages_per_document: int = Field(2000, ge=1)
+    # A request body that stalls this long between two chunks is dropped with 408: a client that
+    # declares a Content-Length and never sends it must not hold a connection forever.
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    # Questions (and vision read-backs) running or waiting for the model at once; one more is
+    # answered 429 with Retry-After instead of queueing behind the model lock without bound.
+    max_asks_in_flight: int = Field(4, ge=1)
     render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
     task_time_limit_s: int = Field(1800, ge=10)  # hard limit of one task
     worker_concurrency: int = Field(1, ge=1)

@@ -35,6 +35,11 @@ class ObjectNotFound(KeyError):
         self.key = key
 
 
+class StoreUnavailable(OSError):
+    """The store could not be written: a full disk, a lost mount, a permission an operator
+    will fix. Nothing is wrong with the object itself, so callers retry it as transient."""
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None: ...
@@ -212,8 +217,18 @@ def _write_atomic(target: Path, write: _Writer) -> None:
     """Write through a temp file in the target's directory, fsync it, then rename over target.
 
     Readers see either the old file or the new one, never a partial write; a crash leaves at
-    worst a temp file that listing ignores.
+    worst a temp file that listing ignores. Any OSError (ENOSPC, EIO, EACCES, ...) comes out as
+    StoreUnavailable.
     """
+    try:
+        _write_through_temp(target, write)
+    except StoreUnavailable:
+        raise
+    except OSError as exc:
+        raise StoreUnavailable(f"could not write {target}: {exc}") from exc
+
+
+def _write_through_temp(target: Path, write: _Writer) -> None:
     for attempt in range(3):
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

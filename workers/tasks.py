@@ -27,6 +27,7 @@ from kb.pipeline import (
     render_document,
 )
 from kb.settings import get_settings
+from kb.store import StoreUnavailable
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ TRANSIENT = (
     TimeoutError,
     OperationalError,
     urllib3.exceptions.HTTPError,
+    StoreUnavailable,  # an OSError of the store: a full disk is freed, a mount comes back
 )
 RETRY = dict(
     autoretry_for=TRANSIENT,
@@ -122,8 +124,8 @@ def _unexpected(document_id: str, exc: BaseException) -> None:
             "smaller files",
         )
     else:
-        log.exception("document %s: unexpected error", document_id)
-        fail_document(ctx(), document_id, f"internal error while processing: {exc}")
+        log.exception("document %s: unexpected error", document_id)  # the details: log only
+        fail_document(ctx(), document_id, "an internal error stopped processing this document")
 
 
 @app.task(name="ingest.render", bind=True, **RETRY)

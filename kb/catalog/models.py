@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -131,11 +132,26 @@ class Collection(Base):
         return f"Collection(id={self.id!r}, name={self.name!r})"
 
 
+# The documents that count as "this file is already in the collection": a failed one does not, so
+# the same bytes can be uploaded again after a failure.
+LIVE_DOCUMENT = f"status != '{DocumentStatus.FAILED.value}'"
+
+
 class Document(Base):
     __tablename__ = "documents"
     __table_args__ = (
         # The list view and the packer filter a collection by status.
         Index(None, "collection_id", "status"),
+        # One live document per collection and content: concurrent uploads of the same bytes
+        # race on this index, and the loser gets the winner's document (repo.add_document).
+        Index(
+            None,
+            "collection_id",
+            "sha256",
+            unique=True,
+            sqlite_where=text(LIVE_DOCUMENT),
+            postgresql_where=text(LIVE_DOCUMENT),
+        ),
         CheckConstraint(_in("status", DocumentStatus), name="status"),
     )
 

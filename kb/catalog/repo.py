@@ -9,14 +9,28 @@ statements (ON CONFLICT, `x = x + n`), never read-modify-write in Python.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, Select, and_, case, delete, func, null, select, update
+from sqlalchemy import (
+    CursorResult,
+    Result,
+    Select,
+    and_,
+    case,
+    delete,
+    func,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, contains_eager, joinedload
 
 from kb.catalog.models import (
+    LIVE_DOCUMENT,
     Collection,
     Document,
     DocumentStatus,
@@ -29,6 +43,20 @@ from kb.catalog.models import (
 )
 
 COLLECTION_NAME_MAX = 100  # the column's length
+# Any characters but control characters (NUL, newlines, escapes, C1): a name is shown in lists,
+# logs and terminals, and PostgreSQL refuses NUL in text outright.
+COLLECTION_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+PAGE_NUMBER_MAX = 2**31 - 1  # pages.number is a 32-bit INTEGER
+
+
+def check_collection_name(name: str) -> str:
+    """`name` if it can name a collection; ValueError saying why not otherwise."""
+    if not name or len(name) > COLLECTION_NAME_MAX:
+        raise ValueError(f"collection name must be 1 to {COLLECTION_NAME_MAX} characters")
+    if not re.fullmatch(COLLECTION_NAME_PATTERN, name):
+        raise ValueError("collection name must not contain control characters")
+    return name
+
 
 # -- collections
 
@@ -44,8 +72,7 @@ def get_or_create_collection(session: Session, name: str) -> Collection:
     callers get it, with no unique-violation error to recover from (which would need a
     SAVEPOINT, unreliable on SQLite).
     """
-    if not name or len(name) > COLLECTION_NAME_MAX:
-        raise ValueError(f"collection name must be 1 to {COLLECTION_NAME_MAX} characters")
+    check_collection_name(name)
     existing = get_collection(session, name)
     if existing is not None:
         return existing
@@ -83,6 +110,56 @@ def create_document(
     session.add(doc)
     session.flush()  # ids and defaults assigned now, errors raised here rather than at commit
     return doc
+
+
+def add_document(
+    session: Session,
+    *,
+    collection: str,
+    filename: str,
+    content_type: str,
+    size_bytes: int,
+    sha256: str,
+    original_key: str,
+    document_id: str | None = None,
+) -> tuple[Document, bool]:
+    """A new queued document, or the collection's live document with the same content.
+
+    Returns (document, created). Uploads of the same bytes race on the unique index of live
+    documents per (collection, sha256): one INSERT .. ON CONFLICT DO NOTHING wins, the others
+    insert nothing and get the winner's row (PostgreSQL makes a conflicting insert wait for the
+    other transaction's commit; SQLite serialises writers), so there is no IntegrityError to
+    recover from and no SAVEPOINT is needed.
+    """
+    coll = get_or_create_collection(session, collection)
+    doc_id = document_id or new_id()
+    stmt = (
+        _insert(session, Document)
+        .values(
+            id=doc_id,
+            collection_id=coll.id,
+            filename=filename,
+            content_type=content_type,
+            size_bytes=size_bytes,
+            sha256=sha256,
+            original_key=original_key,
+            status=DocumentStatus.QUEUED.value,
+        )
+        .on_conflict_do_nothing(
+            index_elements=[Document.collection_id, Document.sha256],
+            index_where=text(LIVE_DOCUMENT),
+        )
+        .returning(Document.id)
+    )
+    for _ in range(3):  # the winner may fail in between; then this insert can win instead
+        if session.execute(stmt).first() is not None:
+            doc = get_document(session, doc_id)
+            assert doc is not None  # inserted by this very transaction
+            return doc, True
+        existing = find_document_by_sha256(session, collection, sha256)
+        if existing is not None:
+            return existing, False
+    raise RuntimeError(f"document {sha256} in {collection!r}: insert and lookup kept missing")
 
 
 def get_document(session: Session, document_id: str) -> Document | None:

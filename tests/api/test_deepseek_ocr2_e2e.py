@@ -44,7 +44,7 @@ def pdf_id(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_health_names_the_model(stack: Stack) -> None:
-    with stack.client() as c:
+    with stack.client(key=ADMIN_KEY) as c:
         model = c.get("/healthz").json()["model"]
     assert model["name"] == "deepseek-ocr2" and model["trained"] is False
     assert model["version"].startswith("deepseek-ocr2-")
@@ -76,9 +76,14 @@ def test_ask_packs_the_pages_cites_them_and_never_overflows(stack: Stack, pdf_id
         cut = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 150})
         assert cut.json()["context"]["pages"] + cut.json()["context"]["left_out"] == 3
         assert cut.json()["context"]["tokens"] <= 150
-        # a budget beyond the model's window is capped at it, not overflowed
+        # a budget beyond the model's window is refused, saying the most it can be
+        budget = c.get("/healthz", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()[
+            "model"
+        ]["context_budget"]
         huge = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": 10**6})
-        assert huge.status_code == 200 and huge.json()["context"]["pages"] == 3
+        assert huge.status_code == 422 and f"at most {budget}" in huge.json()["detail"]
+        whole = c.post("/v1/ask", json={"question": "revenue?", "max_context_tokens": budget})
+        assert whole.status_code == 200 and whole.json()["context"]["pages"] == 3
 
 
 def test_read_back_through_the_cached_features(stack: Stack, pdf_id: str) -> None:
@@ -111,7 +116,7 @@ def test_reindex_re_encodes_and_keeps_answering(stack: Stack, pdf_id: str) -> No
 
 
 def test_the_tensors_are_stored_under_the_models_version(stack: Stack, pdf_id: str) -> None:
-    with stack.client() as c:
+    with stack.client(key=ADMIN_KEY) as c:
         version = c.get("/healthz").json()["model"]["version"]
     stored = Path(stack.data_dir) / "objects" / "tensors" / version
     assert sorted(p.name for p in stored.iterdir()) == ["base", "small"]

@@ -56,9 +56,19 @@ def test_safe_filename_refuses_names_with_nothing_usable(name):
 
 def test_safe_filename_truncates_long_names_but_keeps_the_extension():
     name = safe_filename("x" * 500 + ".pdf")
-    assert len(name) <= 200
+    assert len(name) == 255
     assert name.endswith(".pdf")
-    assert len(safe_filename("y" * 500)) == 200
+    assert len(safe_filename("y" * 500)) == 255
+
+
+@pytest.mark.parametrize("char", ["日", "é", "😀", "e\u0301"])
+def test_safe_filename_cuts_long_utf8_names_by_bytes_between_characters(char: str):
+    name = safe_filename(char * 300 + ".pdf")
+    assert len(name.encode()) <= 255 and name.endswith(".pdf")
+    assert len(name.encode()) > 255 - 8  # cut at the last whole character, not far before
+    stem = name.removesuffix(".pdf")
+    assert stem == stem[0] * len(stem)  # whole characters only (NFC: e + accent is one)
+    assert len(safe_filename(char * 300).encode()) <= 255
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import threading
@@ -69,14 +70,17 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
     return session_factory(engine)
 
 
-def _doc(session: Session, collection: str = "default", name: str = "a.pdf") -> Document:
+def _doc(
+    session: Session, collection: str = "default", name: str = "a.pdf", sha256: str = ""
+) -> Document:
+    # Distinct names, distinct contents: one live document per collection and content hash.
     return repo.create_document(
         session,
         collection=collection,
         filename=name,
         content_type="application/pdf",
         size_bytes=1234,
-        sha256="ab" * 32,
+        sha256=sha256 or hashlib.sha256(name.encode()).hexdigest(),
         original_key=f"originals/{name}",
     )
 
@@ -235,7 +239,8 @@ def test_document_round_trip(sessions: sessionmaker[Session]) -> None:
             "application/pdf",
             1234,
         )
-        assert got.sha256 == "ab" * 32 and got.original_key == "originals/guide.pdf"
+        assert got.sha256 == hashlib.sha256(b"guide.pdf").hexdigest()
+        assert got.original_key == "originals/guide.pdf"
         assert got.status == "queued" and got.error is None
         assert got.pages_total is None and got.pages_done == 0
         assert got.created_at.tzinfo is not None and got.created_at.utcoffset() == timedelta(0)
@@ -302,12 +307,92 @@ def test_list_documents_by_collection(sessions: sessionmaker[Session]) -> None:
 
 def test_find_document_by_sha256(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
-        doc = _doc(s, "a")
+        doc = _doc(s, "a", sha256="ab" * 32)
         s.commit()
         assert repo.find_document_by_sha256(s, "a", "ab" * 32) == doc
         assert repo.find_document_by_sha256(s, "b", "ab" * 32) is None
         repo.set_status(s, doc.id, "failed", "x")
         assert repo.find_document_by_sha256(s, "a", "ab" * 32) is None
+
+
+def test_same_content_uploaded_at_once_makes_one_document(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Ten uploads of the same bytes released together: one document, which all ten get."""
+    fields = dict(
+        collection="race",
+        filename="same.pdf",
+        content_type="application/pdf",
+        size_bytes=10,
+        sha256="cd" * 32,
+    )
+    results: list[tuple[str, bool]] = []
+
+    def upload(i: int) -> None:
+        with sessions() as s:
+            doc, created = repo.add_document(s, original_key=f"originals/{i}", **fields)
+            s.commit()
+            results.append((doc.id, created))
+
+    _in_threads(10, upload)
+    assert len({doc_id for doc_id, _ in results}) == 1, results
+    assert [created for _, created in results].count(True) == 1
+    with sessions() as s:
+        assert len(repo.list_documents(s, "race")) == 1
+        # A failed document no longer counts: the same bytes may be uploaded again.
+        repo.set_status(s, results[0][0], "failed", "x")
+        again, created = repo.add_document(s, original_key="originals/again", **fields)
+        assert created and again.id != results[0][0]
+        s.commit()
+        # The unique index itself refuses a second live copy, whoever inserts it.
+        with pytest.raises(IntegrityError):
+            repo.create_document(s, original_key="originals/third", **fields)
+
+
+def test_migration_keeps_the_first_of_earlier_duplicates(db_url: str) -> None:
+    upgrade(db_url, "0002")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO collections (id, name, created_at) VALUES (1, 'c', :t)"),
+                {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+            )
+            for i, status in enumerate(["ready", "queued", "failed", "ready"]):
+                conn.execute(
+                    text(
+                        "INSERT INTO documents (id, collection_id, filename, content_type,"
+                        " size_bytes, sha256, original_key, status, pages_done, pinned,"
+                        " created_at, updated_at) VALUES (:id, 1, 'f', 't', 1, :sha, 'k',"
+                        " :status, 0, false, :t, :t)"
+                    ),
+                    {
+                        "id": f"doc-{i}",
+                        "sha": "ee" * 32 if i < 3 else "ff" * 32,
+                        "status": status,
+                        "t": datetime(2026, 1, 1, 0, i, tzinfo=UTC),
+                    },
+                )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, status, error FROM documents ORDER BY id"))
+            got = [(r.id, r.status, r.error is None) for r in rows]
+    finally:
+        engine.dispose()
+    assert got == [
+        ("doc-0", "ready", True),
+        ("doc-1", "failed", False),  # the second live copy of doc-0
+        ("doc-2", "failed", True),  # failed already: untouched
+        ("doc-3", "ready", True),
+    ]
+
+
+def test_collection_names_are_checked(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        for bad in ("", "x" * 101, "a\x00b", "tab\there", "line\n", "\x9bcsi"):
+            with pytest.raises(ValueError, match="collection name"):
+                repo.get_or_create_collection(s, bad)
+        assert repo.get_or_create_collection(s, "Übersicht 日本 ok").name == "Übersicht 日本 ok"
 
 
 def test_upsert_page_is_idempotent(sessions: sessionmaker[Session]) -> None:

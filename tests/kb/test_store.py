@@ -14,7 +14,14 @@ from minio import Minio
 from pydantic import SecretStr
 
 from kb.settings import Settings
-from kb.store import LocalStore, ObjectNotFound, ObjectStore, S3Store, make_store
+from kb.store import (
+    LocalStore,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    StoreUnavailable,
+    make_store,
+)
 
 if TYPE_CHECKING:
     from tests.conftest_services import S3Server
@@ -238,10 +245,22 @@ def test_local_failed_write_keeps_old_version_and_no_temp(
 
     # A write that fails half way must leave the old object whole and no temp file behind.
     monkeypatch.setattr("kb.store.shutil.copyfileobj", copy_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreUnavailable, match="disk full"):  # an OSError, retried by tasks
         store.put_file("k", src)
     assert store.get("k") == b"old"
     assert [p.name for p in root.iterdir()] == ["k"]
+
+
+def test_local_store_that_cannot_write_says_unavailable(tmp_path: Path) -> None:
+    # A real failure of the file system under the store (a file where a directory must be),
+    # not a mock: the error is a StoreUnavailable, which the workers retry as transient.
+    store = LocalStore(tmp_path / "objects")
+    (tmp_path / "objects" / "pages").write_bytes(b"in the way")
+    with pytest.raises(StoreUnavailable):
+        store.put("pages/ab/abcd.png", b"png")
+    (tmp_path / "objects" / "pages").unlink()
+    store.put("pages/ab/abcd.png", b"png")  # and once the cause is gone, it works again
+    assert store.get("pages/ab/abcd.png") == b"png"
 
 
 def test_local_listing_ignores_in_flight_temp_files(tmp_path: Path) -> None:
