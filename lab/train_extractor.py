@@ -266,7 +266,7 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
     backend = ReferenceBackend(extractor=model)
     model.eval()
     rows: list[tuple[float, bool, bool]] = []  # (best score, answer right if given, absent)
-    for m in range(cfg):
+    for m in range(cfg["calibrate_memories"]):
         rng = random.Random(f"kb-extractor-calibrate/{m}")
         mem = textdata.memory_sample(rng, "heldout", cfg["eval_pages"], 12, absent=4)
         tensors = backend.encode_text(mem.pages)
