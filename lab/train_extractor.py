@@ -5,7 +5,9 @@
     python -m lab.train_extractor --config smoke     # the whole loop in seconds
 
 Each step draws fresh memories (``pages`` pages, no pool) and asks every fact they state, worded
-as people ask (textdata.paraphrase). For each question the reader sees, as at inference, windows
+as people ask (textdata.paraphrase); a ``real`` share of the questions are cloze questions over
+real pages instead (lab.realtext: READMEs and docstrings that ship on the machine, never the
+natural-question documents). For each question the reader sees, as at inference, windows
 around segments (``extractor.window``): the answer's segment or a neighbour's (the answer then
 sits anywhere in the window), and windows that hold no answer, the hardest first: the segments
 whose words overlap the question most (kb.embed.lexical_scores, the coarse stage's lexical half)
@@ -36,7 +38,7 @@ from kb.model.reference.extractor import (
     Window,
     window,
 )
-from lab import textdata
+from lab import realtext, textdata
 from lab.config import parse_config
 from lab.metrics import answer_matches
 
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "pages": 4,  # pages per training memory
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
     "negatives": 12,  # windows without the answer per step
+    "real": 0.4,  # share of questions that are cloze questions over real pages (lab.realtext)
     "lr": 1e-4,
     "head_lr": 1e-3,
     "warmup": 30,
@@ -97,29 +100,54 @@ def memory_windows(texts: list[str]) -> tuple[list[Window], list[str]]:
     return wins, segs
 
 
-def examples(rng: random.Random, split: str, cfg: dict[str, Any]):
-    """(question, window text, answer window span or None) for one step."""
-    out: list[tuple[str, str, tuple[int, int] | None]] = []
-    negatives: list[tuple[str, str, tuple[int, int] | None]] = []
+Span = tuple[int, int] | None
+Example = tuple[str, str, Span]
+
+
+def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Example]:
+    """(question, window text, answer window span or None) for one step: from synthetic
+    memories and, a ``real`` share of the questions, from real pages with cloze questions."""
+    out: list[Example] = []
+    negatives: list[Example] = []
     while len(out) < cfg["questions"]:
-        mem = textdata.memory_sample(rng, split, cfg["pages"], max_questions=6, absent=2)
-        wins, segs = memory_windows(mem.pages)
-        for q in mem.questions:
-            scores = lexical_scores(q.question, segs).tolist()
+        if cfg["real"] and rng.random() < cfg["real"]:
+            pages = list(rng.sample(real_pages(), 3))
+            asked: list[tuple[str, int, Span]] = []
+            for _ in range(6):  # as many questions as a synthetic memory brings
+                i = rng.randrange(len(pages))
+                c = realtext.cloze(rng, pages[i])
+                if c is not None:
+                    asked.append((c.question, i, (c.start, c.end)))
+        else:
+            mem = textdata.memory_sample(rng, split, cfg["pages"], max_questions=6, absent=2)
+            pages = mem.pages
+            asked = [
+                (q.question, q.page, char_span(pages[q.page], q.start, q.end) if q.answer else None)
+                for q in mem.questions
+            ]
+        wins, segs = memory_windows(pages)
+        for question, page, span in asked:
+            scores = lexical_scores(question, segs).tolist()
             order = sorted(range(len(wins)), key=lambda k: -scores[k])
             holders: list[int] = []
-            if q.answer:
-                a, b = char_span(mem.pages[q.page], q.start, q.end)
-                holders = [k for k in order if wins[k].page == q.page and locate(wins[k], a, b)]
+            if span is not None:
+                holders = [k for k in order if wins[k].page == page and locate(wins[k], *span)]
                 if holders:
                     k = rng.choice(holders)  # the answer's segment or a neighbour's
-                    out.append((q.question, wins[k].text, locate(wins[k], a, b)))
+                    out.append((question, wins[k].text, locate(wins[k], *span)))
             hard = [k for k in order[:TOP] if k not in holders]
             if hard:
                 k = hard[min(int(rng.expovariate(0.5)), len(hard) - 1)]
-                negatives.append((q.question, wins[k].text, None))
+                negatives.append((question, wins[k].text, None))
     rng.shuffle(negatives)
     return out[: cfg["questions"]] + negatives[: cfg["negatives"]]
+
+
+def real_pages() -> tuple[str, ...]:
+    """lab.realtext's pages, less any that share text with the natural-question documents."""
+    from lab.eval_text import NATURAL_DOCS
+
+    return realtext.corpus(tuple(p.read_text() for p in sorted(NATURAL_DOCS.glob("*.txt"))))
 
 
 def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> torch.Tensor:
@@ -138,7 +166,7 @@ def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> tor
     return out
 
 
-def loss_of(model: SpanExtractor, batch: list[tuple[str, str, tuple[int, int] | None]]):
+def loss_of(model: SpanExtractor, batch: list[Example]):
     b = model.batch([q for q, _, _ in batch], [w for _, w, _ in batch])
     logits = model.logits(b["enc"])  # (B, L, 2)
     allowed = b["context"].clone()

@@ -93,8 +93,9 @@ class SpanExtractor(nn.Module):
 
         path = base if base is not None else model_dir()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # (with its pooler, unused: as the files hold it, so loading reports nothing amiss)
         self.encoder: Any = AutoModel.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32, add_pooling_layer=False
+            path, local_files_only=True, dtype=torch.float32
         )
         self.head = nn.Linear(self.encoder.config.hidden_size, 2)
         self.threshold = 0.0
