@@ -163,9 +163,7 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         zoom = _canonical_zoom(rect)
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                                  alpha=False)  # fmt: skip
-        text = page.get_text(flags=_TEXT_FLAGS)
-        if isinstance(doc, _LaidOutDocument):
-            text = unmark_breaks(text)
+        text = text_layer(doc, page)
         rendered = Image.frombuffer(
             "RGB", (pixmap.width, pixmap.height), pixmap.samples, "raw", "RGB", pixmap.stride, 1
         )
@@ -180,6 +178,12 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
     image = Image.new("RGB", (size, size), "white")
     image.paste(rendered, _canonical_offset(rendered.width, rendered.height))
     return RenderedPage(number=number, image=image, text=text, content_hash=page_hash(image, text))
+
+
+def text_layer(doc: pymupdf.Document, page: pymupdf.Page) -> str:
+    """A page's text tier: its text layer, with the layout's display-only break marks undone."""
+    text = page.get_text(flags=_TEXT_FLAGS)
+    return unmark_breaks(text) if isinstance(doc, _LaidOutDocument) else text
 
 
 def _canonical_zoom(rect: pymupdf.Rect) -> float:

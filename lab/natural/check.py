@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ingest import open_document
-from ingest.render import _TEXT_FLAGS
+from ingest.render import text_layer
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE / "docs"
@@ -40,7 +40,7 @@ def squash(text: str) -> str:
 def page_texts(path: Path) -> list[str]:
     """The text of each page of a .txt document as ingest lays it out (index 0 = page 1)."""
     with open_document(path, ".txt") as doc:
-        return [doc.load_page(i).get_text(flags=_TEXT_FLAGS) for i in range(doc.page_count)]
+        return [text_layer(doc, doc.load_page(i)) for i in range(doc.page_count)]
 
 
 def main() -> int:
