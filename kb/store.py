@@ -57,6 +57,11 @@ class ObjectStore(Protocol):
         """Keys starting with `prefix` (a plain string prefix, as in S3), in sorted order."""
         ...
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The distinct next '/'-level under `prefix` (which ends with '/'), each ending with
+        '/', sorted: S3's common prefixes, so `list_dirs("tensors/")` names every version."""
+        ...
+
     def ping(self) -> None:
         """Raise if the store cannot be used (for /healthz)."""
         ...
@@ -143,11 +148,23 @@ class LocalStore:
                     keys.append(key)
         return iter(sorted(keys))
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        _check_dir_prefix(prefix)
+        start = self.root.joinpath(*_split_key(prefix, allow_empty=True))
+        if not start.is_dir():
+            return []
+        # A directory that holds no object (emptied, or only in-flight temp files) is no
+        # prefix in S3 either.
+        dirs = [e for e in start.iterdir() if e.is_dir() and not e.name.startswith(_TMP_PREFIX)]
+        return sorted(f"{prefix}{d.name}/" for d in dirs if _holds_an_object(d))
+
     # -- deletes
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(IsADirectoryError, NotADirectoryError):
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            self._prune_empty_dirs(path.parent)
 
     def delete_prefix(self, prefix: str) -> int:
         count = 0
@@ -179,6 +196,14 @@ class LocalStore:
 
 class _Writer(Protocol):
     def __call__(self, f: BinaryIO, /) -> object: ...
+
+
+def _holds_an_object(directory: Path) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+        if any(not name.startswith(_TMP_PREFIX) for name in filenames):
+            return True
+    return False
 
 
 def _split_key(key: str, *, allow_empty: bool) -> list[str]:
@@ -366,6 +391,12 @@ class S3Store:
             if not obj.is_dir and obj.object_name is not None:
                 yield obj.object_name
 
+    def list_dirs(self, prefix: str) -> list[str]:
+        _check_dir_prefix(prefix)
+        self._ensure_bucket()
+        listing = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=False)
+        return sorted(o.object_name for o in listing if o.is_dir and o.object_name is not None)
+
     # -- deletes
 
     def delete(self, key: str) -> None:
@@ -398,6 +429,11 @@ class S3Store:
 def _check_s3_key(key: str) -> None:
     if not key:
         raise ValueError("object key is empty")
+
+
+def _check_dir_prefix(prefix: str) -> None:
+    if prefix and not prefix.endswith("/"):
+        raise ValueError(f"a directory prefix ends with '/': {prefix!r}")
 
 
 def _not_found_or(error: S3Error, key: str) -> Exception:

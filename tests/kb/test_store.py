@@ -102,6 +102,19 @@ def test_list(store: ObjectStore) -> None:
     assert list(store.list("nothing/")) == []
 
 
+def test_list_dirs(store: ObjectStore) -> None:
+    for key in ["t/v1/gist/ab/1", "t/v1/tiny/ab/1", "t/v2/gist/cd/2", "t/top", "u/v3/x"]:
+        store.put(key, b"x")
+    assert store.list_dirs("t/") == ["t/v1/", "t/v2/"]  # one level, objects not listed
+    assert store.list_dirs("t/v1/") == ["t/v1/gist/", "t/v1/tiny/"]
+    assert store.list_dirs("") == ["t/", "u/"]
+    assert store.list_dirs("nothing/") == []
+    store.delete("t/v2/gist/cd/2")  # a level whose objects are gone is gone, as in S3
+    assert store.list_dirs("t/") == ["t/v1/"]
+    with pytest.raises(ValueError, match="ends with '/'"):
+        store.list_dirs("t/v1")
+
+
 def test_delete_prefix(store: ObjectStore) -> None:
     for key in ["doc1/original", "doc1/pages/1.png", "doc1/pages/2.png", "doc10/x", "doc2/x"]:
         store.put(key, b"x")
