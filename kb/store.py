@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -57,7 +57,7 @@ class ObjectStore(Protocol):
         """Keys starting with `prefix` (a plain string prefix, as in S3), in sorted order."""
         ...
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> Sequence[str]:
         """The distinct next '/'-level under `prefix` (which ends with '/'), each ending with
         '/', sorted: S3's common prefixes, so `list_dirs("tensors/")` names every version."""
         ...
@@ -148,7 +148,7 @@ class LocalStore:
                     keys.append(key)
         return iter(sorted(keys))
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> Sequence[str]:
         _check_dir_prefix(prefix)
         start = self.root.joinpath(*_split_key(prefix, allow_empty=True))
         if not start.is_dir():
@@ -391,7 +391,7 @@ class S3Store:
             if not obj.is_dir and obj.object_name is not None:
                 yield obj.object_name
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> Sequence[str]:
         _check_dir_prefix(prefix)
         self._ensure_bucket()
         listing = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=False)
