@@ -30,7 +30,7 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import reader
+from kb import objects, reader
 from kb.catalog import repo
 from kb.catalog.models import Document, new_id
 from kb.pipeline import original_key
@@ -207,15 +207,9 @@ def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> Docume
 
 @v1.delete("/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_document(ctx: CtxDep, document_id: str) -> Response:
-    with ctx.session() as s:
-        doc = repo.get_document(s, document_id)
-        if doc is None:
-            raise _not_found("document")
-        key = doc.original_key
-        repo.delete_document(s, document_id)
-    # Page images and tensors are content-addressed and may be shared with other documents;
-    # the original is this document's alone.
-    ctx.store.delete(key)
+    """The document, its original, and its page images and tensors that no other page shares."""
+    if not objects.delete_document(ctx, document_id):
+        raise _not_found("document")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -11,9 +11,10 @@ import logging
 
 import urllib3.exceptions
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
+from kb import objects
 from kb.context import Context
 from kb.pipeline import (
     encode_pages,
@@ -102,3 +103,14 @@ def reindex(job_id: str) -> None:
 @app.task(name="admin.reindex_batch", **RETRY)
 def reindex_batch(job_id: str, page_ids: list[int]) -> None:
     reindex_pages(ctx(), job_id, page_ids)
+
+
+@app.task(name="maintenance.sweep_store", **RETRY)
+def sweep_store() -> None:
+    objects.sweep(ctx())
+
+
+@worker_ready.connect
+def _sweep_at_start(**_: object) -> None:
+    """Objects a killed task left behind are collected once a worker is back."""
+    sweep_store.delay()
