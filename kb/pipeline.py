@@ -8,7 +8,6 @@ an identical page (same content hash) anywhere in the store is encoded once per 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -24,6 +23,7 @@ from kb.catalog import repo
 from kb.catalog.models import DocumentStatus, Page
 from kb.context import Context
 from kb.keys import page_image_key as page_image_key  # re-exported (lab.bench)
+from kb.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def render_document(
 
     chunks: list[list[int]] = []
     ext = Path(filename).suffix.lower()
-    with tempfile.TemporaryDirectory(prefix="kb-render-") as tmp:
+    with scratch_dir(ctx.settings.scratch_dir) as tmp:
         path = Path(tmp) / f"original{ext}"
         ctx.store.get_file(key, path)
         try:

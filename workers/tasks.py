@@ -23,6 +23,7 @@ from kb.pipeline import (
     reindex_plan,
     render_document,
 )
+from kb.scratch import remove_abandoned
 from kb.settings import get_settings
 from workers.celery_app import app
 
@@ -59,6 +60,7 @@ def _load_once(**_: object) -> None:
     """Each worker process builds its context and loads the model once, before any task."""
     global _ctx
     _ctx = None  # never share a forked parent's engine or sockets
+    remove_abandoned(get_settings().scratch_dir)  # a killed task's temporary files
     ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
 
 

@@ -6,6 +6,10 @@ servers (PostgreSQL, an S3-protocol server on loopback), and looks at every key 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +27,7 @@ from kb.context import Context
 from kb.keys import TENSORS, content_hash_of, page_image_key, tensor_key
 from kb.model.base import PageTensors
 from kb.model.reference.backend import ReferenceBackend
+from kb.scratch import remove_abandoned, scratch_dir
 from kb.settings import Settings
 from tests.conftest_services import create_database, drop_database
 from tests.kb.model.reference.conftest import tiny_config
@@ -236,3 +241,26 @@ def test_a_sweep_collects_what_no_page_references(ctx: Context, tmp_path: Path) 
     assert objects.sweep(ctx) == objects.SweepResult(contents=1, objects=3)
     assert keys(ctx) == live
     assert objects.sweep(ctx) == objects.SweepResult(contents=0, objects=0)
+
+
+def test_a_killed_tasks_scratch_directory_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    root = tmp_path / "tmp"
+    code = (
+        "import sys, time; from pathlib import Path; from kb.scratch import scratch_dir\n"
+        "with scratch_dir(Path(sys.argv[1])) as d:\n"
+        "    (d / 'original.pdf').write_bytes(b'x' * 1000); print(d, flush=True); time.sleep(60)\n"
+    )
+    task = subprocess.Popen(
+        [sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert task.stdout is not None
+    killed = Path(task.stdout.readline().strip())
+    os.kill(task.pid, signal.SIGKILL)  # no finally block runs
+    task.wait()
+    assert (killed / "original.pdf").exists()
+    with scratch_dir(root) as running:
+        assert remove_abandoned(root) == 1
+        assert not killed.exists()
+        assert running.is_dir()  # a live task's directory stays
+        assert remove_abandoned(root) == 0
+    assert list(root.iterdir()) == []
