@@ -37,6 +37,8 @@ from kb.keys import PAGE_IMAGES, TENSORS, content_hash_of, page_image_key, tenso
 log = logging.getLogger(__name__)
 
 COLLECT_BATCH = 256  # contents locked and checked per transaction
+# A store write still unfinished after this long was interrupted (no upload takes an hour).
+ABANDONED_WRITE_S = 3600
 
 
 def delete_document(ctx: Context, document_id: str) -> bool:
@@ -135,12 +137,14 @@ class SweepResult:
 
 def sweep(ctx: Context) -> SweepResult:
     """Mark and sweep: collect every content in the store that no page row has (objects a
-    killed task wrote for a document deleted since, or a page row that was never committed)."""
+    killed task wrote for a document deleted since, or a page row that was never committed),
+    and the temporary files of store writes that were interrupted."""
     with ctx.session() as s:
         live = repo.all_content_hashes(s)
     stored = {content_hash_of(k) for k in ctx.store.list(PAGE_IMAGES)}
     stored |= {content_hash_of(k) for k in ctx.store.list(TENSORS)}
     orphans = stored - live
+    ctx.store.remove_abandoned_writes(older_than_s=ABANDONED_WRITE_S)
     # collect checks each again under the lock: a page may have been stored since `live`.
     result = SweepResult(contents=len(orphans), objects=collect(ctx, orphans))
     if orphans:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -60,6 +61,10 @@ class ObjectStore(Protocol):
     def list_dirs(self, prefix: str) -> Sequence[str]:
         """The distinct next '/'-level under `prefix` (which ends with '/'), each ending with
         '/', sorted: S3's common prefixes, so `list_dirs("tensors/")` names every version."""
+        ...
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        """Remove what writes interrupted more than `older_than_s` ago left; returns how many."""
         ...
 
     def ping(self) -> None:
@@ -174,6 +179,18 @@ class LocalStore:
                 path.unlink()
                 count += 1
             self._prune_empty_dirs(path.parent)
+        return count
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        # The temp files of writers killed before their rename; a live writer's is younger.
+        deadline, count = time.time() - older_than_s, 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if name.startswith(_TMP_PREFIX) and path.stat().st_mtime < deadline:
+                        path.unlink()
+                        count += 1
         return count
 
     def _prune_empty_dirs(self, directory: Path) -> None:
@@ -396,6 +413,11 @@ class S3Store:
         self._ensure_bucket()
         listing = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=False)
         return sorted(o.object_name for o in listing if o.is_dir and o.object_name is not None)
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        # put_object is one request, or a multipart upload the server keeps until a bucket
+        # lifecycle rule aborts it; objects only appear whole either way.
+        return 0
 
     # -- deletes
 

@@ -29,6 +29,7 @@ from kb.model.base import PageTensors
 from kb.model.reference.backend import ReferenceBackend
 from kb.scratch import remove_abandoned, scratch_dir
 from kb.settings import Settings
+from kb.store import LocalStore
 from tests.conftest_services import create_database, drop_database
 from tests.kb.model.reference.conftest import tiny_config
 from tests.stack import make_pdf
@@ -238,8 +239,14 @@ def test_a_sweep_collects_what_no_page_references(ctx: Context, tmp_path: Path) 
     ctx.store.put(page_image_key(orphan), b"png")
     ctx.store.put(tensor_key(version, "gist", orphan), b"tensor")
     ctx.store.put(tensor_key("some-old-version", "tiny", orphan), b"tensor")
+    if isinstance(ctx.store, LocalStore):  # and the temp file of a write killed long ago
+        killed_write = ctx.store.root / "pages" / ".kbtmp-killed"
+        killed_write.write_bytes(b"half a png")
+        os.utime(killed_write, (time.time() - 7200,) * 2)
     assert objects.sweep(ctx) == objects.SweepResult(contents=1, objects=3)
     assert keys(ctx) == live
+    if isinstance(ctx.store, LocalStore):
+        assert not killed_write.exists()
     assert objects.sweep(ctx) == objects.SweepResult(contents=0, objects=0)
 
 

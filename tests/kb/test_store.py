@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,6 +265,20 @@ def test_local_listing_ignores_in_flight_temp_files(tmp_path: Path) -> None:
     store.put("a/x", b"1")
     (root / "a" / ".kbtmp-leftover").write_bytes(b"crashed writer")
     assert list(store.list()) == ["a/x"]
+
+
+def test_local_removes_writes_abandoned_long_ago(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = LocalStore(root)
+    store.put("a/x", b"1")
+    killed, in_flight = root / "a" / ".kbtmp-killed", root / ".kbtmp-in-flight"
+    killed.write_bytes(b"a writer killed before its rename")
+    in_flight.write_bytes(b"a writer at work")
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))
+    assert store.remove_abandoned_writes(older_than_s=3600) == 1
+    assert not killed.exists() and in_flight.exists()
+    assert store.get("a/x") == b"1"
 
 
 # -- S3Store only
