@@ -46,7 +46,7 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import reader
+from kb import objects, reader
 from kb.catalog import repo
 from kb.catalog.models import Document, new_id
 from kb.pipeline import original_key
@@ -308,16 +308,10 @@ def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> Docume
     "/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404)
 )
 def delete_document(ctx: CtxDep, document_id: str) -> Response:
+    """The document, its original, and its page images and tensors that no other page shares."""
     _check_id(document_id, "document")
-    with ctx.session() as s:
-        doc = repo.get_document(s, document_id)
-        if doc is None:
-            raise _not_found("document")
-        key = doc.original_key
-        repo.delete_document(s, document_id)
-    # Page images and tensors are content-addressed and may be shared with other documents;
-    # the original is this document's alone.
-    ctx.store.delete(key)
+    if not objects.delete_document(ctx, document_id):
+        raise _not_found("document")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -20,17 +19,16 @@ from sqlalchemy import select
 
 import ingest
 from ingest.tiers import TEXT
+from kb import objects
 from kb.catalog import repo
 from kb.catalog.models import DocumentStatus, Page
 from kb.context import Context
+from kb.keys import page_image_key as page_image_key  # re-exported (lab.bench)
+from kb.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 8  # pages per encoder call: enough to amortise overhead, small enough for RAM
-
-
-def page_image_key(content_hash: str) -> str:
-    return f"pages/{content_hash[:2]}/{content_hash}.png"
 
 
 def original_key(document_id: str, filename: str) -> str:
@@ -66,7 +64,7 @@ def render_document(
 
     chunks: list[list[int]] = []
     ext = Path(filename).suffix.lower()
-    with tempfile.TemporaryDirectory(prefix="kb-render-") as tmp:
+    with scratch_dir(ctx.settings.scratch_dir) as tmp:
         path = Path(tmp) / f"original{ext}"
         ctx.store.get_file(key, path)
         try:
@@ -79,23 +77,9 @@ def render_document(
                         return RenderResult(chunks=[])
                 size = ctx.settings.render_chunk_pages
                 for chunk in ingest.page_chunks(opened, chunk_size=size):
-                    for page in chunk:
-                        image_key = page_image_key(page.content_hash)
-                        if not ctx.store.exists(image_key):
-                            ctx.store.put(image_key, ingest.png_bytes(page.image), "image/png")
-                    with ctx.session() as s:
-                        if repo.get_document(s, document_id) is None:
-                            log.info("render: document %s deleted mid-way; stopping", document_id)
-                            return RenderResult(chunks=chunks)
-                        for page in chunk:
-                            repo.upsert_page(
-                                s,
-                                document_id=document_id,
-                                number=page.number,
-                                content_hash=page.content_hash,
-                                text=page.text,
-                                image_key=page_image_key(page.content_hash),
-                            )
+                    if not objects.store_pages(ctx, document_id, chunk):
+                        log.info("render: document %s deleted mid-way; stopping", document_id)
+                        return RenderResult(chunks=chunks)
                     numbers = [p.number for p in chunk]
                     chunks.append(numbers)
                     if on_chunk is not None:
@@ -168,12 +152,12 @@ def encode_pages(ctx: Context, document_id: str, numbers: list[int]) -> tuple[in
     with ctx.session() as s:
         repo.mark_pages_encoded(s, [p.id for p in todo], version)
         counts = repo.record_pages_done(s, document_id)
-        if counts is None:
-            return 0, None
-        done, total = counts
-        if total is not None and done >= total:
+        if counts is not None and counts[1] is not None and counts[0] >= counts[1]:
             repo.set_status(s, document_id, DocumentStatus.READY)
-    return done, total
+    if counts is None:  # deleted while encoding: the tensors just written are garbage
+        objects.collect(ctx, (p.content_hash for p in todo))
+        return 0, None
+    return counts
 
 
 # -- re-indexing
@@ -212,6 +196,8 @@ def reindex_pages(ctx: Context, job_id: str, page_ids: list[int]) -> tuple[int, 
         pages = list(s.scalars(select(Page).where(Page.id.in_(page_ids))))
         s.expunge_all()
     _encode_missing(ctx, pages, force=True)
+    # Pages whose document was deleted while they were re-encoded: collect their new tensors.
+    objects.collect(ctx, (p.content_hash for p in pages))
     with ctx.session() as s:
         progress = repo.update_job_progress(s, job_id, len(page_ids))
     if progress is not None and progress[0] >= progress[1]:
@@ -227,10 +213,16 @@ def finish_reindex(ctx: Context, job_id: str) -> None:
         if job is None:
             return
         collection = job.collection.name if job.collection is not None else None
-        ids = [
-            p.id
+        switched = [
+            p
             for p in repo.pages_of_collection(s, collection)
             if p.document.status == DocumentStatus.READY and p.created_at <= job.created_at
         ]
-        repo.mark_pages_encoded(s, ids, version)
+        superseded: dict[str, set[str]] = {}  # old version -> contents that left it
+        for p in switched:
+            if p.encoded_version is not None and p.encoded_version != version:
+                superseded.setdefault(p.encoded_version, set()).add(p.content_hash)
+        repo.mark_pages_encoded(s, [p.id for p in switched], version)
         repo.set_job_status(s, job_id, "done")
+    for old_version, hashes in superseded.items():
+        objects.collect_version(ctx, old_version, hashes)

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         return self.data_dir / "objects"
 
     @property
+    def scratch_dir(self) -> Path:
+        """Where tasks keep temporary files (kb.scratch); a killed task's are removed later."""
+        return self.data_dir / "tmp"
+
+    @property
     def uses_s3(self) -> bool:
         return bool(self.s3_endpoint)
 

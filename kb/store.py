@@ -13,7 +13,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -60,6 +61,15 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with `prefix` (a plain string prefix, as in S3), in sorted order."""
+        ...
+
+    def list_dirs(self, prefix: str) -> Sequence[str]:
+        """The distinct next '/'-level under `prefix` (which ends with '/'), each ending with
+        '/', sorted: S3's common prefixes, so `list_dirs("tensors/")` names every version."""
+        ...
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        """Remove what writes interrupted more than `older_than_s` ago left; returns how many."""
         ...
 
     def ping(self) -> None:
@@ -148,11 +158,23 @@ class LocalStore:
                     keys.append(key)
         return iter(sorted(keys))
 
+    def list_dirs(self, prefix: str) -> Sequence[str]:
+        _check_dir_prefix(prefix)
+        start = self.root.joinpath(*_split_key(prefix, allow_empty=True))
+        if not start.is_dir():
+            return []
+        # A directory that holds no object (emptied, or only in-flight temp files) is no
+        # prefix in S3 either.
+        dirs = [e for e in start.iterdir() if e.is_dir() and not e.name.startswith(_TMP_PREFIX)]
+        return sorted(f"{prefix}{d.name}/" for d in dirs if _holds_an_object(d))
+
     # -- deletes
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         with contextlib.suppress(IsADirectoryError, NotADirectoryError):
-            self._path(key).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            self._prune_empty_dirs(path.parent)
 
     def delete_prefix(self, prefix: str) -> int:
         count = 0
@@ -162,6 +184,18 @@ class LocalStore:
                 path.unlink()
                 count += 1
             self._prune_empty_dirs(path.parent)
+        return count
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        # The temp files of writers killed before their rename; a live writer's is younger.
+        deadline, count = time.time() - older_than_s, 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                path = Path(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if name.startswith(_TMP_PREFIX) and path.stat().st_mtime < deadline:
+                        path.unlink()
+                        count += 1
         return count
 
     def _prune_empty_dirs(self, directory: Path) -> None:
@@ -184,6 +218,14 @@ class LocalStore:
 
 class _Writer(Protocol):
     def __call__(self, f: BinaryIO, /) -> object: ...
+
+
+def _holds_an_object(directory: Path) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+        if any(not name.startswith(_TMP_PREFIX) for name in filenames):
+            return True
+    return False
 
 
 def _split_key(key: str, *, allow_empty: bool) -> list[str]:
@@ -381,6 +423,17 @@ class S3Store:
             if not obj.is_dir and obj.object_name is not None:
                 yield obj.object_name
 
+    def list_dirs(self, prefix: str) -> Sequence[str]:
+        _check_dir_prefix(prefix)
+        self._ensure_bucket()
+        listing = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=False)
+        return sorted(o.object_name for o in listing if o.is_dir and o.object_name is not None)
+
+    def remove_abandoned_writes(self, older_than_s: float) -> int:
+        # put_object is one request, or a multipart upload the server keeps until a bucket
+        # lifecycle rule aborts it; objects only appear whole either way.
+        return 0
+
     # -- deletes
 
     def delete(self, key: str) -> None:
@@ -413,6 +466,11 @@ class S3Store:
 def _check_s3_key(key: str) -> None:
     if not key:
         raise ValueError("object key is empty")
+
+
+def _check_dir_prefix(prefix: str) -> None:
+    if prefix and not prefix.endswith("/"):
+        raise ValueError(f"a directory prefix ends with '/': {prefix!r}")
 
 
 def _not_found_or(error: S3Error, key: str) -> Exception:

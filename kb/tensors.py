@@ -1,7 +1,7 @@
 """Page tensors in the object store: safetensors under content-addressed keys, plus a RAM cache.
 
-Key = model version / tier / page content hash, so an identical page (in any document, any
-collection) is encoded once per model version and tier.
+Keyed by model version / tier / page content hash (kb.keys.tensor_key), so an identical page (in
+any document, any collection) is encoded once per model version and tier.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from collections import OrderedDict
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from kb.keys import tensor_key as tensor_key  # re-exported: the cache's callers use it
 from kb.model.base import PageTensors
 from kb.store import ObjectStore
-
-
-def tensor_key(model_version: str, tier: str, page_hash: str) -> str:
-    return f"tensors/{model_version}/{tier}/{page_hash[:2]}/{page_hash}.safetensors"
 
 
 def dumps(tensors: PageTensors) -> bytes:

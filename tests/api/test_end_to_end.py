@@ -11,7 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 from PIL import Image
+from sqlalchemy.orm import Session
 
+from kb.catalog import make_engine, repo
+from kb.keys import content_hash_of
+from kb.store import make_store
 from tests.stack import ADMIN_KEY, Stack, make_pdf, wait_document, wait_for
 
 pytestmark = pytest.mark.slow
@@ -231,9 +235,20 @@ def test_reindex_keeps_answering_then_completes(stack: Stack, corpus: dict[str, 
 
 
 def test_delete_removes_pages_from_later_answers(stack: Stack, corpus: dict[str, str]) -> None:
+    settings = stack.settings()
+    store, engine = make_store(settings), make_engine(settings.resolved_database_url)
+    with Session(engine) as s:
+        note_only = repo.page_hashes(s, corpus["note"]) - repo.page_hashes(s, corpus["pdf"])
+    engine.dispose()
+    note_keys = {k for k in store.list() if corpus["note"] in k or content_hash_of(k) in note_only}
+    assert {k.split("/")[0] for k in note_keys} == {"originals", "pages", "tensors"}
+    kept = set(store.list()) - note_keys
     with stack.client() as c:
         before = c.post("/v1/ask", json={"question": "What was approved?"}).json()
         assert c.delete(f"/v1/documents/{corpus['note']}").status_code == 204
+        # Nothing of it is left in the store: its original, page images and tensors are gone,
+        # every other document's objects are still there.
+        assert set(store.list()) == kept
         assert c.get(f"/v1/documents/{corpus['note']}").status_code == 404
         assert c.delete(f"/v1/documents/{corpus['note']}").status_code == 404
         after = c.post("/v1/ask", json={"question": "What was approved?"}).json()

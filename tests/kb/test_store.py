@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +109,19 @@ def test_list(store: ObjectStore) -> None:
     assert list(store.list("docs/a")) == ["docs/a/1", "docs/a/2", "docs/ab/1"]
     assert list(store.list("docs/b/1")) == ["docs/b/1"]
     assert list(store.list("nothing/")) == []
+
+
+def test_list_dirs(store: ObjectStore) -> None:
+    for key in ["t/v1/gist/ab/1", "t/v1/tiny/ab/1", "t/v2/gist/cd/2", "t/top", "u/v3/x"]:
+        store.put(key, b"x")
+    assert store.list_dirs("t/") == ["t/v1/", "t/v2/"]  # one level, objects not listed
+    assert store.list_dirs("t/v1/") == ["t/v1/gist/", "t/v1/tiny/"]
+    assert store.list_dirs("") == ["t/", "u/"]
+    assert store.list_dirs("nothing/") == []
+    store.delete("t/v2/gist/cd/2")  # a level whose objects are gone is gone, as in S3
+    assert store.list_dirs("t/") == ["t/v1/"]
+    with pytest.raises(ValueError, match="ends with '/'"):
+        store.list_dirs("t/v1")
 
 
 def test_delete_prefix(store: ObjectStore) -> None:
@@ -269,6 +284,20 @@ def test_local_listing_ignores_in_flight_temp_files(tmp_path: Path) -> None:
     store.put("a/x", b"1")
     (root / "a" / ".kbtmp-leftover").write_bytes(b"crashed writer")
     assert list(store.list()) == ["a/x"]
+
+
+def test_local_removes_writes_abandoned_long_ago(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    store = LocalStore(root)
+    store.put("a/x", b"1")
+    killed, in_flight = root / "a" / ".kbtmp-killed", root / ".kbtmp-in-flight"
+    killed.write_bytes(b"a writer killed before its rename")
+    in_flight.write_bytes(b"a writer at work")
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))
+    assert store.remove_abandoned_writes(older_than_s=3600) == 1
+    assert not killed.exists() and in_flight.exists()
+    assert store.get("a/x") == b"1"
 
 
 # -- S3Store only

@@ -27,7 +27,13 @@ def celery_app(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
 
 def test_tasks_have_stable_names(celery_app) -> None:  # type: ignore[no-untyped-def]
     names = {n for n in celery_app.tasks if not n.startswith("celery.")}
-    assert names == {"ingest.render", "ingest.encode", "admin.reindex", "admin.reindex_batch"}
+    assert names == {
+        "ingest.render",
+        "ingest.encode",
+        "admin.reindex",
+        "admin.reindex_batch",
+        "maintenance.sweep_store",
+    }
 
 
 def test_reliability_settings(celery_app) -> None:  # type: ignore[no-untyped-def]
