@@ -2,6 +2,8 @@
 
     python -m lab.eval_text            # ~10-20 minutes on a 2-core CPU
     python -m lab.eval_text --quick    # a smoke run (the tests run it)
+    python -m lab.eval_text --extractor off   # the one-stage copy path, for comparison
+    python -m lab.eval_text --extractor data/train/extractor/extractor.safetensors  # a candidate
 
 Everything goes through the service's own code: ``ReferenceBackend.encode_text`` (what ingest
 caches), ``ReferenceBackend.answer`` (what ``POST /v1/ask`` runs: pack, read, copy a span or say
