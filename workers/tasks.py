@@ -232,20 +232,28 @@ def _fail_on_hard_time_limit(
     **_: object,
 ) -> None:
     """A task killed at the hard time limit has its message acknowledged and never runs
-    again: its document (or job) is failed here, in the worker's main process, which is the
-    one that saw the limit pass (the task's own process is gone)."""
+    again, so its document (or job) would stay processing: it is failed instead.
+
+    This runs in the worker's main process, which saw the limit pass, just before it kills the
+    task's process; that process may still hold the catalog's write lock (SQLite), so the
+    failing is sent as a task, run once the process is gone, rather than done here.
+    """
     if not isinstance(exception, TimeLimitExceeded) or sender is None or not args:
         return
+    try:
+        fail_timed_out.delay(sender.name, str(args[0]))
+    except Exception:  # the sweep still finds the row stalled and sends its task again
+        log.exception("could not queue the failing of %s(%s)", sender.name, args[0])
+
+
+@app.task(name="maintenance.fail_timed_out", **RETRY)
+def fail_timed_out(task_name: str, row_id: str) -> None:
     message = (
         f"processing took longer than {app.conf.task_time_limit} s and was stopped; split the "
         "document into smaller files"
     )
-    main = Context(get_settings(), migrate=False)  # not ctx(): forked pool processes reuse it
-    try:
-        if sender.name in ("ingest.render", "ingest.encode"):
-            fail_document(main, str(args[0]), message)
-        elif sender.name in ("admin.reindex", "admin.reindex_batch"):
-            with main.session() as s:
-                repo.set_job_status(s, str(args[0]), JobStatus.FAILED, error=message)
-    finally:
-        main.close()
+    if task_name in ("ingest.render", "ingest.encode"):
+        fail_document(ctx(), row_id, message)
+    elif task_name in ("admin.reindex", "admin.reindex_batch"):
+        with ctx().session() as s:
+            repo.set_job_status(s, row_id, JobStatus.FAILED, error=message)

@@ -34,6 +34,7 @@ def test_tasks_have_stable_names(celery_app) -> None:  # type: ignore[no-untyped
         "admin.reindex_batch",
         "maintenance.sweep_store",
         "maintenance.sweep_stalled",
+        "maintenance.fail_timed_out",
     }
 
 

@@ -175,10 +175,12 @@ def test_broker_restarted_mid_ingest_and_upload_while_it_is_down(
 
 
 def test_a_task_frozen_past_the_hard_time_limit_fails_its_document(tmp_path: Path) -> None:
-    stack = Stack(tmp_path / "data", {"KB_TASK_TIME_LIMIT_S": "10"}).start()
+    # A 45 s hard limit gives a 15 s soft one (workers.celery_app): the time the test has to
+    # freeze the render of 1,500 pages (which takes longer) before the soft limit would end it.
+    stack = Stack(tmp_path / "data", {"KB_TASK_TIME_LIMIT_S": "45"}).start()
     try:
         with stack.client() as c:
-            pdf = make_pdf(tmp_path / "frozen.pdf", [f"page {i}" for i in range(300)])
+            pdf = make_pdf(tmp_path / "frozen.pdf", [f"page {i}" for i in range(1500)])
             r = upload(c, pdf)
             doc_id = r.json()["id"]
             line = f"document {doc_id}: ingest.render starts (0 earlier"
@@ -188,9 +190,9 @@ def test_a_task_frozen_past_the_hard_time_limit_fails_its_document(tmp_path: Pat
             # Frozen (as by swapping, or a native call that never returns): the soft limit's
             # signal cannot be handled, so the worker kills the process at the hard limit.
             os.kill(pool[0], signal.SIGSTOP)
-            doc = wait_document(c, doc_id, timeout=120)
+            doc = wait_document(c, doc_id, timeout=240)
             assert doc["status"] == "failed", doc
-            assert doc["error"].startswith("processing took longer than 10 s and was stopped"), doc
+            assert doc["error"].startswith("processing took longer than 45 s and was stopped"), doc
 
             # Uploading it again restarts that document.
             r = upload(c, pdf)
