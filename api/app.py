@@ -15,19 +15,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.limits import BodyLimits
 from api.routes import FILES_PER_REQUEST, admin, router, v1
 from kb.context import Context
+from kb.queue import QueueUnavailable, TaskQueue
 from kb.settings import Settings, get_settings
 from kb.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, queue: TaskQueue | None = None) -> FastAPI:
+    """The app; `queue` is where uploads and jobs are sent (default: the Celery broker at
+    KB_REDIS_URL, connected to only when the app starts)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = Context(settings)
         app.state.ctx = ctx
+        if queue is not None:
+            app.state.queue = queue
+        else:
+            from workers.queue import CeleryQueue  # needs KB_REDIS_URL: not at import time
+
+            app.state.queue = CeleryQueue()
         app.state.api_key = settings.key("api")
         app.state.admin_key = settings.key("admin")
         app.state.model_slots = threading.BoundedSemaphore(settings.max_asks_in_flight)
@@ -77,6 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
             {"detail": "the object store is unavailable; try again later"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    @app.exception_handler(QueueUnavailable)
+    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        log.error("queue unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the queue is unavailable, so nothing was stored; try again later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 

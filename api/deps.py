@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from kb.context import Context
+from kb.queue import TaskQueue
 
 RETRY_AFTER_S = 1  # a question takes about a second (docs/benchmarks.md)
 
@@ -18,7 +19,13 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 
 
 def get_ctx(request: Request) -> Context:
-    return request.app.state.ctx
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def get_queue(request: Request) -> TaskQueue:
+    queue: TaskQueue = request.app.state.queue
+    return queue
 
 
 def _check(creds: HTTPAuthorizationCredentials | None, keys: list[str]) -> None:
@@ -82,6 +89,7 @@ async def model_slot(request: Request) -> AsyncIterator[None]:
 
 
 CtxDep = Annotated[Context, Depends(get_ctx)]
+QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 AdminKey = Annotated[bool, Depends(is_admin)]
 ModelSlot = Depends(model_slot)
 User = Depends(require_user)

@@ -3,9 +3,7 @@ pool, so model calls and file I/O never block the event loop."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import mimetypes
 import re
 import tempfile
 from pathlib import Path as FilePath
@@ -28,7 +26,7 @@ from sqlalchemy import text
 from starlette.datastructures import UploadFile as FormFile
 
 import ingest
-from api.deps import Admin, AdminKey, CtxDep, ModelSlot, User
+from api.deps import Admin, AdminKey, CtxDep, ModelSlot, QueueDep, User
 from api.schemas import (
     AskIn,
     AskOut,
@@ -46,15 +44,12 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import objects, reader
+from kb import documents, jobs, objects, reader
 from kb.catalog import repo
-from kb.catalog.models import Document, new_id
-from kb.pipeline import original_key
-from workers.celery_app import app as celery
+from kb.catalog.models import Document
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK = 1 << 20
 FILES_PER_REQUEST = 1  # each upload is one document; more files in one request: 422
 
 # What each error status means here; every route lists the ones it can answer (OpenAPI), with
@@ -71,7 +66,7 @@ _ERRORS = {
     415: "unsupported file type, or contents that do not match the extension",
     422: "invalid input; `detail` says which field and why",
     429: "too many questions in flight (KB_MAX_ASKS_IN_FLIGHT); retry after Retry-After seconds",
-    503: "the object store is unavailable; try again later",
+    503: "the object store or the queue is unavailable (nothing was stored); try again later",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
@@ -130,7 +125,7 @@ def _check_id(value: str, what: str) -> str:
     tags=["health"],
     responses={503: {"model": Health, "description": "a part is down: status degraded"}},
 )
-def healthz(ctx: CtxDep, response: Response, admin_key: AdminKey) -> Health:
+def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminKey) -> Health:
     """`ok` or `degraded` for anyone (a load balancer needs no key); with the admin key, each
     part's state and errors and the model. Never waits on the model."""
 
@@ -147,8 +142,7 @@ def healthz(ctx: CtxDep, response: Response, admin_key: AdminKey) -> Health:
         return {"backend": ctx.engine.dialect.name}
 
     def queue() -> dict[str, str]:
-        with celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        queue_.ping()
         return {"broker": "redis"}
 
     def store() -> dict[str, str]:
@@ -198,76 +192,39 @@ async def _one_file(request: Request) -> None:
 )
 def upload_document(
     ctx: CtxDep,
+    queue: QueueDep,
     response: Response,
     file: Annotated[UploadFile, File(description="the document")],
     collection: Annotated[CollectionName, Form()] = "default",
 ) -> DocumentAccepted:
     """Upload one document (one file per request: more are refused with 422). The same bytes
     uploaded again to the same collection, even at the same moment, give the one document
-    (200, `duplicate: true`) unless it failed."""
-    try:
-        filename = ingest.safe_filename(file.filename or "")
-    except ingest.IngestError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    # The body was already refused past the limit while it streamed in (api.limits); this
+    (200, `duplicate: true`); if that document failed or its progress stalled, it is processed
+    again (202, `duplicate: true`). When the queue cannot take the work: 503, nothing stored."""
+    # The body was already refused past the limit while it streamed in (api.limits); staging
     # counts the file alone, without the multipart framing.
-    limit = ctx.settings.max_upload_mb << 20
     with tempfile.TemporaryDirectory(prefix="kb-upload-") as tmp:
-        path = FilePath(tmp) / "upload"
-        digest, size = hashlib.sha256(), 0
-        with path.open("wb") as out:
-            while chunk := file.file.read(COPY_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(
-                        status.HTTP_413_CONTENT_TOO_LARGE,
-                        f"file is larger than the {ctx.settings.max_upload_mb} MB limit",
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-        with path.open("rb") as f:
-            head = f.read(4096)
         try:
-            ext = ingest.check_upload(filename, head)
+            staged = documents.stage(
+                file.file,
+                file.filename or "",
+                FilePath(tmp) / "upload",
+                ctx.settings.max_upload_mb << 20,
+            )
+        except documents.UploadTooLarge as exc:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from exc
         except ingest.UnsupportedFormat as exc:
             raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, str(exc)) from exc
         except ingest.IngestError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-
-        sha = digest.hexdigest()
-        with ctx.session() as s:
-            existing = repo.find_document_by_sha256(s, collection, sha)
-            if existing is not None:  # the common case, without storing the bytes again
-                response.status_code = status.HTTP_200_OK
-                return DocumentAccepted(id=existing.id, status=existing.status, duplicate=True)  # type: ignore[arg-type]
-
-        doc_id = new_id()
-        key = original_key(doc_id, filename)
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        ctx.store.put_file(key, path, content_type)
-    try:
-        with ctx.session() as s:
-            doc, created = repo.add_document(
-                s,
-                collection=collection,
-                filename=filename,
-                content_type=content_type,
-                size_bytes=size,
-                sha256=sha,
-                original_key=key,
-                document_id=doc_id,
-            )
-            accepted = DocumentAccepted(id=doc.id, status=doc.status, duplicate=not created)  # type: ignore[arg-type]
-    except Exception:
-        ctx.store.delete(key)  # no orphaned original
-        raise
-    if not created:  # a concurrent upload of the same bytes won the race
-        ctx.store.delete(key)
+        accepted = documents.upload(ctx, queue, staged, collection)
+    if not accepted.queued:
         response.status_code = status.HTTP_200_OK
-        return accepted
-    celery.send_task("ingest.render", args=[doc_id])
-    log.info("queued %s (%s, %d bytes, %s)", doc_id, filename, size, ext)
-    return accepted
+    return DocumentAccepted(
+        id=accepted.id,
+        status=accepted.status,  # type: ignore[arg-type]
+        duplicate=accepted.duplicate,
+    )
 
 
 @v1.get("/documents", response_model=DocumentList, responses=errors(422))
@@ -393,16 +350,13 @@ def ask(ctx: CtxDep, body: AskIn) -> AskOut:
     "/reindex",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=errors(404, *BODY_ERRORS),
+    responses=errors(404, *BODY_ERRORS, 503),
 )
-def reindex(ctx: CtxDep, body: ReindexIn | None = None) -> JobAccepted:
-    collection = body.collection if body else None
-    with ctx.session() as s:
-        if collection is not None and repo.get_collection(s, collection) is None:
-            raise _not_found(f"collection {collection!r}")
-        job = repo.create_job(s, model_version=ctx.backend.version, collection=collection)
-        job_id = job.id
-    celery.send_task("admin.reindex", args=[job_id])
+def reindex(ctx: CtxDep, queue: QueueDep, body: ReindexIn | None = None) -> JobAccepted:
+    try:
+        job_id = jobs.start_reindex(ctx, queue, body.collection if body else None)
+    except jobs.CollectionNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     return JobAccepted(job_id=job_id)
 
 

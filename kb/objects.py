@@ -84,6 +84,7 @@ def store_pages(ctx: Context, document_id: str, pages: Sequence[ingest.RenderedP
                     text=page.text,
                     image_key=page_image_key(page.content_hash),
                 )
+            repo.record_progress(s, document_id)  # a render that stores chunks is not stalled
     except IntegrityError:
         # PostgreSQL: the document was deleted while this transaction inserted its pages.
         # The images written above are the deleter's to collect once this lock is released.

@@ -59,6 +59,11 @@ def render_document(
         if doc is None:
             log.info("render: document %s is gone; nothing to do", document_id)
             return RenderResult(chunks=[])
+        if doc.status in (DocumentStatus.READY, DocumentStatus.FAILED):
+            # A second delivery (the sweep re-drove it, Redis restored a message) after the
+            # first one finished: a failed document is only restarted by uploading it again.
+            log.info("render: document %s is already %s; nothing to do", document_id, doc.status)
+            return RenderResult(chunks=[])
         filename, key = doc.filename, doc.original_key
         repo.set_status(s, document_id, DocumentStatus.PROCESSING)
 

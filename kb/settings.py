@@ -54,7 +54,19 @@ class Settings(BaseSettings):
     # answered 429 with Retry-After instead of queueing behind the model lock without bound.
     max_asks_in_flight: int = Field(4, ge=1)
     render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
-    task_time_limit_s: int = Field(1800, ge=10)  # hard limit of one task
+    # Hard limit of one task. The longest is rendering a whole document (a chunk of pages is
+    # encoded in seconds): max_pages_per_document pages at ~35 pages/s is about a minute
+    # (docs/benchmarks.md), so 10 minutes is ample and bounds how long a frozen task holds its
+    # message (the broker's visibility timeout follows it, workers.celery_app).
+    task_time_limit_s: int = Field(600, ge=10)
+    # A queued or processing document (a running reindex job) whose progress has not moved this
+    # long is re-driven by the sweep (kb.recovery). Longer than the visibility timeout
+    # (task_time_limit_s + 60 s), so a message Redis restores by itself is not sent again too.
+    stalled_after_s: int = Field(900, ge=1)
+    sweep_interval_s: int = Field(300, ge=1)  # how often each worker sweeps for stalled work
+    # Ctrl-C on `make run`: running tasks get this long to finish, then they are handed back
+    # to the broker (a chunk is seconds of work; a whole render is redone, idempotently).
+    shutdown_grace_s: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
     tensor_cache_mb: int = Field(1024, ge=1)  # RAM for cached page tensors in the API process
 

@@ -8,17 +8,21 @@ person can read, and the worker keeps running.
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import kombu.exceptions
 import redis
 import urllib3.exceptions
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_ready
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure, worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
-from kb import objects
+from kb import objects, recovery
+from kb.catalog import repo
+from kb.catalog.models import JobStatus
 from kb.context import Context
 from kb.pipeline import (
     encode_pages,
@@ -31,6 +35,7 @@ from kb.scratch import remove_abandoned
 from kb.settings import get_settings
 from kb.store import StoreUnavailable
 from workers.celery_app import app
+from workers.queue import CeleryQueue
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ TRANSIENT = (
     OperationalError,
     urllib3.exceptions.HTTPError,
     StoreUnavailable,  # an OSError of the store: a full disk is freed, a mount comes back
+    kombu.exceptions.OperationalError,  # the broker, restarting, refused a chunk's encode task
 )
 RETRY = dict(
     autoretry_for=TRANSIENT,
@@ -74,7 +80,15 @@ def _load_once(**_: object) -> None:
     _ctx = None  # never share a forked parent's engine or sockets
     _redis = None
     remove_abandoned(get_settings().scratch_dir)  # a killed task's temporary files
+    # A stop asked for (the pool ends a task it cancels at shutdown with SIGTERM) unwinds the
+    # task, so its `finally` clauses run and unless_it_killed_its_worker does not count it as
+    # a worker lost; SIGKILL (out of memory, the hard time limit) still cannot be caught.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def broker() -> redis.Redis:
@@ -95,7 +109,7 @@ def unless_it_killed_its_worker(task: Task, document_id: str) -> Iterator[bool]:
     """
     key = f"kb:unfinished:{task.request.id}"
     lost = int(broker().incr(key)) - 1
-    # Outlives every redelivery (the visibility timeout is twice the hard limit).
+    # Outlives every redelivery (the visibility timeout is the hard limit plus a minute).
     broker().expire(key, 4 * get_settings().task_time_limit_s)
     log.info(
         "document %s: %s starts (%d earlier run(s) did not finish)", document_id, task.name, lost
@@ -183,7 +197,63 @@ def sweep_store() -> None:
     objects.sweep(ctx())
 
 
+@app.task(name="maintenance.sweep_stalled", **RETRY)
+def sweep_stalled() -> None:
+    recovery.redrive_stalled(ctx(), CeleryQueue())
+
+
+def _send_sweep_stalled() -> None:
+    try:
+        sweep_stalled.delay()
+    except Exception:  # a broker away now is tried again at the next interval
+        log.warning("could not queue the sweep for stalled work", exc_info=True)
+
+
 @worker_ready.connect
-def _sweep_at_start(**_: object) -> None:
-    """Objects a killed task left behind are collected once a worker is back."""
+def _sweep_at_start(sender: object, **_: object) -> None:
+    """Objects a killed task left behind are collected once a worker is back; stalled work is
+    re-driven now and every KB_SWEEP_INTERVAL_S.
+
+    The period comes from the worker's own timer (its event loop, in the main process) rather
+    than Celery beat: no extra process or schedule file, it runs wherever a worker runs, and
+    several workers sweeping at once is harmless (each stalled row is claimed by one of them).
+    """
     sweep_store.delay()
+    _send_sweep_stalled()
+    timer = sender.timer  # type: ignore[attr-defined]  # the consumer's
+    timer.call_repeatedly(get_settings().sweep_interval_s, _send_sweep_stalled)
+
+
+@task_failure.connect
+def _fail_on_hard_time_limit(
+    sender: Task | None = None,
+    exception: BaseException | None = None,
+    args: tuple[object, ...] = (),
+    **_: object,
+) -> None:
+    """A task killed at the hard time limit has its message acknowledged and never runs
+    again, so its document (or job) would stay processing: it is failed instead.
+
+    This runs in the worker's main process, which saw the limit pass, just before it kills the
+    task's process; that process may still hold the catalog's write lock (SQLite), so the
+    failing is sent as a task, run once the process is gone, rather than done here.
+    """
+    if not isinstance(exception, TimeLimitExceeded) or sender is None or not args:
+        return
+    try:
+        fail_timed_out.delay(sender.name, str(args[0]))
+    except Exception:  # the sweep still finds the row stalled and sends its task again
+        log.exception("could not queue the failing of %s(%s)", sender.name, args[0])
+
+
+@app.task(name="maintenance.fail_timed_out", **RETRY)
+def fail_timed_out(task_name: str, row_id: str) -> None:
+    message = (
+        f"processing took longer than {app.conf.task_time_limit} s and was stopped; split the "
+        "document into smaller files"
+    )
+    if task_name in ("ingest.render", "ingest.encode"):
+        fail_document(ctx(), row_id, message)
+    elif task_name in ("admin.reindex", "admin.reindex_batch"):
+        with ctx().session() as s:
+            repo.set_job_status(s, row_id, JobStatus.FAILED, error=message)

@@ -172,6 +172,9 @@ class Document(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # When work on the document last moved (queued, a status, a chunk rendered or encoded; not a
+    # pin): the sweep re-drives a queued or processing document whose progress_at is too old.
+    progress_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     collection: Mapped[Collection] = relationship(back_populates="documents")
     # passive_deletes: the database's ON DELETE CASCADE removes pages; the ORM need not load them.
@@ -223,6 +226,7 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    progress_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # as documents'
 
     collection: Mapped[Collection | None] = relationship()
 

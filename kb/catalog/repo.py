@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -28,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, contains_eager, joinedload
+from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
 
 from kb.catalog.models import (
     LIVE_DOCUMENT,
@@ -149,6 +150,7 @@ def add_document(
             sha256=sha256,
             original_key=original_key,
             status=DocumentStatus.QUEUED.value,
+            progress_at=utcnow(),
         )
         .on_conflict_do_nothing(
             index_elements=[Document.collection_id, Document.sha256],
@@ -207,7 +209,7 @@ def set_status(session: Session, document_id: str, status: str, error: str | Non
     stmt = (
         update(Document)
         .where(Document.id == document_id)
-        .values(status=DocumentStatus(status).value, error=error)
+        .values(status=DocumentStatus(status).value, error=error, progress_at=utcnow())
     )
     return _rowcount(session.execute(stmt)) > 0
 
@@ -221,8 +223,82 @@ def set_pinned(session: Session, document_id: str, pinned: bool) -> bool:
 def set_pages_total(session: Session, document_id: str, total: int) -> bool:
     if total < 0:
         raise ValueError(f"pages_total must be >= 0, got {total}")
-    stmt = update(Document).where(Document.id == document_id).values(pages_total=total)
+    stmt = (
+        update(Document)
+        .where(Document.id == document_id)
+        .values(pages_total=total, progress_at=utcnow())
+    )
     return _rowcount(session.execute(stmt)) > 0
+
+
+def record_progress(session: Session, document_id: str) -> bool:
+    """Note that work on the document moved now (a chunk stored); False if it is gone."""
+    stmt = update(Document).where(Document.id == document_id).values(progress_at=utcnow())
+    return _rowcount(session.execute(stmt)) > 0
+
+
+# Work on these is unfinished: the sweep re-drives them when their progress stalls.
+UNFINISHED_DOCUMENT = (DocumentStatus.QUEUED.value, DocumentStatus.PROCESSING.value)
+UNFINISHED_JOB = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+def claim_stalled_documents(
+    session: Session, stalled_before: datetime, document_id: str | None = None
+) -> list[str]:
+    """The unfinished documents (or the one given) whose progress has not moved since
+    `stalled_before`, with their progress_at set to now; a document is claimed by one caller
+    only (one conditional UPDATE), so two sweeps never re-drive it twice."""
+    stmt = update(Document).where(
+        Document.status.in_(UNFINISHED_DOCUMENT), Document.progress_at < stalled_before
+    )
+    if document_id is not None:
+        stmt = stmt.where(Document.id == document_id)
+    stmt = stmt.values(progress_at=utcnow()).returning(Document.id)
+    return list(session.scalars(stmt, execution_options={"synchronize_session": False}))
+
+
+def restart_failed_document(
+    session: Session, collection: str, sha256: str
+) -> tuple[str, str | None] | None:
+    """Queue the newest failed document with these bytes in `collection` again (error cleared);
+    its id and the error it had, or None if there is none or a live document with these bytes
+    exists.
+
+    May raise IntegrityError when a live document with these bytes is added at the same moment
+    (the unique index of live documents); the caller then adds or finds that one instead.
+    """
+    found = session.execute(
+        select(Document.id, Document.error)
+        .join(Document.collection)
+        .where(
+            Collection.name == collection,
+            Document.sha256 == sha256,
+            Document.status == DocumentStatus.FAILED.value,
+        )
+        .order_by(Document.created_at.desc(), Document.id.desc())
+        .limit(1)
+    ).first()
+    if found is None:
+        return None
+    failed, error = found
+    live = aliased(Document)
+    stmt = (
+        update(Document)
+        .where(
+            Document.id == failed,
+            Document.status == DocumentStatus.FAILED.value,
+            ~select(live.id)
+            .where(
+                live.collection_id == Document.collection_id,
+                live.sha256 == Document.sha256,
+                live.status != DocumentStatus.FAILED.value,
+            )
+            .exists(),
+        )
+        .values(status=DocumentStatus.QUEUED.value, error=None, progress_at=utcnow())
+    )
+    restarted = _rowcount(session.execute(stmt, execution_options={"synchronize_session": False}))
+    return (failed, error) if restarted else None
 
 
 def record_pages_done(session: Session, document_id: str) -> tuple[int, int | None] | None:
@@ -250,7 +326,7 @@ def record_pages_done(session: Session, document_id: str) -> tuple[int, int | No
     stmt = (
         update(Document)
         .where(Document.id == document_id)
-        .values(pages_done=encoded)
+        .values(pages_done=encoded, progress_at=utcnow())
         .returning(Document.pages_done, Document.pages_total)
     )
     row = session.execute(stmt, execution_options={"synchronize_session": "fetch"}).one()
@@ -440,16 +516,25 @@ def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def delete_job(session: Session, job_id: str) -> bool:
+    stmt = delete(Job).where(Job.id == job_id)
+    return _rowcount(session.execute(stmt)) > 0
+
+
 def set_job_total(session: Session, job_id: str, total: int) -> bool:
     """Set how many units the job has (known once the fan-out has listed its pages)."""
     if total < 0:
         raise ValueError(f"job total must be >= 0, got {total}")
-    stmt = update(Job).where(Job.id == job_id).values(total=total)
+    stmt = update(Job).where(Job.id == job_id).values(total=total, progress_at=utcnow())
     return _rowcount(session.execute(stmt)) > 0
 
 
 def set_job_status(session: Session, job_id: str, status: str, error: str | None = None) -> bool:
-    stmt = update(Job).where(Job.id == job_id).values(status=JobStatus(status).value, error=error)
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status=JobStatus(status).value, error=error, progress_at=utcnow())
+    )
     return _rowcount(session.execute(stmt)) > 0
 
 
@@ -466,6 +551,7 @@ def update_job_progress(session: Session, job_id: str, n: int = 1) -> tuple[int,
         .where(Job.id == job_id)
         .values(
             done=Job.done + n,
+            progress_at=utcnow(),
             status=case(
                 (Job.status.in_([JobStatus.DONE.value, JobStatus.FAILED.value]), Job.status),
                 (reaches_total, JobStatus.DONE.value),
@@ -478,6 +564,19 @@ def update_job_progress(session: Session, job_id: str, n: int = 1) -> tuple[int,
     # computed from its possibly stale copy.
     row = session.execute(stmt, execution_options={"synchronize_session": "fetch"}).first()
     return None if row is None else (row.done, row.total)
+
+
+def claim_stalled_jobs(session: Session, stalled_before: datetime) -> list[str]:
+    """Unfinished jobs whose progress has not moved since `stalled_before`, claimed as
+    `claim_stalled_documents` claims documents; their count starts again from 0 (the whole job
+    is sent again)."""
+    stmt = (
+        update(Job)
+        .where(Job.status.in_(UNFINISHED_JOB), Job.progress_at < stalled_before)
+        .values(progress_at=utcnow(), done=0)
+        .returning(Job.id)
+    )
+    return list(session.scalars(stmt, execution_options={"synchronize_session": False}))
 
 
 # -- helpers

@@ -33,6 +33,8 @@ def test_tasks_have_stable_names(celery_app) -> None:  # type: ignore[no-untyped
         "admin.reindex",
         "admin.reindex_batch",
         "maintenance.sweep_store",
+        "maintenance.sweep_stalled",
+        "maintenance.fail_timed_out",
     }
 
 
@@ -40,7 +42,10 @@ def test_reliability_settings(celery_app) -> None:  # type: ignore[no-untyped-de
     conf = celery_app.conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_time_limit == 600
-    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    # Longer than any task can run, and not much longer: a vanished worker's message is
+    # hidden for minutes, not an hour.
+    assert 600 < conf.broker_transport_options["visibility_timeout"] <= 600 + 120
+    assert conf.worker_soft_shutdown_timeout > 0  # Ctrl-C: finish or hand back
     assert conf.task_soft_time_limit < conf.task_time_limit
     assert conf.worker_prefetch_multiplier == 1 and conf.worker_max_tasks_per_child
 
@@ -71,3 +76,18 @@ def test_the_broker_url_is_required(monkeypatch: pytest.MonkeyPatch, tmp_path) -
         get_settings.cache_clear()
         if saved is not None:
             sys.modules["workers.celery_app"] = saved
+
+
+def test_a_broker_that_is_down_fails_a_publish_fast(celery_app) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from kb.queue import QueueUnavailable
+    from workers.queue import CeleryQueue
+
+    queue = CeleryQueue()  # KB_REDIS_URL is a port nothing listens on
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        queue.enqueue_render("0" * 36)
+    with pytest.raises(QueueUnavailable):
+        queue.ping()
+    assert time.monotonic() - started < 15
