@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -368,7 +369,8 @@ class ReferenceBackend:
         """The two-stage copy path: every segment of the memory's text pages scored against the
         question (segment_scores), the reader (extractor.py) over the windows of the TOP best,
         the answer copied from the window whose best span beats "no answer" by most. Page
-        scores: per page, the reader's best window score (a sigmoid), the answer's page first."""
+        scores: per page, how far its best window clears the threshold (a sigmoid; 0 for a page
+        with no window that answers, so it is not cited), the answer's page first."""
         assert self.extractor is not None
         scores = self.segment_scores(question, packed)
         top = torch.argsort(scores, descending=True)[: fine.TOP].tolist()
@@ -377,12 +379,14 @@ class ReferenceBackend:
             i, k = packed.segment_at[s]
             windows.append(fine.window(i, pages[i].text or "", packed.page_segments[i], k))
         got = self.extractor.extract(question, [w.text for w in windows])
-        page_scores = [0.0] * len(pages)
+        threshold = self.extractor.threshold
+        page_scores = [0.0] * len(pages)  # only pages with a window that answers are cited
         for e in got:
-            i = windows[e.window].page
-            page_scores[i] = max(page_scores[i], float(torch.sigmoid(torch.tensor(e.score))))
+            if e.score > threshold:
+                i = windows[e.window].page
+                page_scores[i] = max(page_scores[i], 1 / (1 + math.exp(threshold - e.score)))
         best = max(got, key=lambda e: e.score)
-        if best.score <= self.extractor.threshold:
+        if best.score <= threshold:
             return Answer(NOT_FOUND, page_scores, found=False, score=best.score)
         w = windows[best.window]
         text = pages[w.page].text or ""
