@@ -46,6 +46,7 @@ from rich.table import Table
 
 from kb.model.base import ContextPage, PageTensors
 from kb.model.reference import backend as reference_backend
+from kb.model.reference import extractor
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.extractor import SpanExtractor
 from kb.model.reference.processing_reference import decode, read_prompt
@@ -131,7 +132,7 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
     out: dict[str, Any] = {}
     pool = fillers(random.Random("kb-eval-text/pool"), max(sizes)) if sizes else []
     for n, questions in sizes.items():
-        right = cited = 0
+        right = cited = read = 0
         per_depth: dict[str, list[int]] = {}
         seconds = []
         for q in range(questions):
@@ -147,15 +148,35 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
             ok = exact(answer.text, s.answer)
             right += ok
             cited += top == at
+            read += read_by_reader(backend, s.question, s.answer, ctx, at)
             per_depth.setdefault(f"{depth:.0%}", []).append(int(ok))
         out[str(n)] = {
             "questions": questions,
             "accuracy": right / questions,
             "cited_first": cited / questions,
+            # two-stage copy path: the answer was among the windows stage 1 gave the reader
+            "answer_in_read_windows": read / questions if backend.extractor else None,
             "by_depth": {d: sum(v) / len(v) for d, v in per_depth.items()},
             "seconds_median": statistics.median(seconds),
         }
     return out
+
+
+def read_by_reader(backend, question: str, answer: str, ctx: list[ContextPage], at: int) -> bool:
+    """Whether stage 1 of the two-stage copy path put ``answer`` (on page ``at``) among the
+    windows the extractive reader reads: a miss is then stage 1's, not the reader's."""
+    if backend.extractor is None:
+        return False
+    packed = backend.packed(ctx)
+    scores = backend.segment_scores(question, packed)
+    for k in torch.argsort(scores, descending=True)[: extractor.TOP].tolist():
+        i, j = packed.segment_at[k]
+        if (
+            i == at
+            and answer in extractor.window(i, ctx[i].text or "", packed.page_segments[i], j).text
+        ):
+            return True
+    return False
 
 
 def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
