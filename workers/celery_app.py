@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from kb import priority
 from kb.settings import get_settings
 
 settings = get_settings()
@@ -26,10 +27,18 @@ app.conf.update(
     # minutes by default, where the old "twice the limit" of a 30-minute limit was an hour.
     # A worker that stops cleanly hands its messages back at once (worker_soft_shutdown_timeout
     # below), and a message lost altogether is re-driven by the sweep (kb.recovery).
-    broker_transport_options={"visibility_timeout": settings.task_time_limit_s + 60},
+    # Priorities (kb.priority): Redis keeps one list per step and a worker pops the most urgent
+    # non-empty one (0 first), so a small upload's chunks pass a large document's tail.
+    broker_transport_options={
+        "visibility_timeout": settings.task_time_limit_s + 60,
+        "priority_steps": list(priority.STEPS),
+    },
+    task_default_priority=priority.MAINTENANCE,
     task_time_limit=settings.task_time_limit_s,
     task_soft_time_limit=max(settings.task_time_limit_s - 30, 5),
-    worker_prefetch_multiplier=1,  # long tasks: don't hoard them on one worker
+    # Long tasks: don't hoard them on one worker. With acks late the running task's message
+    # fills the one slot, so the next task is chosen when a process is free, by priority.
+    worker_prefetch_multiplier=1,
     worker_max_tasks_per_child=200,  # recycle processes: bounds leaks in native libraries
     task_ignore_result=True,  # progress lives in the catalog, not in a result backend
     task_default_queue="kb",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import kombu.exceptions
 import redis.exceptions
 
+from kb import priority
 from kb.queue import QueueUnavailable
 from workers.celery_app import app
 
@@ -15,10 +16,10 @@ BROKER_DOWN = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionErr
 
 class CeleryQueue:
     def enqueue_render(self, document_id: str) -> None:
-        self._send("ingest.render", document_id)
+        self._send("ingest.render", document_id, priority.RENDER)
 
     def enqueue_reindex(self, job_id: str) -> None:
-        self._send("admin.reindex", job_id)
+        self._send("admin.reindex", job_id, priority.REINDEX)
 
     def ping(self) -> None:
         try:
@@ -27,8 +28,8 @@ class CeleryQueue:
         except BROKER_DOWN as exc:
             raise QueueUnavailable(f"the broker does not answer: {exc}") from exc
 
-    def _send(self, name: str, arg: str) -> None:
+    def _send(self, name: str, arg: str, level: int) -> None:
         try:
-            app.send_task(name, args=[arg])
+            app.send_task(name, args=[arg], priority=level)
         except BROKER_DOWN as exc:
             raise QueueUnavailable(f"the broker did not take {name}({arg}): {exc}") from exc

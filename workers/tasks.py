@@ -20,7 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init, worker_ready
 from sqlalchemy.exc import OperationalError
 
-from kb import objects, recovery
+from kb import objects, priority, recovery
 from kb.catalog import repo
 from kb.catalog.models import JobStatus
 from kb.context import Context
@@ -145,7 +145,7 @@ def _unexpected(document_id: str, exc: BaseException) -> None:
         fail_document(ctx(), document_id, "an internal error stopped processing this document")
 
 
-@app.task(name="ingest.render", bind=True, **RETRY)
+@app.task(name="ingest.render", bind=True, priority=priority.RENDER, **RETRY)
 def render(self, document_id: str) -> None:
     with unless_it_killed_its_worker(self, document_id) as run:
         if run:
@@ -154,13 +154,20 @@ def render(self, document_id: str) -> None:
 
 def _render(self, document_id: str) -> None:  # type: ignore[no-untyped-def]
     try:
-        render_document(ctx(), document_id, on_chunk=lambda n: encode.delay(document_id, n))
+        render_document(ctx(), document_id, on_chunk=lambda n: _send_encode(document_id, n))
     except TRANSIENT:
         if self.request.retries >= self.max_retries:
             fail_document(ctx(), document_id, "storage or database unavailable; try again")
         raise
     except Exception as exc:
         _unexpected(document_id, exc)
+
+
+def _send_encode(document_id: str, page_numbers: list[int]) -> None:
+    """A chunk is queued as urgent as its document is young (kb.priority)."""
+    encode.apply_async(
+        (document_id, page_numbers), priority=priority.encode_priority(min(page_numbers))
+    )
 
 
 @app.task(name="ingest.encode", bind=True, **RETRY)
@@ -181,13 +188,13 @@ def _encode(self, document_id: str, page_numbers: list[int]) -> None:  # type: i
         _unexpected(document_id, exc)
 
 
-@app.task(name="admin.reindex", **RETRY)
+@app.task(name="admin.reindex", priority=priority.REINDEX, **RETRY)
 def reindex(job_id: str) -> None:
     for batch in reindex_plan(ctx(), job_id, REINDEX_BATCH):
         reindex_batch.delay(job_id, batch)
 
 
-@app.task(name="admin.reindex_batch", **RETRY)
+@app.task(name="admin.reindex_batch", priority=priority.REINDEX, **RETRY)
 def reindex_batch(job_id: str, page_ids: list[int]) -> None:
     reindex_pages(ctx(), job_id, page_ids)
 

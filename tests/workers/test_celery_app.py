@@ -50,6 +50,15 @@ def test_reliability_settings(celery_app) -> None:  # type: ignore[no-untyped-de
     assert conf.worker_prefetch_multiplier == 1 and conf.worker_max_tasks_per_child
 
 
+def test_tasks_carry_the_fair_queue_priorities(celery_app) -> None:  # type: ignore[no-untyped-def]
+    from kb import priority
+
+    assert celery_app.conf.broker_transport_options["priority_steps"] == list(priority.STEPS)
+    assert celery_app.tasks["ingest.render"].priority == priority.RENDER
+    assert celery_app.tasks["admin.reindex"].priority == priority.REINDEX
+    assert celery_app.tasks["admin.reindex_batch"].priority == priority.REINDEX
+
+
 def test_only_transient_errors_are_retried(celery_app) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import OperationalError
 
