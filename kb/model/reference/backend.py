@@ -269,12 +269,18 @@ class ReferenceBackend:
         self.scorer: SentenceEmbedder | None = scorer or None
         # The copy path's fine stage (extractor.py): reads the best-scoring segments' windows and
         # copies the answer out of them. On by default where its weights ship and the scorer is on.
+        # Loaded on first use (a worker, which only encodes, never loads it); its file is checked
+        # now. (It reads text, not tensors: the tensors' version does not depend on it.)
         if extractor is None:
             extractor = self.scorer is not None and fine.WEIGHTS.is_file()
+        self._extractor_path: Path | None = None
+        self._extractor: fine.SpanExtractor | None = None
         if extractor is True:
-            extractor = fine.SpanExtractor(fine.WEIGHTS)
-        # (It reads text, not tensors: the tensors' version does not depend on it.)
-        self.extractor: fine.SpanExtractor | None = extractor or None
+            fine.verify(fine.WEIGHTS)
+            self._extractor_path = fine.WEIGHTS
+        elif extractor:
+            self._extractor = extractor
+        self._extractor_lock = threading.Lock()
         self._packed_lock = threading.Lock()
         self._last_packed: Packed | None = None
 
@@ -364,6 +370,15 @@ class ReferenceBackend:
         text = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
+
+    @property
+    def extractor(self) -> fine.SpanExtractor | None:
+        """The copy path's fine stage, loaded on first use; None where there is none."""
+        if self._extractor is None and self._extractor_path is not None:
+            with self._extractor_lock:
+                if self._extractor is None:
+                    self._extractor = fine.SpanExtractor(self._extractor_path)
+        return self._extractor
 
     def _extract(self, question: str, pages: list[ContextPage], packed: Packed) -> Answer:
         """The two-stage copy path: every segment of the memory's text pages scored against the

@@ -133,10 +133,7 @@ class SpanExtractor(nn.Module):
     def load(self, path: Path) -> None:
         from safetensors import safe_open
 
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        check = path.with_name(path.name + ".sha256")
-        if not check.is_file() or check.read_text().split()[0] != digest:
-            raise RuntimeError(f"{path}: sha256 {digest[:12]} does not match {check.name}")
+        digest = verify(path)
         state = dict(self.named_parameters())
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -203,6 +200,15 @@ class SpanExtractor(nn.Module):
                     a, z = int(offsets[r, i, 0]), int(offsets[r, j, 1])
                     out.append(Extracted(at + r, score, a, z))
         return out
+
+
+def verify(path: Path) -> str:
+    """The weights file's sha256, if it matches the ``.sha256`` file beside it; else an error."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    check = path.with_name(path.name + ".sha256")
+    if not check.is_file() or check.read_text().split()[0] != digest:
+        raise RuntimeError(f"{path}: sha256 {digest[:12]} does not match {check.name}")
+    return digest
 
 
 def describe(path: Path = WEIGHTS) -> dict[str, Any]:

@@ -109,3 +109,12 @@ def test_the_backend_copies_the_answer_from_the_best_window(config, reader):
     finally:
         reader.threshold = 0.0
     assert not answer.found and answer.text == NOT_FOUND
+
+
+def test_the_shipped_extractor_is_checked_at_once_and_loaded_only_to_answer():
+    backend = ReferenceBackend()  # the shipped weights: scorer and extractor on
+    text = "The board approved the new warehouse in Rotterdam."
+    page = ContextPage("n", 1, "n p.1", "text", tensors=backend.encode_text([text])[0], text=text)
+    assert backend._extractor is None  # a worker encodes without loading it
+    answer = backend.answer("Where is the new warehouse?", [page])
+    assert backend._extractor is not None and answer.text == "Rotterdam"
