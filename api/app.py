@@ -81,21 +81,23 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 
-    @app.exception_handler(StoreUnavailable)
-    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.error("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the object store is unavailable; try again later"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+    def unavailable(exc_type: type[Exception], what: str, detail: str) -> None:
+        """A dependency that is down answers 503 with ``detail``; the cause goes to the log."""
 
-    @app.exception_handler(QueueUnavailable)
-    async def queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
-        log.error("queue unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the queue is unavailable, so nothing was stored; try again later"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+        async def handler(request: Request, exc: Exception) -> JSONResponse:
+            log.error("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
+            return JSONResponse({"detail": detail}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+        app.add_exception_handler(exc_type, handler)
+
+    unavailable(
+        StoreUnavailable, "object store", "the object store is unavailable; try again later"
+    )
+    unavailable(
+        QueueUnavailable,
+        "queue",
+        "the queue is unavailable, so nothing was stored; try again later",
+    )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -154,3 +154,15 @@ def make_pdf(path: Path, pages: list[str], **save_kwargs: object) -> Path:
     doc.save(path, **save_kwargs)
     doc.close()
     return path
+
+
+def upload_ready(stack: Stack, folder: Path) -> dict:
+    """A one-page document uploaded and ready, with its page image: stored before bad input or
+    an attack, it must come through untouched."""
+    pdf = make_pdf(folder / "good.pdf", ["The password is swordfish."])
+    with stack.client() as c:
+        r = c.post("/v1/documents", files={"file": ("good.pdf", pdf.read_bytes())})
+        doc = wait_document(c, r.json()["id"])
+        assert doc["status"] == "ready", stack.log()
+        image = c.get(f"/v1/documents/{doc['id']}/pages/1/image").content
+    return {"doc": doc, "image": image}

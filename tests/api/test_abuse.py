@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.stack import ADMIN_KEY, API_KEY, Stack, make_pdf, wait_document, wait_for
+from tests.stack import ADMIN_KEY, API_KEY, Stack, make_pdf, upload_ready, wait_document, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -49,13 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def good(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A ready document, uploaded before any attack, which must come through untouched."""
-    pdf = make_pdf(tmp_path_factory.mktemp("good") / "good.pdf", ["The password is swordfish."])
-    with stack.client() as c:
-        r = c.post("/v1/documents", files={"file": ("good.pdf", pdf.read_bytes())})
-        doc = wait_document(c, r.json()["id"])
-        assert doc["status"] == "ready", stack.log()
-        image = c.get(f"/v1/documents/{doc['id']}/pages/1/image").content
-    return {"doc": doc, "image": image}
+    return upload_ready(stack, tmp_path_factory.mktemp("good"))
 
 
 def assert_untouched(stack: Stack, good: dict) -> None:

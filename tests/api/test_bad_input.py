@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import Stack, make_pdf, wait_document
+from tests.stack import Stack, make_pdf, upload_ready, wait_document
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +25,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def good(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A ready document, uploaded before any bad input, which must come through untouched."""
-    pdf = make_pdf(tmp_path_factory.mktemp("good") / "good.pdf", ["The password is swordfish."])
-    with stack.client() as c:
-        r = c.post("/v1/documents", files={"file": ("good.pdf", pdf.read_bytes())})
-        doc = wait_document(c, r.json()["id"])
-        assert doc["status"] == "ready", stack.log()
-        image = c.get(f"/v1/documents/{doc['id']}/pages/1/image").content
-    return {"doc": doc, "image": image}
+    return upload_ready(stack, tmp_path_factory.mktemp("good"))
 
 
 def upload(stack: Stack, name: str, data: bytes):
