@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.limits import BodyLimits
 from api.routes import FILES_PER_REQUEST, admin, router, v1
+from kb import serving
 from kb.context import Context
 from kb.queue import QueueUnavailable, TaskQueue
 from kb.settings import Settings, get_settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
         app.state.admin_key = settings.key("admin")
         app.state.model_slots = threading.BoundedSemaphore(settings.max_asks_in_flight)
         ctx.backend  # noqa: B018 - load the model at start, not on the first question
+        serving.claim(ctx)  # an empty catalog serves the version of the first process
         yield
         ctx.close()
 

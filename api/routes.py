@@ -44,7 +44,7 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import documents, jobs, objects, reader
+from kb import documents, jobs, objects, reader, serving
 from kb.catalog import repo
 from kb.catalog.models import Document
 
@@ -61,12 +61,14 @@ _ERRORS = {
     404: "not found",
     408: "the request body stalled for longer than KB_BODY_READ_TIMEOUT_S; the connection is "
     "closed",
-    409: "the page is not encoded yet",
+    409: "the page is not encoded (for this server's model version) yet, or the job is "
+    "already finished",
     413: "the body is larger than KB_MAX_UPLOAD_MB; refused as soon as the limit is passed",
     415: "unsupported file type, or contents that do not match the extension",
     422: "invalid input; `detail` says which field and why",
     429: "too many questions in flight (KB_MAX_ASKS_IN_FLIGHT); retry after Retry-After seconds",
-    503: "the object store or the queue is unavailable (nothing was stored); try again later",
+    503: "the object store or the queue is unavailable (nothing was stored), or this server "
+    "runs another model version than the collection's pages are encoded for",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
@@ -127,7 +129,9 @@ def _check_id(value: str, what: str) -> str:
 )
 def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminKey) -> Health:
     """`ok` or `degraded` for anyone (a load balancer needs no key); with the admin key, each
-    part's state and errors and the model. Never waits on the model."""
+    part's state and errors and the model. Degraded too when this server runs another model
+    version than the catalog serves (its questions would leave those pages out). Never waits
+    on the model."""
 
     def check(fn) -> dict[str, str]:
         try:
@@ -149,18 +153,28 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         ctx.store.ping()
         return {"backend": type(ctx.store).__name__}
 
+    def model() -> dict[str, str]:
+        backend = ctx.backend  # loaded in the lifespan: no lock is taken here
+        mismatch = serving.mismatch(ctx)  # the catalog serves one version (kb.serving)
+        if mismatch is not None:
+            raise RuntimeError(mismatch)
+        return {"version": backend.version}
+
     parts = {"queue": check(queue), "store": check(store), "catalog": check(catalog)}
+    parts["model"] = check(model)
     ok = all(part["status"] == "ok" for part in parts.values())
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     if not admin_key:
         return Health(status="ok" if ok else "degraded")
-    backend = ctx.backend  # loaded in the lifespan: no lock is taken here
+    backend = ctx.backend
     return Health(
         status="ok" if ok else "degraded",
-        **parts,
+        queue=parts["queue"],
+        store=parts["store"],
+        catalog=parts["catalog"],
         model={
-            "status": "ok",
+            **parts["model"],
             "name": backend.name,
             "version": backend.version,
             "trained": backend.trained,
@@ -323,7 +337,7 @@ def page_text(
 @v1.post(
     "/ask",
     response_model=AskOut,
-    responses=errors(404, *BODY_ERRORS, 429),
+    responses=errors(404, *BODY_ERRORS, 429, 503),
     dependencies=[ModelSlot],
 )
 def ask(ctx: CtxDep, body: AskIn) -> AskOut:
@@ -335,12 +349,18 @@ def ask(ctx: CtxDep, body: AskIn) -> AskOut:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except (reader.BudgetTooSmall, reader.BudgetTooLarge) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except reader.OtherModelVersion as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     return AskOut(
         answer=result.answer,
         found=result.found,
         citations=[CitationOut(**c.__dict__) for c in result.citations],
         context=ContextOut(
-            pages=result.pages, tokens=result.tokens, tiers=result.tiers, left_out=result.left_out
+            pages=result.pages,
+            tokens=result.tokens,
+            tiers=result.tiers,
+            left_out=result.left_out,
+            other_version=result.other_version,
         ),
         model=result.model_version,
     )
@@ -350,18 +370,31 @@ def ask(ctx: CtxDep, body: AskIn) -> AskOut:
     "/reindex",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=errors(404, *BODY_ERRORS, 503),
+    responses={
+        200: {"model": JobAccepted, "description": "an identical job is already queued or running"},
+        **errors(404, *BODY_ERRORS, 503),
+    },
 )
-def reindex(ctx: CtxDep, queue: QueueDep, body: ReindexIn | None = None) -> JobAccepted:
+def reindex(
+    ctx: CtxDep, queue: QueueDep, response: Response, body: ReindexIn | None = None
+) -> JobAccepted:
+    """Re-encode the pages of a collection (default: every one) for a model version (default:
+    the one this server runs); they switch to it together when all are done, and the catalog
+    then serves that version. An identical job already queued or running is returned (200,
+    `duplicate: true`) instead of a second one."""
+    body = body or ReindexIn()
     try:
-        job_id = jobs.start_reindex(ctx, queue, body.collection if body else None)
+        started = jobs.start_reindex(ctx, queue, body.collection, body.model_version)
     except jobs.CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    return JobAccepted(job_id=job_id)
+    except ValueError as exc:  # WholeCatalogOnly
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if not started.created:
+        response.status_code = status.HTTP_200_OK
+    return JobAccepted(job_id=started.job_id, duplicate=not started.created)
 
 
-@admin.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(ctx: CtxDep, job_id: str) -> JobOut:
+def _job_out(ctx: CtxDep, job_id: str) -> JobOut:
     _check_id(job_id, "job")
     with ctx.session() as s:
         job = repo.get_job(s, job_id)
@@ -376,3 +409,23 @@ def get_job(ctx: CtxDep, job_id: str) -> JobOut:
             model_version=job.model_version,
             error=job.error,
         )
+
+
+@admin.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
+def get_job(ctx: CtxDep, job_id: str) -> JobOut:
+    return _job_out(ctx, job_id)
+
+
+@admin.delete("/jobs/{job_id}", response_model=JobOut, responses=errors(404, 409))
+def cancel_job(ctx: CtxDep, job_id: str) -> JobOut:
+    """Cancel a queued or running job (409 if it is already done, failed or cancelled): its
+    pages keep the version they serve, and the tensors it wrote that nothing serves are
+    removed. The cancelled job is returned."""
+    _check_id(job_id, "job")
+    try:
+        jobs.cancel(ctx, job_id)
+    except jobs.JobNotFound as exc:
+        raise _not_found("job") from exc
+    except jobs.JobFinished as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return _job_out(ctx, job_id)

@@ -35,7 +35,7 @@ from kb.catalog import db as catalog_db
 
 pytest_plugins = ["tests.conftest_services"]
 
-TABLES = {"alembic_version", "collections", "documents", "pages", "jobs"}
+TABLES = {"alembic_version", "collections", "documents", "pages", "jobs", "job_pages", "serving"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
