@@ -596,8 +596,9 @@ def plan_job_pages(session: Session, job_id: str, collection: str | None) -> int
         _insert(session, JobPage)
         .from_select([JobPage.job_id, JobPage.page_id], pages)
         .on_conflict_do_nothing(index_elements=[JobPage.job_id, JobPage.page_id])
+        .returning(JobPage.page_id)
     )
-    return _rowcount(session.execute(stmt))
+    return len(session.execute(stmt).all())
 
 
 def job_pages(session: Session, job_id: str, *, done: bool | None = None) -> list[Page]:
