@@ -153,12 +153,9 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         ctx.store.ping()
         return {"backend": type(ctx.store).__name__}
 
-    def model() -> dict[str, str]:
-        backend = ctx.backend  # loaded in the lifespan: no lock is taken here
+    def model() -> dict[str, str] | None:
         mismatch = serving.mismatch(ctx)  # the catalog serves one version (kb.serving)
-        if mismatch is not None:
-            raise RuntimeError(mismatch)
-        return {"version": backend.version}
+        return None if mismatch is None else {"status": "error", "error": mismatch}
 
     parts = {"queue": check(queue), "store": check(store), "catalog": check(catalog)}
     parts["model"] = check(model)
@@ -167,7 +164,7 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     if not admin_key:
         return Health(status="ok" if ok else "degraded")
-    backend = ctx.backend
+    backend = ctx.backend  # loaded in the lifespan: no lock is taken here
     return Health(
         status="ok" if ok else "degraded",
         queue=parts["queue"],

@@ -629,9 +629,7 @@ def test_identical_jobs_started_at_once_make_one(sessions: sessionmaker[Session]
     for collection in ("c", None):
         started: list[tuple[str, bool]] = []
 
-        def start(
-            _: int, collection: str | None = collection, started: list = started
-        ) -> None:
+        def start(_: int, collection: str | None = collection, started: list = started) -> None:
             with sessions() as s:
                 job, created = repo.start_job(s, model_version="v2", collection=collection)
                 s.commit()
