@@ -266,7 +266,7 @@ def test_a_reindex_to_other_weights_stopped_mid_way_completes_after_a_restart(
 
     # Started again with the shipped weights; a running batch is handed back at once on Ctrl-C.
     new = {"KB_SHUTDOWN_GRACE_S": "0"}
-    stack = Stack(data, new).start()
+    stack = Stack(data, new).start(health=(503,))  # the catalog serves the old weights
     try:
         with stack.client(ADMIN_KEY) as admin, stack.client() as c:
             health = admin.get("/healthz")
@@ -297,7 +297,7 @@ def test_a_reindex_to_other_weights_stopped_mid_way_completes_after_a_restart(
     finally:
         ctx.close()
 
-    stack = Stack(data, new).start()
+    stack = Stack(data, new).start(health=(200, 503))  # 200 once the job has switched
     try:
         with stack.client(ADMIN_KEY) as admin, stack.client() as c:
             job: dict = {}
