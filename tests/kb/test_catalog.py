@@ -35,7 +35,15 @@ from kb.catalog import db as catalog_db
 
 pytest_plugins = ["tests.conftest_services"]
 
-TABLES = {"alembic_version", "collections", "documents", "pages", "jobs"}
+TABLES = {
+    "alembic_version",
+    "collections",
+    "documents",
+    "pages",
+    "jobs",
+    "api_keys",
+    "api_key_collections",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
