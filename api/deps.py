@@ -10,6 +10,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from kb import apikeys
+from kb.apikeys import Scope
 from kb.context import Context
 from kb.queue import TaskQueue
 
@@ -28,35 +30,35 @@ def get_queue(request: Request) -> TaskQueue:
     return queue
 
 
-def _check(creds: HTTPAuthorizationCredentials | None, keys: list[str]) -> None:
+def caller_scope(
+    request: Request,
+    ctx: Annotated[Context, Depends(get_ctx)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Scope:
+    """What the request's key may see (kb.apikeys); 401 without a valid key."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing API key: send 'Authorization: Bearer KEY'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    given = creds.credentials.encode()
-    if not any(secrets.compare_digest(given, k.encode()) for k in keys):
+    scope = apikeys.authenticate(
+        ctx,
+        creds.credentials,
+        api_key=request.app.state.api_key,
+        admin_key=request.app.state.admin_key,
+    )
+    if scope is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    return scope
 
 
-def require_user(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    # The admin key is a superset: an administrator can use every user route too.
-    _check(creds, [request.app.state.api_key, request.app.state.admin_key])
-
-
-def require_admin(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
-    if creds is not None and secrets.compare_digest(
-        creds.credentials.encode(), request.app.state.api_key.encode()
-    ):
+def require_admin(scope: Annotated[Scope, Depends(caller_scope)]) -> Scope:
+    if not scope.admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs the admin key")
-    _check(creds, [request.app.state.admin_key])
+    return scope
 
 
 def is_admin(
@@ -91,6 +93,7 @@ async def model_slot(request: Request) -> AsyncIterator[None]:
 CtxDep = Annotated[Context, Depends(get_ctx)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 AdminKey = Annotated[bool, Depends(is_admin)]
+CallerScope = Annotated[Scope, Depends(caller_scope)]  # computed once per request
 ModelSlot = Depends(model_slot)
-User = Depends(require_user)
+User = Depends(caller_scope)
 Admin = Depends(require_admin)

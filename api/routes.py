@@ -23,15 +23,22 @@ from fastapi import (
     status,
 )
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as FormFile
 
 import ingest
-from api.deps import Admin, AdminKey, CtxDep, ModelSlot, QueueDep, User
+from api.deps import Admin, AdminKey, CallerScope, CtxDep, ModelSlot, QueueDep, User
 from api.schemas import (
+    ApiKeyCreated,
+    ApiKeyIn,
+    ApiKeyList,
+    ApiKeyOut,
     AskIn,
     AskOut,
     CitationOut,
+    CollectionList,
     CollectionName,
+    CollectionOut,
     ContextOut,
     DocumentAccepted,
     DocumentList,
@@ -44,7 +51,8 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import documents, jobs, objects, reader, serving
+from kb import apikeys, collections, documents, jobs, objects, reader, serving
+from kb.apikeys import Scope
 from kb.catalog import repo
 from kb.catalog.models import Document
 
@@ -57,7 +65,7 @@ FILES_PER_REQUEST = 1  # each upload is one document; more files in one request:
 _ERRORS = {
     400: "the body cannot be parsed: malformed multipart, or JSON that is not UTF-8",
     401: "missing or invalid API key",
-    403: "this route needs the admin key",
+    403: "this route needs the admin key, or the key may not use this collection",
     404: "not found",
     408: "the request body stalled for longer than KB_BODY_READ_TIMEOUT_S; the connection is "
     "closed",
@@ -118,6 +126,24 @@ def _check_id(value: str, what: str) -> str:
     if not _ID.fullmatch(value):
         raise _not_found(what)
     return value
+
+
+def _may_use(scope: Scope, collection: str) -> None:
+    """403 unless the key may use the collection (whether it exists or not: nothing is told)."""
+    if not scope.allows(collection):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"this key may not use collection {collection!r}"
+        )
+
+
+def _visible_document(s: Session, scope: Scope, document_id: str) -> Document:
+    """The document, or 404: also for another collection's document, whose existence a key
+    limited to other collections is not told."""
+    _check_id(document_id, "document")
+    doc = repo.get_document(s, document_id)
+    if doc is None or not scope.allows(doc.collection.name):
+        raise _not_found("document")
+    return doc
 
 
 @router.get(
@@ -197,13 +223,14 @@ async def _one_file(request: Request) -> None:
     response_model=DocumentAccepted,
     responses={
         200: {"model": DocumentAccepted, "description": "already uploaded"},
-        **errors(*BODY_ERRORS, 415, 503),
+        **errors(*BODY_ERRORS, 403, 415, 503),
     },
     dependencies=[Depends(_one_file)],
 )
 def upload_document(
     ctx: CtxDep,
     queue: QueueDep,
+    scope: CallerScope,
     response: Response,
     file: Annotated[UploadFile, File(description="the document")],
     collection: Annotated[CollectionName, Form()] = "default",
@@ -212,6 +239,7 @@ def upload_document(
     uploaded again to the same collection, even at the same moment, give the one document
     (200, `duplicate: true`); if that document failed or its progress stalled, it is processed
     again (202, `duplicate: true`). When the queue cannot take the work: 503, nothing stored."""
+    _may_use(scope, collection)
     # The body was already refused past the limit while it streamed in (api.limits); staging
     # counts the file alone, without the multipart framing.
     with tempfile.TemporaryDirectory(prefix="kb-upload-") as tmp:
@@ -238,31 +266,33 @@ def upload_document(
     )
 
 
-@v1.get("/documents", response_model=DocumentList, responses=errors(422))
+@v1.get("/documents", response_model=DocumentList, responses=errors(403, 422))
 def list_documents(
-    ctx: CtxDep, collection: Annotated[CollectionName | None, Query()] = None
+    ctx: CtxDep, scope: CallerScope, collection: Annotated[CollectionName | None, Query()] = None
 ) -> DocumentList:
+    """The documents of one collection, or of every collection the key may use."""
+    if collection is not None:
+        _may_use(scope, collection)
     with ctx.session() as s:
-        return DocumentList(documents=[_doc_out(d) for d in repo.list_documents(s, collection)])
+        found = repo.list_documents(s, collection, within=scope.collections)
+        return DocumentList(documents=[_doc_out(d) for d in found])
 
 
 @v1.get("/documents/{document_id}", response_model=DocumentOut, responses=errors(404))
-def get_document(ctx: CtxDep, document_id: str) -> DocumentOut:
-    _check_id(document_id, "document")
+def get_document(ctx: CtxDep, scope: CallerScope, document_id: str) -> DocumentOut:
     with ctx.session() as s:
-        doc = repo.get_document(s, document_id)
-        if doc is None:
-            raise _not_found("document")
-        return _doc_out(doc)
+        return _doc_out(_visible_document(s, scope, document_id))
 
 
 @v1.patch(
     "/documents/{document_id}", response_model=DocumentOut, responses=errors(404, *BODY_ERRORS)
 )
-def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> DocumentOut:
+def patch_document(
+    ctx: CtxDep, scope: CallerScope, document_id: str, body: DocumentPatch
+) -> DocumentOut:
     """Pin a document (its pages keep the exact text tier first) or unpin it."""
-    _check_id(document_id, "document")
     with ctx.session() as s:
+        _visible_document(s, scope, document_id)
         if not repo.set_pinned(s, document_id, body.pinned):
             raise _not_found("document")
     with ctx.session() as s:
@@ -275,19 +305,18 @@ def patch_document(ctx: CtxDep, document_id: str, body: DocumentPatch) -> Docume
 @v1.delete(
     "/documents/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404)
 )
-def delete_document(ctx: CtxDep, document_id: str) -> Response:
+def delete_document(ctx: CtxDep, scope: CallerScope, document_id: str) -> Response:
     """The document, its original, and its page images and tensors that no other page shares."""
-    _check_id(document_id, "document")
+    with ctx.session() as s:
+        _visible_document(s, scope, document_id)
     if not objects.delete_document(ctx, document_id):
         raise _not_found("document")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _page(ctx: CtxDep, document_id: str, n: int):
-    _check_id(document_id, "document")
+def _page(ctx: CtxDep, scope: Scope, document_id: str, n: int):
     with ctx.session() as s:
-        if repo.get_document(s, document_id) is None:
-            raise _not_found("document")
+        _visible_document(s, scope, document_id)
         page = repo.get_page(s, document_id, n)
         if page is None:
             raise _not_found(f"page {n}")
@@ -300,8 +329,8 @@ def _page(ctx: CtxDep, document_id: str, n: int):
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **errors(404, 422)},
 )
-def page_image(ctx: CtxDep, document_id: str, n: PageNumber) -> Response:
-    page = _page(ctx, document_id, n)
+def page_image(ctx: CtxDep, scope: CallerScope, document_id: str, n: PageNumber) -> Response:
+    page = _page(ctx, scope, document_id, n)
     return Response(ctx.store.get(page.image_key), media_type="image/png")
 
 
@@ -313,13 +342,14 @@ def page_image(ctx: CtxDep, document_id: str, n: PageNumber) -> Response:
 )
 def page_text(
     ctx: CtxDep,
+    scope: CallerScope,
     document_id: str,
     n: PageNumber,
     tier: Annotated[str, Query(max_length=16)] = "base",
     max_bytes: Annotated[int, Query(ge=1, le=16384)] = 4096,
 ) -> PageText:
     """``max_bytes``: where a vision-tier read-back stops (the text tier is returned whole)."""
-    _page(ctx, document_id, n)
+    _page(ctx, scope, document_id, n)
     try:
         text_ = reader.read_page(ctx, document_id, n, tier, max_bytes)
     except ValueError as exc:
@@ -334,12 +364,13 @@ def page_text(
 @v1.post(
     "/ask",
     response_model=AskOut,
-    responses=errors(404, *BODY_ERRORS, 429, 503),
+    responses=errors(403, 404, *BODY_ERRORS, 429, 503),
     dependencies=[ModelSlot],
 )
-def ask(ctx: CtxDep, body: AskIn) -> AskOut:
+def ask(ctx: CtxDep, scope: CallerScope, body: AskIn) -> AskOut:
     """Answer from every ready page of the collection. Beyond KB_MAX_ASKS_IN_FLIGHT questions
     at once: 429 with Retry-After, at once."""
+    _may_use(scope, body.collection)
     try:
         result = reader.ask(ctx, body.question, body.collection, body.max_context_tokens)
     except reader.EmptyCollection as exc:
@@ -426,3 +457,68 @@ def cancel_job(ctx: CtxDep, job_id: str) -> JobOut:
     except jobs.JobFinished as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     return _job_out(ctx, job_id)
+
+
+@v1.get("/collections", response_model=CollectionList)
+def list_collections(ctx: CtxDep, scope: CallerScope) -> CollectionList:
+    """The collections the key may use, with their documents and pages; a key limited to some
+    collections also sees those that have no document yet, empty."""
+    return CollectionList(
+        collections=[CollectionOut(**vars(c)) for c in collections.visible(ctx, scope.collections)]
+    )
+
+
+@v1.delete(
+    "/collections/{name:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors(403, 404),
+    dependencies=[Admin],
+)
+def delete_collection(ctx: CtxDep, name: CollectionName) -> Response:
+    """Admin: delete the collection and every document in it, as DELETE /v1/documents/{id}
+    deletes one (original, page images and tensors that no other page shares), and its jobs.
+    Keys limited to it keep it: an upload makes it again."""
+    if not collections.delete(ctx, name):
+        raise _not_found("collection")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _key_out(info: apikeys.KeyInfo) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=info.id,
+        name=info.name,
+        collections=info.collections,
+        created_at=info.created_at.isoformat(),
+    )
+
+
+@admin.post(
+    "/keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    responses=errors(*BODY_ERRORS),
+)
+def create_key(ctx: CtxDep, body: ApiKeyIn) -> ApiKeyCreated:
+    """A key that may use these collections and nothing else. The key is in this answer only:
+    the service keeps its hash."""
+    try:
+        made = apikeys.create(ctx, body.name, body.collections)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return ApiKeyCreated(**_key_out(made.info).model_dump(), key=made.key)
+
+
+@admin.get("/keys", response_model=ApiKeyList)
+def list_keys(ctx: CtxDep) -> ApiKeyList:
+    """Every key made here, oldest first, without its secret (KB_API_KEY and KB_ADMIN_KEY are
+    settings, not listed)."""
+    return ApiKeyList(keys=[_key_out(k) for k in apikeys.list_keys(ctx)])
+
+
+@admin.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404))
+def revoke_key(ctx: CtxDep, key_id: str) -> Response:
+    """Revoke a key: the next request with it gets 401."""
+    _check_id(key_id, "key")
+    if not apikeys.revoke(ctx, key_id):
+        raise _not_found("key")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from kb import apikeys
 from kb.catalog.repo import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
 from kb.jobs import MODEL_VERSION_PATTERN
 
@@ -129,6 +130,51 @@ class PageText(BaseModel):
     tier: str
     text: str
     model: str
+
+
+class CollectionOut(BaseModel):
+    name: str
+    documents: int  # in any state
+    pages: int  # rendered so far
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+KeyName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=apikeys.NAME_MAX, pattern=COLLECTION_NAME_PATTERN),
+]
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: KeyName
+    collections: list[CollectionName] = Field(
+        min_length=1,
+        max_length=apikeys.MAX_COLLECTIONS,
+        description="The collections the key may use, and nothing else; they need not exist "
+        "yet (a collection is made by its first upload).",
+    )
+
+
+class ApiKeyOut(BaseModel):
+    """A key as it is listed: never its secret."""
+
+    id: str
+    name: str
+    collections: list[str]
+    created_at: str
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The key itself, shown this once: only its hash is kept.")
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKeyOut]
 
 
 class Health(BaseModel):

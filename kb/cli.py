@@ -22,6 +22,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from kb import commands
 from kb.settings import Settings
 
 app = typer.Typer(add_completion=False, help="Optical-memory knowledge base")
@@ -222,6 +223,8 @@ def keys() -> None:
     console.print(f"API key:   {settings.key('api')}")
     console.print(f"admin key: {settings.key('admin')}")
 
+
+commands.register(app)  # upload, ask, docs, rm, pin, reindex, keys: the HTTP API's client
 
 if __name__ == "__main__":
     app()

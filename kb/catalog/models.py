@@ -1,4 +1,5 @@
-"""Catalog tables: collections, documents, their pages, admin jobs, and the serving model version.
+"""Catalog tables: collections, documents, their pages, admin jobs, the serving model version,
+and scoped API keys.
 
 The same models serve SQLite (embedded default) and PostgreSQL; the schema itself is created by
 the Alembic migrations in `migrations/`, never by `create_all`, so both stay in step
@@ -269,3 +270,37 @@ class Serving(Base):
 
     def __repr__(self) -> str:
         return f"Serving(model_version={self.model_version!r})"
+
+
+class ApiKey(Base):
+    """A key an administrator made, limited to some collections (kb.apikeys); the key itself is
+    never stored, only its hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))  # a label for people; not unique
+    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # passive_deletes: the database's ON DELETE CASCADE removes them with the key.
+    collections: Mapped[list[ApiKeyCollection]] = relationship(
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ApiKeyCollection.collection",
+    )
+
+    def __repr__(self) -> str:  # never the hash
+        return f"ApiKey(id={self.id!r}, name={self.name!r})"
+
+
+class ApiKeyCollection(Base):
+    """One collection a key may use, by name: collections are made by their first upload, so a
+    key can be made for one that has no document yet, and keeps it when it is deleted."""
+
+    __tablename__ = "api_key_collections"
+
+    api_key_id: Mapped[str] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    collection: Mapped[str] = mapped_column(String(100), primary_key=True)

@@ -29,10 +29,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
+from sqlalchemy.orm import Session, aliased, contains_eager, joinedload, selectinload
 
 from kb.catalog.models import (
     LIVE_DOCUMENT,
+    ApiKey,
+    ApiKeyCollection,
     Collection,
     Document,
     DocumentStatus,
@@ -88,6 +90,58 @@ def get_or_create_collection(session: Session, name: str) -> Collection:
     stmt = _insert(session, Collection).values(name=name, created_at=utcnow())
     session.execute(stmt.on_conflict_do_nothing(index_elements=[Collection.name]))
     return session.scalars(select(Collection).where(Collection.name == name)).one()
+
+
+def collection_counts(
+    session: Session, within: Iterable[str] | None = None
+) -> list[tuple[str, int, int]]:
+    """(name, documents, pages) of every collection, or of those `within` names that exist, by
+    name; pages are the page rows rendered so far, of documents in any state."""
+    documents = (
+        select(func.count())
+        .select_from(Document)
+        .where(Document.collection_id == Collection.id)
+        .scalar_subquery()
+    )
+    pages = (
+        select(func.count())
+        .select_from(Page)
+        .join(Page.document)
+        .where(Document.collection_id == Collection.id)
+        .scalar_subquery()
+    )
+    stmt = select(Collection.name, documents, pages).order_by(Collection.name)
+    if within is not None:
+        stmt = stmt.where(Collection.name.in_(list(within)))
+    return [(name, docs, n) for name, docs, n in session.execute(stmt)]
+
+
+def document_ids_in(session: Session, collection: str) -> list[str]:
+    """The ids of every document of the collection, in any state."""
+    stmt = select(Document.id).join(Document.collection).where(Collection.name == collection)
+    return list(session.scalars(stmt.order_by(Document.created_at, Document.id)))
+
+
+def delete_empty_collection(session: Session, name: str) -> bool:
+    """Delete the collection and its jobs if it has no document; False if it is not there or
+    still has documents (the caller deletes those first, with their objects: kb.collections).
+
+    May raise IntegrityError on PostgreSQL when a document is added to it at the same moment.
+    """
+    coll = session.execute(
+        select(Collection.id).where(
+            Collection.name == name,
+            ~select(Document.id).where(Document.collection_id == Collection.id).exists(),
+        )
+    ).scalar_one_or_none()
+    if coll is None:
+        return False
+    session.execute(delete(Job).where(Job.collection_id == coll))
+    stmt = delete(Collection).where(
+        Collection.id == coll,
+        ~select(Document.id).where(Document.collection_id == coll).exists(),
+    )
+    return _rowcount(session.execute(stmt)) > 0
 
 
 # -- documents
@@ -194,8 +248,11 @@ def find_document_by_sha256(session: Session, collection: str, sha256: str) -> D
     return session.scalars(stmt).first()
 
 
-def list_documents(session: Session, collection: str | None = None) -> list[Document]:
-    """Documents, oldest first; of one collection, or of all when `collection` is None."""
+def list_documents(
+    session: Session, collection: str | None = None, within: Iterable[str] | None = None
+) -> list[Document]:
+    """Documents, oldest first; of one collection, or of all when `collection` is None; only
+    those of the collections `within` names, when it is given."""
     stmt = (
         select(Document)
         .join(Document.collection)
@@ -204,6 +261,8 @@ def list_documents(session: Session, collection: str | None = None) -> list[Docu
     )
     if collection is not None:
         stmt = stmt.where(Collection.name == collection)
+    if within is not None:
+        stmt = stmt.where(Collection.name.in_(list(within)))
     return list(session.scalars(stmt))
 
 
@@ -702,6 +761,43 @@ def set_serving_version(session: Session, model_version: str) -> None:
         where=Serving.model_version != stmt.excluded.model_version,
     )
     session.execute(stmt)
+
+
+# -- API keys (kb.apikeys makes the keys and checks them)
+
+
+def add_api_key(
+    session: Session, *, key_id: str, name: str, key_hash: str, collections: Iterable[str]
+) -> ApiKey:
+    key = ApiKey(
+        id=key_id,
+        name=name,
+        key_hash=key_hash,
+        created_at=utcnow(),
+        collections=[ApiKeyCollection(collection=c) for c in sorted(set(collections))],
+    )
+    session.add(key)
+    session.flush()
+    return key
+
+
+def get_api_key(session: Session, key_id: str) -> ApiKey | None:
+    return session.get(ApiKey, key_id, options=[selectinload(ApiKey.collections)])
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    """Every key, oldest first, with its collections."""
+    stmt = (
+        select(ApiKey)
+        .options(selectinload(ApiKey.collections))
+        .order_by(ApiKey.created_at, ApiKey.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def delete_api_key(session: Session, key_id: str) -> bool:
+    """Delete a key (its collections cascade); False if it was not there."""
+    return _rowcount(session.execute(delete(ApiKey).where(ApiKey.id == key_id))) > 0
 
 
 # -- helpers

@@ -36,7 +36,17 @@ from kb.catalog import db as catalog_db
 
 pytest_plugins = ["tests.conftest_services"]
 
-TABLES = {"alembic_version", "collections", "documents", "pages", "jobs", "job_pages", "serving"}
+TABLES = {
+    "alembic_version",
+    "collections",
+    "documents",
+    "pages",
+    "jobs",
+    "job_pages",
+    "serving",
+    "api_keys",
+    "api_key_collections",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

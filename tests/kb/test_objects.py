@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image
 
-from kb import objects, pipeline, reader
+from kb import collections, objects, pipeline, reader
 from kb.catalog import repo
 from kb.catalog.models import new_id
 from kb.context import Context
@@ -127,6 +127,42 @@ def test_delete_removes_everything_no_other_page_shares(ctx: Context, tmp_path: 
 
     assert objects.delete_document(ctx, other)
     assert keys(ctx) == set()
+
+
+def test_deleting_a_collection_removes_all_of_its_documents_and_nothing_else(
+    ctx: Context, tmp_path: Path
+) -> None:
+    other = upload(ctx, make_pdf(tmp_path / "o.pdf", ["Shared page.", "Other's own."]), "kept")
+    ingest(ctx, other)
+    before = keys(ctx)
+    docs = [
+        upload(ctx, make_pdf(tmp_path / "a.pdf", ["Salaries 2025.", "Shared page."]), "hr"),
+        upload(ctx, make_pdf(tmp_path / "b.pdf", ["Salaries 2026."]), "hr"),
+    ]
+    for doc in docs:
+        ingest(ctx, doc)
+    queued = upload(ctx, make_pdf(tmp_path / "c.pdf", ["Not rendered yet."]), "hr")
+    with ctx.session() as s:  # a reindex job of the collection goes with it
+        repo.create_job(s, model_version=ctx.backend.version, collection="hr")
+    assert collections.visible(ctx, None) == [
+        collections.CollectionInfo("hr", documents=3, pages=3),
+        collections.CollectionInfo("kept", documents=1, pages=2),
+    ]
+    assert collections.visible(ctx, {"hr", "new"}) == [
+        collections.CollectionInfo("hr", documents=3, pages=3),
+        collections.CollectionInfo("new", documents=0, pages=0),  # may be uploaded to
+    ]
+    assert any(k.startswith("originals/") and queued in k for k in keys(ctx))
+
+    assert collections.delete(ctx, "hr")
+    assert keys(ctx) == before  # nothing of its documents is left, everything of the other is
+    with ctx.session() as s:
+        assert repo.get_collection(s, "hr") is None
+        assert [d.id for d in repo.list_documents(s)] == [other]
+    assert collections.visible(ctx, None) == [collections.CollectionInfo("kept", 1, 2)]
+    assert not collections.delete(ctx, "hr")
+    assert reader.read_page(ctx, other, 1, "text").startswith("Shared page.")
+    assert reader.ask(ctx, "Which page?", "kept").pages == 2
 
 
 def test_an_ingest_still_running_after_the_delete_cleans_up(ctx: Context, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import random
 
-from kb.model.reference.extractor import SpanExtractor
+from kb.model.reference.extractor import WEIGHTS, SpanExtractor
+from lab import realtext
 from lab import train_extractor as T
 
 
@@ -40,3 +41,27 @@ def test_smoke_run_trains_resumes_and_exports_a_loadable_file(tmp_path):
     loaded = SpanExtractor(out / "extractor.safetensors")
     assert loaded.metadata["step"] == "4"
     assert json.loads(loaded.metadata["calibration"])["questions"] > 0
+
+
+def test_a_new_run_goes_on_from_the_shipped_extractor(tmp_path):
+    shipped = SpanExtractor(WEIGHTS)
+    step = int(shipped.metadata["step"])
+    out = tmp_path / "run"
+    T.main(
+        ["--config", "smoke", "--out_dir", str(out), "--init", "shipped"]
+        + ["--max_steps", str(step + 1)]
+    )
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == step and rows[0]["minutes"] == float(shipped.metadata["minutes"])
+    assert rows[-1]["step"] == step + 1
+
+
+def test_real_questions_ask_for_a_span_of_their_page_and_calibration_pages_are_held_out():
+    train, held = T.real_pages("train"), T.real_pages("heldout")
+    assert held and len(train) > 5 * len(held) and not set(train) & set(held)
+    rng = random.Random(3)
+    asked = [c for c in (realtext.cloze(rng, p) for p in train[:40]) if c is not None]
+    assert len(asked) >= 20
+    for c in asked:
+        span = c.page[c.start : c.end]
+        assert span and span not in c.question  # the question asks for it, does not state it
