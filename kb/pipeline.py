@@ -228,7 +228,7 @@ def reindex_pages(ctx: Context, job_id: str, page_ids: list[int]) -> tuple[int, 
     if job is None:
         return None
     with ctx.session() as s:
-        pages = [p for p in repo.job_pages(s, job_id, done=False) if p.id in set(page_ids)]
+        pages = repo.job_pages(s, job_id, done=False, among=page_ids)  # a redelivery: fewer
         s.expunge_all()
     _encode_missing(ctx, pages, force=True)
     hashes = [p.content_hash for p in pages]

@@ -660,11 +660,20 @@ def plan_job_pages(session: Session, job_id: str, collection: str | None) -> int
     return len(session.execute(stmt).all())
 
 
-def job_pages(session: Session, job_id: str, *, done: bool | None = None) -> list[Page]:
-    """The job's pages (only those done, or not done, when `done` is given), by page id."""
+def job_pages(
+    session: Session,
+    job_id: str,
+    *,
+    done: bool | None = None,
+    among: Iterable[int] | None = None,
+) -> list[Page]:
+    """The job's pages (only those done, or not done, when `done` is given; only those of the
+    page ids `among`, when given), by page id."""
     stmt = select(Page).join(JobPage, JobPage.page_id == Page.id).where(JobPage.job_id == job_id)
     if done is not None:
         stmt = stmt.where(JobPage.done.is_(done))
+    if among is not None:
+        stmt = stmt.where(JobPage.page_id.in_(list(among)))
     return list(session.scalars(stmt.order_by(Page.id)))
 
 
