@@ -105,3 +105,18 @@ def test_key_from_the_data_directory_of_kb_run(stack, tmp_path, monkeypatch):
         app, ["docs"], env={"KB_URL": stack.url, "KB_DATA_DIR": str(data), "COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
+
+
+def test_keys_create_list_revoke(stack):
+    code, out = kb(stack, "keys", "create", "finance-team", "-c", "cli")
+    assert code == 0, out
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line[:3] in ("id ", "key"))
+    key_id, secret = lines["id"].strip(), lines["key"].strip()
+    code, out = kb(stack, "keys", "list")
+    assert code == 0 and key_id in out and "finance-team" in out and secret not in out, out
+    assert kb(stack, "docs", "-c", "cli", key=secret)[0] == 0
+    code, out = kb(stack, "docs", "-c", "other", key=secret)
+    assert code == 1 and "403" in out, out
+    assert kb(stack, "keys", "revoke", key_id)[0] == 0
+    code, out = kb(stack, "docs", "-c", "cli", key=secret)
+    assert code == 1 and "401" in out, out
