@@ -426,7 +426,8 @@ class DeepseekOcr2Backend(Backend):
         self, question: str, pages: list[ContextPage], max_new_tokens: int = 128
     ) -> Generator[str, None, Answer]:
         """The answer as the decoder generates it: after each token, the text it added (none
-        while a character is cut between tokens), the leading space stripped as the answer's."""
+        while a character is cut between tokens), the leading space stripped as the answer's;
+        what was held back, at the end."""
         started = time.monotonic()
         prefix, reused = self._packed_prefix(pages)
         prefix_s = 0.0 if reused else time.monotonic() - started
@@ -447,9 +448,10 @@ class DeepseekOcr2Backend(Backend):
             if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
                 yield text[len(sent) :]
                 sent = text
-        return Answer(
-            text=self.tokenizer.decode(new, skip_special_tokens=True).strip(), page_scores=scores
-        )
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        if text.startswith(sent) and len(text) > len(sent):  # what was held back at the end
+            yield text[len(sent) :]
+        return Answer(text=text, page_scores=scores)
 
     def next_token_logits(self, question: str, pages: list[ContextPage]) -> torch.Tensor:
         """The logits (vocab,) of the answer's first token, through the same cached prefix path
