@@ -374,7 +374,7 @@ def page_text(
     responses={
         200: {
             "description": "the answer; with `stream: true`, server-sent events: `piece` "
-            'events (data {"text"}) as the model produces the answer, then one `answer` event '
+            'events (data {"text"}) as the model produces the answer, then one `final` event '
             '(data: this answer) or one `error` event (data {"detail"})',
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },

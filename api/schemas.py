@@ -69,7 +69,7 @@ class AskIn(BaseModel):
     stream: bool = Field(
         False,
         description='true: answer text/event-stream, a `piece` event ({"text"}) per piece of '
-        "the answer as the model produces it, then one `answer` event with the whole answer "
+        "the answer as the model produces it, then one `final` event with the whole answer "
         'as the non-streaming form gives it (or an `error` event, {"detail"}).',
     )
 

@@ -23,15 +23,15 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 PIECE = "piece"  # data: {"text": "..."}, one per piece of text as the model produces it
-FINAL = "answer"  # data: the whole answer, as the non-streaming route answers it
+FINAL = "final"  # data: the whole answer, as the non-streaming route answers it
 ERROR = "error"  # data: {"detail": "..."}: the answer failed after the stream had begun
 
 
 def event_stream(
     pieces: Generator[str, None, R], final: Callable[[R], BaseModel]
 ) -> EventSourceResponse:
-    """A ``piece`` event per piece ``pieces`` yields, then one ``answer`` event: ``final`` of
-    what it returns (or one ``error`` event)."""
+    """A ``piece`` event per piece ``pieces`` yields, then one ``final`` event, whose data is
+    ``final(what pieces returns)`` (or one ``error`` event)."""
     return EventSourceResponse(
         _events(pieces, final),
         # No cache, and no proxy buffering (nginx): each event goes out as it is made.

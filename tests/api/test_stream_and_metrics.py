@@ -131,7 +131,7 @@ def test_the_streamed_answer_ends_with_the_answer_the_json_form_gives(
             )
             events = ask_streamed(c, body)
             kinds = [kind for kind, _ in events]
-            assert kinds[-1] == "answer" and set(kinds[:-1]) == {"piece"} and len(kinds) > 1
+            assert kinds[-1] == "final" and set(kinds[:-1]) == {"piece"} and len(kinds) > 1
             final = json.loads(events[-1][1])
             assert final == plain.json()
             assert "".join(json.loads(data)["text"] for _, data in events[:-1]) == final["answer"]

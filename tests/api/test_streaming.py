@@ -61,7 +61,7 @@ def test_pieces_arrive_as_the_decoder_makes_them_then_the_whole_answer(
         assert s.response.headers["content-type"].startswith("text/event-stream")
         events = [(e.event, e.data) for e in s.iter_sse()]
     kinds = [kind for kind, _ in events]
-    assert kinds[-1] == "answer" and set(kinds[:-1]) == {"piece"}
+    assert kinds[-1] == "final" and set(kinds[:-1]) == {"piece"}
     assert len(kinds) > 2  # the byte decoder: a piece per character it generated
     final = json.loads(events[-1][1])
     assert final == plain.json()
@@ -77,7 +77,7 @@ def test_the_model_is_released_when_a_stream_ends(client: TestClient) -> None:
     body = {"question": "Where?", "stream": True}
     for _ in range(3):
         with httpx_sse.connect_sse(client, "POST", "/v1/ask", headers=USER, json=body) as s:
-            assert [e.event for e in s.iter_sse()][-1] == "answer"
+            assert [e.event for e in s.iter_sse()][-1] == "final"
         assert ctx.model_lock.acquire(timeout=10)
         ctx.model_lock.release()
     assert client.post("/v1/ask", headers=USER, json={"question": "Where?"}).status_code == 200
