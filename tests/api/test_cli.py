@@ -49,9 +49,10 @@ def test_upload_follows_every_document_to_ready_then_docs_ask_pin_rm(stack, tmp_
         docs = {d["filename"]: d for d in c.get("/v1/documents?collection=cli").json()["documents"]}
     assert {d["status"] for d in docs.values()} == {"ready"}
 
-    code, out = kb(stack, "ask", "Where is the new warehouse?", "-c", "cli", "--no-stream")
-    assert code == 0, out
-    assert "Rotterdam" in out and docs["note.txt"]["id"] in out, out  # answer, then citation
+    for how in ("--stream", "--no-stream"):  # streamed (server-sent events), then whole
+        code, out = kb(stack, "ask", "Where is the new warehouse?", "-c", "cli", how)
+        assert code == 0, out
+        assert out.index("Rotterdam") < out.index(docs["note.txt"]["id"]), out  # then citations
 
     code, out = kb(stack, "pin", docs["report.pdf"]["id"])
     assert code == 0 and "pinned" in out
