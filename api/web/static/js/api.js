@@ -140,29 +140,17 @@ export function forgetImages(documentId = null) {
   }
 }
 
-// The final event's name: "final" in the issue's wording, "answer" in the server's
-// api/streaming.py; either carries the whole answer as the non-streamed route returns it.
-const FINAL_EVENTS = new Set(["final", "answer"]);
-
-// A question, with the answer's text handed to onPiece(text) as it is generated. Resolves to
-// the whole answer ({answer, found, citations, context, model}). A server that answers JSON
-// (no streaming) is read as one piece; one that does not know `stream` at all (422 naming it)
-// is asked again without it.
+// A question, with the answer's text handed to onPiece(text) as it is generated: `piece`
+// events ({"text"}), then one `final` event carrying the whole answer as the non-streamed
+// route returns it ({answer, found, citations, context, model}), or an `error` event
+// ({"detail"}) if the answer failed once the stream had begun (api/streaming.py). A JSON
+// answer (a server that does not stream) is taken whole, as one piece.
 export async function ask(question, collection, onPiece, signal) {
-  const accept = "text/event-stream, application/json";
-  let response;
-  try {
-    response = await request("POST", "v1/ask", {
-      json: { question, collection, stream: true },
-      accept,
-      signal,
-    });
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 422 && /\bstream\b/.test(err.detail))) {
-      throw err;
-    }
-    response = await request("POST", "v1/ask", { json: { question, collection }, signal });
-  }
+  const response = await request("POST", "v1/ask", {
+    json: { question, collection, stream: true },
+    accept: "text/event-stream, application/json",
+    signal,
+  });
   if (!(response.headers.get("Content-Type") || "").startsWith("text/event-stream")) {
     const answer = await response.json();
     onPiece(answer.answer);
@@ -171,7 +159,7 @@ export async function ask(question, collection, onPiece, signal) {
   let final = null;
   await readEvents(response, (event, data) => {
     if (event === "piece") onPiece(JSON.parse(data).text);
-    else if (FINAL_EVENTS.has(event)) final = JSON.parse(data);
+    else if (event === "final") final = JSON.parse(data);
     else if (event === "error") throw new ApiError(500, JSON.parse(data).detail);
   });
   if (final === null) throw new ApiError(0, "the answer stopped before it was complete");

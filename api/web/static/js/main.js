@@ -5,14 +5,15 @@ import { initAdmin, showAdmin } from "./admin.js";
 import { getJSON, getKey, health, setKey } from "./api.js";
 import { initAsk } from "./ask.js";
 import { refreshDocuments, setCollection } from "./documents.js";
-import { $, describe, el, showError } from "./ui.js";
+import { $, describe, el, notify, showError } from "./ui.js";
 import { initUploads } from "./uploads.js";
 import { initViewer } from "./viewer.js";
 
 const COLLECTION_STORAGE = "kb.collection";
 const collection = () => $("#collection").value.trim() || "default";
 
-// Is the key accepted, and is it the admin key? /healthz shows the model only to the admin.
+// Is the key accepted, and is it the admin key? /healthz shows the model only to the admin. A
+// key limited to other collections than the one shown switches to the first it may use.
 async function useKey() {
   const state = $("#key-state");
   document.body.dataset.key = "checking";
@@ -24,7 +25,15 @@ async function useKey() {
   }
   state.textContent = "checking…";
   try {
-    await refreshDocuments();
+    const names = await listCollections();
+    try {
+      await refreshDocuments();
+    } catch (err) {
+      if (err.status !== 403 || names.length === 0) throw err;
+      notify(`This key may use ${names.join(", ")}: showing ${names[0]}.`, "note");
+      showCollection(names[0]);
+      await refreshDocuments();
+    }
   } catch (err) {
     state.textContent = err.status === 401 ? "key refused" : "no access";
     document.body.dataset.key = "refused";
@@ -37,19 +46,21 @@ async function useKey() {
   state.textContent = admin ? `admin key · model ${parts.model.version}` : "key accepted";
   document.body.dataset.key = admin ? "admin" : "user";
   showAdmin(admin);
-  listCollections();
 }
 
-// The collections the key may see, when the server can list them (GET /v1/collections).
+// The collections the key may see, offered in the collection field; their names.
 async function listCollections() {
-  try {
-    const { collections } = await getJSON("v1/collections");
-    $("#collections").replaceChildren(
-      ...collections.map((c) => el("option", { value: c.name }, `${c.documents} documents`)),
-    );
-  } catch {
-    // an older server without the route: the collection is typed in
-  }
+  const { collections } = await getJSON("v1/collections");
+  $("#collections").replaceChildren(
+    ...collections.map((c) => el("option", { value: c.name }, `${c.documents} documents`)),
+  );
+  return collections.map((c) => c.name);
+}
+
+function showCollection(name) {
+  $("#collection").value = name;
+  localStorage.setItem(COLLECTION_STORAGE, name);
+  setCollection(name);
 }
 
 function init() {
@@ -76,8 +87,7 @@ function init() {
   input.value = localStorage.getItem(COLLECTION_STORAGE) || "default";
   setCollection(collection());
   input.addEventListener("change", () => {
-    localStorage.setItem(COLLECTION_STORAGE, collection());
-    setCollection(collection());
+    showCollection(collection());
     if (getKey()) refreshDocuments().catch((err) => showError(err, "The documents"));
   });
 
