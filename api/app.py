@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import web
 from api.limits import BodyLimits
 from api.routes import FILES_PER_REQUEST, admin, admin_metrics, router, v1
 from kb.context import Context
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
             f"({settings.max_asks_in_flight}) questions at once 429 with Retry-After."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by api.web from local files: the default loads them from a CDN
+        redoc_url=None,  # ReDoc, too, would come from a CDN; /docs is the OpenAPI page
     )
     app.add_middleware(
         BodyLimits,
@@ -119,6 +122,7 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
     app.include_router(v1)
     app.include_router(admin)
     app.include_router(admin_metrics)
+    web.mount(app)  # the web page at / and /docs
     return app
 
 
