@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Debian's Chromium, for the web page's browser test (tests/api/test_web_page.py): Playwright
+# drives it and never downloads a browser of its own.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run test test-fast fuzz lint eval bench clean
 
@@ -13,12 +16,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHROMIUM):
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium could not be installed: the browser test will skip (and fail in CI)"
+
+install: $(STAMP) $(CHROMIUM)
 
 run: $(STAMP)
 	$(PY) -m kb.cli run
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -7,15 +7,18 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import web
 from api.limits import BodyLimits
-from api.routes import FILES_PER_REQUEST, admin, router, v1
+from api.routes import FILES_PER_REQUEST, admin, admin_metrics, router, v1
 from kb import serving
 from kb.context import Context
+from kb.metrics import WorkerMetrics
 from kb.queue import QueueUnavailable, TaskQueue
 from kb.settings import Settings, get_settings
 from kb.store import StoreUnavailable
@@ -38,6 +41,12 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
             from workers.queue import CeleryQueue  # needs KB_REDIS_URL: not at import time
 
             app.state.queue = CeleryQueue()
+        # What the workers count, added up in Redis (kb.metrics); none without a broker.
+        app.state.worker_metrics = (
+            WorkerMetrics(redis.Redis.from_url(settings.redis_url, socket_timeout=2))
+            if settings.redis_url
+            else None
+        )
         app.state.api_key = settings.key("api")
         app.state.admin_key = settings.key("admin")
         app.state.model_slots = threading.BoundedSemaphore(settings.max_asks_in_flight)
@@ -59,6 +68,8 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
             f"({settings.max_asks_in_flight}) questions at once 429 with Retry-After."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by api.web from local files: the default loads them from a CDN
+        redoc_url=None,  # ReDoc, too, would come from a CDN; /docs is the OpenAPI page
     )
     app.add_middleware(
         BodyLimits,
@@ -112,6 +123,8 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
     app.include_router(router)
     app.include_router(v1)
     app.include_router(admin)
+    app.include_router(admin_metrics)
+    web.mount(app)  # the web page at / and /docs
     return app
 
 

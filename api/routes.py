@@ -22,6 +22,8 @@ from fastapi import (
     UploadFile,
     status,
 )
+from fastapi.sse import EventSourceResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as FormFile
@@ -51,7 +53,8 @@ from api.schemas import (
     PageText,
     ReindexIn,
 )
-from kb import apikeys, collections, documents, jobs, objects, reader, serving
+from api.streaming import event_stream
+from kb import apikeys, collections, documents, jobs, metrics, objects, reader, serving
 from kb.apikeys import Scope
 from kb.catalog import repo
 from kb.catalog.models import Document
@@ -97,6 +100,7 @@ BODY_ERRORS = (400, 408, 413, 422)  # any route that reads a body
 router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[User], responses=errors(401, 422))
 admin = APIRouter(prefix="/v1/admin", dependencies=[Admin], responses=errors(401, 403, 422))
+admin_metrics = APIRouter(dependencies=[Admin], responses=errors(401, 403))
 
 # Ids are UUIDs (kb.catalog.models.new_id); anything else is simply not found, and never reaches
 # the database (PostgreSQL refuses NUL in text with an error, not an empty result).
@@ -151,15 +155,18 @@ def _visible_document(s: Session, scope: Scope, document_id: str) -> Document:
     response_model=Health,
     response_model_exclude_none=True,
     tags=["health"],
-    responses={503: {"model": Health, "description": "a part is down: status degraded"}},
+    responses={
+        503: {"model": Health, "description": "a part is down, or no worker is alive: degraded"}
+    },
 )
 def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminKey) -> Health:
-    """`ok` or `degraded` for anyone (a load balancer needs no key); with the admin key, each
-    part's state and errors and the model. Degraded too when this server runs another model
-    version than the catalog serves (its questions would leave those pages out). Never waits
-    on the model."""
+    """`ok` or `degraded` (503) for anyone (a load balancer needs no key): degraded when a part
+    is down, no worker was heard from within KB_WORKER_ALIVE_S seconds, or this server runs
+    another model version than the catalog serves (its questions would leave those pages out).
+    With the admin key, each part's state and errors (the queue's depth, the workers alive) and
+    the model. Never waits on the model."""
 
-    def check(fn) -> dict[str, str]:
+    def check(fn) -> dict[str, Any]:
         try:
             detail = fn()
             return {"status": "ok", **(detail or {})}
@@ -171,9 +178,16 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
             conn.execute(text("SELECT 1"))
         return {"backend": ctx.engine.dialect.name}
 
-    def queue() -> dict[str, str]:
+    def queue() -> dict[str, Any]:
         queue_.ping()
-        return {"broker": "redis"}
+        return {"broker": "redis", "depth": queue_.depth()}
+
+    def workers() -> dict[str, Any]:
+        within = ctx.settings.worker_alive_s
+        alive = queue_.workers()
+        if not alive:
+            raise NoWorker(f"no worker heard from within {within} s")
+        return {"alive": len(alive), "within_s": within, "last_heard_s": min(alive.values())}
 
     def store() -> dict[str, str]:
         ctx.store.ping()
@@ -183,9 +197,14 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         mismatch = serving.mismatch(ctx)  # the catalog serves one version (kb.serving)
         return None if mismatch is None else {"status": "error", "error": mismatch}
 
-    parts = {"queue": check(queue), "store": check(store), "catalog": check(catalog)}
-    parts["model"] = check(model)
-    ok = all(part["status"] == "ok" for part in parts.values())
+    parts = {
+        "queue": check(queue),
+        "workers": check(workers),
+        "store": check(store),
+        "catalog": check(catalog),
+    }
+    model_part = check(model)
+    ok = all(part["status"] == "ok" for part in [*parts.values(), model_part])
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     if not admin_key:
@@ -193,17 +212,43 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
     backend = ctx.backend  # loaded in the lifespan: no lock is taken here
     return Health(
         status="ok" if ok else "degraded",
-        queue=parts["queue"],
-        store=parts["store"],
-        catalog=parts["catalog"],
+        **parts,
         model={
-            **parts["model"],
+            **model_part,
             "name": backend.name,
             "version": backend.version,
             "trained": backend.trained,
             "context_budget": backend.context_budget,
         },
     )
+
+
+class NoWorker(Exception):
+    """No worker has written a heartbeat within KB_WORKER_ALIVE_S."""
+
+
+@admin_metrics.get(
+    "/metrics",
+    response_class=Response,
+    tags=["health"],
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def metrics_(ctx: CtxDep, queue: QueueDep, request: Request) -> Response:
+    """Prometheus text format (needs the admin key, as Prometheus's `authorization`
+    credentials): uploads, ask latency and context tokens (this API process), pages rendered
+    and encoded, task durations, failures and retries (every worker, kept in Redis), the
+    queue's depth, the workers alive and the model. A part that cannot be read is left out."""
+    backend = ctx.backend
+    families = [metrics.model_info(backend.name, backend.version, backend.trained)]
+    worker_metrics: metrics.WorkerMetrics | None = request.app.state.worker_metrics
+    try:
+        families.append(metrics.queue_depth(queue.depth()))
+        families.append(metrics.workers_alive(len(queue.workers())))
+        if worker_metrics is not None:
+            families += worker_metrics.families()
+    except Exception as exc:  # a scrape reports what it can
+        log.warning("metrics: the broker does not answer: %s", exc)
+    return Response(metrics.exposition(families), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _one_file(request: Request) -> None:
@@ -364,21 +409,36 @@ def page_text(
 @v1.post(
     "/ask",
     response_model=AskOut,
-    responses=errors(403, 404, *BODY_ERRORS, 429, 503),
+    responses={
+        200: {
+            "description": "the answer; with `stream: true`, server-sent events: `piece` "
+            'events (data {"text"}) as the model produces the answer, then one `final` event '
+            '(data: this answer) or one `error` event (data {"detail"})',
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(403, 404, *BODY_ERRORS, 429, 503),
+    },
     dependencies=[ModelSlot],
 )
-def ask(ctx: CtxDep, scope: CallerScope, body: AskIn) -> AskOut:
-    """Answer from every ready page of the collection. Beyond KB_MAX_ASKS_IN_FLIGHT questions
-    at once: 429 with Retry-After, at once."""
+def ask(ctx: CtxDep, scope: CallerScope, body: AskIn) -> AskOut | EventSourceResponse:
+    """Answer from every ready page of the collection; `stream: true` streams it as it is
+    generated (every error status comes before the stream starts). Beyond
+    KB_MAX_ASKS_IN_FLIGHT questions at once: 429 with Retry-After, at once."""
     _may_use(scope, body.collection)
     try:
-        result = reader.ask(ctx, body.question, body.collection, body.max_context_tokens)
+        question = reader.prepare(ctx, body.question, body.collection, body.max_context_tokens)
     except reader.EmptyCollection as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except (reader.BudgetTooSmall, reader.BudgetTooLarge) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     except reader.OtherModelVersion as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    if body.stream:  # the model runs off the event loop, in one thread (api.streaming)
+        return event_stream(reader.stream(ctx, question), _ask_out)
+    return _ask_out(reader.answer(ctx, question))
+
+
+def _ask_out(result: reader.AskResult) -> AskOut:
     return AskOut(
         answer=result.answer,
         found=result.found,

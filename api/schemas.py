@@ -68,6 +68,12 @@ class AskIn(BaseModel):
         "model; /healthz with the admin key shows model.context_budget); above it: 422. "
         "Default: that budget.",
     )
+    stream: bool = Field(
+        False,
+        description='true: answer text/event-stream, a `piece` event ({"text"}) per piece of '
+        "the answer as the model produces it, then one `final` event with the whole answer "
+        'as the non-streaming form gives it (or an `error` event, {"detail"}).',
+    )
 
 
 class CitationOut(BaseModel):
@@ -181,7 +187,8 @@ class Health(BaseModel):
     """Without the admin key only `status`; the parts (hosts, errors, model) are for the admin."""
 
     status: Literal["ok", "degraded"]
-    queue: dict[str, str] | None = None
+    queue: dict[str, str | int] | None = None  # + depth: tasks waiting for a worker
+    workers: dict[str, str | int | float] | None = None  # alive, within_s, last_heard_s
     store: dict[str, str] | None = None
     catalog: dict[str, str] | None = None
     model: dict[str, str | bool | int] | None = None

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from sqlalchemy.exc import IntegrityError
 
 import ingest
-from kb import objects
+from kb import metrics, objects
 from kb.catalog import repo
 from kb.catalog.models import DocumentStatus, new_id, utcnow
 from kb.context import Context
@@ -77,6 +77,13 @@ def stage(source: BinaryIO, name: str, dest: Path, max_bytes: int) -> StagedUplo
 def upload(ctx: Context, queue: TaskQueue, staged: StagedUpload, collection: str) -> Accepted:
     """Store and queue a staged upload; see the module docstring. Raises QueueUnavailable with
     nothing left behind when the broker cannot take the task."""
+    accepted = _upload(ctx, queue, staged, collection)
+    result = "new" if not accepted.duplicate else "restarted" if accepted.queued else "duplicate"
+    metrics.UPLOADS.labels(result=result).inc()
+    return accepted
+
+
+def _upload(ctx: Context, queue: TaskQueue, staged: StagedUpload, collection: str) -> Accepted:
     stalled_before = utcnow() - timedelta(seconds=ctx.settings.stalled_after_s)
     with ctx.session() as s:
         existing = repo.find_document_by_sha256(s, collection, staged.sha256)

@@ -23,3 +23,13 @@ class TaskQueue(Protocol):
 
     def ping(self) -> None:
         """Raise QueueUnavailable unless the broker answers."""
+
+    def depth(self) -> int:
+        """Tasks waiting for a worker (not those running); QueueUnavailable when the broker
+        does not answer."""
+        ...
+
+    def workers(self) -> dict[str, float]:
+        """The workers heard from within KB_WORKER_ALIVE_S: name -> seconds since their last
+        heartbeat; QueueUnavailable when the broker does not answer."""
+        ...

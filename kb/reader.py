@@ -10,13 +10,16 @@ counted too.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from ingest.tiers import TEXT
+from kb import metrics
 from kb.catalog import repo
 from kb.catalog.models import Page
 from kb.context import Context
-from kb.model.base import ContextPage
+from kb.model.base import Answer, ContextPage
 from kb.packer import Candidate, pack
 
 
@@ -67,6 +70,21 @@ def _label(page: Page) -> str:
     return f"{page.document.filename} p.{page.number}"
 
 
+@dataclass
+class Question:
+    """A question with its memory packed and its pages' tensors loaded: what ``prepare`` found,
+    ready for the model (``answer``, ``stream``)."""
+
+    text: str
+    context: list[ContextPage]
+    tokens: int
+    tiers: dict[str, int]
+    left_out_pages: list[tuple[str, int]]
+    other_version: int  # ready pages encoded for another model version: not packed
+    max_citations: int
+    started: float  # time.monotonic() when the question came in
+
+
 def ask(
     ctx: Context,
     question: str,
@@ -74,6 +92,19 @@ def ask(
     max_context_tokens: int | None = None,
     max_citations: int = 5,
 ) -> AskResult:
+    return answer(ctx, prepare(ctx, question, collection, max_context_tokens, max_citations))
+
+
+def prepare(
+    ctx: Context,
+    question: str,
+    collection: str = "default",
+    max_context_tokens: int | None = None,
+    max_citations: int = 5,
+) -> Question:
+    """Everything before the model: the budget checked (BudgetTooLarge, BudgetTooSmall), the
+    collection's ready pages (EmptyCollection), packed, their tensors loaded."""
+    started = time.monotonic()
     backend = ctx.backend
     # The backend's budget is also the most a question may ask for: memory and time grow with
     # the context, and one question must not take the whole service.
@@ -119,29 +150,56 @@ def ask(
             f"{min(backend.tier_tokens.values())} tokens a page); raise max_context_tokens"
         )
     context = [_context_page(ctx, pages[i], backend.version, tier) for i, tier in packing.chosen]
-    with ctx.model_lock:
-        answer = backend.answer(question, context)
+    return Question(
+        text=question,
+        context=context,
+        tokens=packing.tokens,
+        tiers=packing.tiers,
+        left_out_pages=[(pages[i].document_id, pages[i].number) for i in packing.left_out],
+        other_version=len(ready) - len(pages),
+        max_citations=max_citations,
+        started=started,
+    )
 
+
+def answer(ctx: Context, question: Question) -> AskResult:
+    """The model's answer to a prepared question, whole."""
+    with ctx.model_lock:
+        return _result(ctx, question, ctx.backend.answer(question.text, question.context))
+
+
+def stream(ctx: Context, question: Question) -> Generator[str, None, AskResult]:
+    """The model's answer to a prepared question, piece by piece as the backend produces it
+    (Backend.answer_stream); returns the whole result, the same ``answer`` gives. Holds the
+    model from the first piece to the last: run it to its end, or close it, in one thread."""
+    with ctx.model_lock:
+        got = yield from ctx.backend.answer_stream(question.text, question.context)
+        return _result(ctx, question, got)
+
+
+def _result(ctx: Context, question: Question, answer: Answer) -> AskResult:
+    context = question.context
     ranked = sorted(
         zip(context, answer.page_scores, strict=True), key=lambda cs: cs[1], reverse=True
     )
     # An answer that was not found cites nothing: no page supports it.
     citations = [
         Citation(c.document_id, c.page, round(float(score), 4), c.tier)
-        for c, score in ranked[:max_citations]
+        for c, score in ranked[: question.max_citations]
         if score > 0 and answer.found
     ]
-    left = [(pages[i].document_id, pages[i].number) for i in packing.left_out]
+    metrics.ASK_SECONDS.observe(time.monotonic() - question.started)
+    metrics.ASK_CONTEXT_TOKENS.observe(question.tokens)
     return AskResult(
         answer=answer.text,
         citations=citations,
         pages=len(context),
-        tokens=packing.tokens,
-        tiers=packing.tiers,
-        left_out=len(left),
-        left_out_pages=left,
-        model_version=backend.version,
-        other_version=len(ready) - len(pages),
+        tokens=question.tokens,
+        tiers=question.tiers,
+        left_out=len(question.left_out_pages),
+        left_out_pages=question.left_out_pages,
+        model_version=ctx.backend.version,
+        other_version=question.other_version,
         found=answer.found,
     )
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # to the broker (a chunk is seconds of work; a whole render is redone, idempotently).
     shutdown_grace_s: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
+    # A worker is alive when heard from within this many seconds: it writes a heartbeat to
+    # Redis every third of it, and /healthz answers 503 when no worker is alive. 30 s: three
+    # beats missed, yet a dead worker shows within half a minute.
+    worker_alive_s: int = Field(30, ge=3)
     tensor_cache_mb: int = Field(1024, ge=1)  # RAM for cached page tensors in the API process
 
     @property

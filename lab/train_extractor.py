@@ -338,11 +338,11 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
             held = real_pages("heldout")
             texts = list(rng.sample(held, min(size, len(held) // 2)))
             others = [p for p in held if p not in texts]
-            asked = [(realtext.cloze(rng, rng.choice(texts)), True) for _ in range(12)]
-            asked += [(realtext.cloze(rng, rng.choice(others)), False) for _ in range(4)]
+            clozes = [(realtext.cloze(rng, rng.choice(texts)), True) for _ in range(12)]
+            clozes += [(realtext.cloze(rng, rng.choice(others)), False) for _ in range(4)]
             questions = [
                 (c.question, c.page[c.start : c.end] if present else None)
-                for c, present in asked
+                for c, present in clozes
                 if c is not None
             ]
         else:
@@ -357,7 +357,7 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
         for question, expected in questions:
             got = backend.answer(question, pages)
             score = got.score if got.score is not None else float("-inf")
-            ok = bool(expected) and answer_matches(got.text, expected)
+            ok = expected is not None and answer_matches(got.text, expected)
             rows.append((score, ok, not expected))
     grid = sorted({round(r[0], 2) for r in rows if math.isfinite(r[0])})
 

@@ -12,6 +12,8 @@ from kb.queue import QueueUnavailable
 class RecordingQueue:
     sent: list[tuple[str, str]] = field(default_factory=list)
     down: bool = False
+    # The workers it reports alive (name -> seconds since heard from): none, and /healthz is 503.
+    alive: dict[str, float] = field(default_factory=lambda: {"in-memory": 0.0})
 
     def enqueue_render(self, document_id: str) -> None:
         self._send("ingest.render", document_id)
@@ -22,6 +24,14 @@ class RecordingQueue:
     def ping(self) -> None:
         if self.down:
             raise QueueUnavailable("the test's queue is down")
+
+    def depth(self) -> int:
+        self.ping()
+        return len(self.sent)  # nothing consumes them
+
+    def workers(self) -> dict[str, float]:
+        self.ping()
+        return dict(self.alive)
 
     def _send(self, name: str, arg: str) -> None:
         self.ping()

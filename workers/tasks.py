@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,10 +18,18 @@ import redis
 import urllib3.exceptions
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import task_failure, worker_process_init, worker_ready
+from celery.signals import (
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_retry,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 from sqlalchemy.exc import OperationalError
 
-from kb import objects, priority, recovery, serving
+from kb import metrics, objects, priority, recovery, serving
 from kb.catalog import repo
 from kb.catalog.models import JobStatus
 from kb.context import Context
@@ -35,7 +44,7 @@ from kb.scratch import remove_abandoned
 from kb.settings import get_settings
 from kb.store import StoreUnavailable
 from workers.celery_app import app
-from workers.queue import CeleryQueue
+from workers.queue import CeleryQueue, heartbeat, stopped
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,11 @@ def broker() -> redis.Redis:
     return _redis
 
 
+def worker_metrics() -> metrics.WorkerMetrics:
+    """This process's side of the metrics every worker adds up in Redis (kb.metrics)."""
+    return metrics.WorkerMetrics(broker())
+
+
 @contextmanager
 def unless_it_killed_its_worker(
     task: Task, what: str, fail: Callable[[int], None]
@@ -164,13 +178,18 @@ def render(self, document_id: str) -> None:
 
 def _render(self, document_id: str) -> None:  # type: ignore[no-untyped-def]
     try:
-        render_document(ctx(), document_id, on_chunk=lambda n: _send_encode(document_id, n))
+        render_document(ctx(), document_id, on_chunk=lambda n: _rendered(document_id, n))
     except TRANSIENT:
         if self.request.retries >= self.max_retries:
             fail_document(ctx(), document_id, "storage or database unavailable; try again")
         raise
     except Exception as exc:
         _unexpected(document_id, exc)
+
+
+def _rendered(document_id: str, page_numbers: list[int]) -> None:
+    worker_metrics().add(metrics.PAGES_RENDERED, len(page_numbers))
+    _send_encode(document_id, page_numbers)
 
 
 def _send_encode(document_id: str, page_numbers: list[int]) -> None:
@@ -191,7 +210,8 @@ def encode(self, document_id: str, page_numbers: list[int]) -> None:
 
 def _encode(self, document_id: str, page_numbers: list[int]) -> None:  # type: ignore[no-untyped-def]
     try:
-        encode_pages(ctx(), document_id, page_numbers)
+        if encode_pages(ctx(), document_id, page_numbers) != (0, None):  # else it is gone
+            worker_metrics().add(metrics.PAGES_ENCODED, len(page_numbers))
     except TRANSIENT:
         if self.request.retries >= self.max_retries:
             fail_document(ctx(), document_id, "storage or database unavailable; try again")
@@ -277,6 +297,59 @@ def _sweep_at_start(sender: object, **_: object) -> None:
     _send_sweep_stalled()
     timer = sender.timer  # type: ignore[attr-defined]  # the consumer's
     timer.call_repeatedly(get_settings().sweep_interval_s, _send_sweep_stalled)
+
+
+def _beat(hostname: str) -> None:
+    try:
+        heartbeat(broker(), hostname)
+    except redis.RedisError:  # the broker is away: the worker looks dead until it is back
+        log.warning("could not write this worker's heartbeat", exc_info=True)
+
+
+@worker_ready.connect
+def _heartbeat(sender: object, **_: object) -> None:
+    """Alive now and every third of KB_WORKER_ALIVE_S, from the worker's own timer (in the
+    main process, as the sweep's): /healthz counts the workers whose heartbeat is fresh."""
+    hostname: str = sender.hostname  # type: ignore[attr-defined]
+    _beat(hostname)
+    timer = sender.timer  # type: ignore[attr-defined]
+    timer.call_repeatedly(get_settings().worker_alive_s / 3, _beat, (hostname,))
+
+
+@worker_shutdown.connect
+def _stopped(sender: object, **_: object) -> None:
+    try:
+        stopped(broker(), sender.hostname)  # type: ignore[attr-defined]
+    except redis.RedisError:  # it expires by itself
+        log.warning("could not remove this worker's heartbeat", exc_info=True)
+
+
+# Task metrics (kb.metrics, added up in Redis), recorded where the task runs: its pool process.
+_started: dict[str, float] = {}  # task id -> time.monotonic() at its start
+
+
+@task_prerun.connect
+def _task_started(task_id: str, **_: object) -> None:
+    _started[task_id] = time.monotonic()
+
+
+@task_postrun.connect
+def _task_ended(task_id: str, task: Task, **_: object) -> None:
+    started = _started.pop(task_id, None)
+    if started is not None:
+        worker_metrics().observe(metrics.TASK_SECONDS, time.monotonic() - started, task=task.name)
+
+
+@task_retry.connect
+def _task_retried(sender: Task | None = None, **_: object) -> None:
+    worker_metrics().add(metrics.TASK_RETRIES, task=sender.name if sender else "unknown")
+
+
+@task_failure.connect
+def _task_failed(sender: Task | None = None, **_: object) -> None:
+    """Every failure: an error in the task's process, and the hard time limit, which the main
+    process sees."""
+    worker_metrics().add(metrics.TASK_FAILURES, task=sender.name if sender else "unknown")
 
 
 @task_failure.connect

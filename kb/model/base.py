@@ -2,12 +2,14 @@
 
 A backend turns page images into per-page tensors worth caching (``encode``), reads a page back
 from those tensors (``read_page``), and answers a question from the tensors of many pages packed
-into one context (``answer``). Tensors are plain ``dict[str, torch.Tensor]`` so they can be stored
-as safetensors under content-addressed keys (model version / tier / page hash).
+into one context (``answer``; ``answer_stream`` piece by piece, as the answer is generated).
+Tensors are plain ``dict[str, torch.Tensor]`` so they can be stored as safetensors under
+content-addressed keys (model version / tier / page hash).
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,3 +76,16 @@ class Backend(Protocol):
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
         """Answer from all pages packed into one context."""
         ...
+
+    def answer_stream(
+        self, question: str, pages: list[ContextPage], max_new_tokens: int = 128
+    ) -> Generator[str, None, Answer]:
+        """``answer``, piece by piece: yields the answer's text as the backend produces it and
+        returns the Answer (whose text is the one to keep: a decoder may cut a repetition it
+        detects at the end). This default, for a backend that produces its answer at once,
+        yields the whole text once; a backend whose decoder generates token by token
+        overrides it (and inherits it by subclassing Backend explicitly)."""
+        answer = self.answer(question, pages, max_new_tokens)
+        if answer.text:
+            yield answer.text
+        return answer

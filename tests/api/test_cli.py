@@ -49,9 +49,10 @@ def test_upload_follows_every_document_to_ready_then_docs_ask_pin_rm(stack, tmp_
         docs = {d["filename"]: d for d in c.get("/v1/documents?collection=cli").json()["documents"]}
     assert {d["status"] for d in docs.values()} == {"ready"}
 
-    code, out = kb(stack, "ask", "Where is the new warehouse?", "-c", "cli", "--no-stream")
-    assert code == 0, out
-    assert "Rotterdam" in out and docs["note.txt"]["id"] in out, out  # answer, then citation
+    for how in ("--stream", "--no-stream"):  # streamed (server-sent events), then whole
+        code, out = kb(stack, "ask", "Where is the new warehouse?", "-c", "cli", how)
+        assert code == 0, out
+        assert out.index("Rotterdam") < out.index(docs["note.txt"]["id"]), out  # then citations
 
     code, out = kb(stack, "pin", docs["report.pdf"]["id"])
     assert code == 0 and "pinned" in out
@@ -105,3 +106,18 @@ def test_key_from_the_data_directory_of_kb_run(stack, tmp_path, monkeypatch):
         app, ["docs"], env={"KB_URL": stack.url, "KB_DATA_DIR": str(data), "COLUMNS": "200"}
     )
     assert result.exit_code == 0, result.output
+
+
+def test_keys_create_list_revoke(stack):
+    code, out = kb(stack, "keys", "create", "finance-team", "-c", "cli")
+    assert code == 0, out
+    lines = dict(line.split(maxsplit=1) for line in out.splitlines() if line[:3] in ("id ", "key"))
+    key_id, secret = lines["id"].strip(), lines["key"].strip()
+    code, out = kb(stack, "keys", "list")
+    assert code == 0 and key_id in out and "finance-team" in out and secret not in out, out
+    assert kb(stack, "docs", "-c", "cli", key=secret)[0] == 0
+    code, out = kb(stack, "docs", "-c", "other", key=secret)
+    assert code == 1 and "403" in out, out
+    assert kb(stack, "keys", "revoke", key_id)[0] == 0
+    code, out = kb(stack, "docs", "-c", "cli", key=secret)
+    assert code == 1 and "401" in out, out

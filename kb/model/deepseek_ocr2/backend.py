@@ -51,11 +51,11 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from kb.model.base import Answer, ContextPage, PageTensors
+from kb.model.base import Answer, Backend, ContextPage, PageTensors
 from kb.model.deepseek_ocr2.random_init import RANDOM_INIT_FILE
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class _Prefix:
     spans: list[tuple[int, int]]  # each page's feature span [start, end) in the prefix
 
 
-class DeepseekOcr2Backend:
+class DeepseekOcr2Backend(Backend):
     """The Backend of base.py for DeepSeek-OCR 2 (``from_pretrained`` loads a local directory)."""
 
     name = "deepseek-ocr2"
@@ -415,15 +415,43 @@ class DeepseekOcr2Backend:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
+        stream = self.answer_stream(question, pages, max_new_tokens)
+        while True:
+            try:
+                next(stream)
+            except StopIteration as done:
+                return cast(Answer, done.value)
+
+    def answer_stream(
+        self, question: str, pages: list[ContextPage], max_new_tokens: int = 128
+    ) -> Generator[str, None, Answer]:
+        """The answer as the decoder generates it: after each token, the text it added (none
+        while a character is cut between tokens), the leading space stripped as the answer's;
+        what was held back, at the end."""
         started = time.monotonic()
         prefix, reused = self._packed_prefix(pages)
         prefix_s = 0.0 if reused else time.monotonic() - started
-        new, scores = self._decode(
+        steps = self._decode_steps(
             prefix, self._question_ids(question), max_new_tokens, reused, prefix_s
         )
-        return Answer(
-            text=self.tokenizer.decode(new, skip_special_tokens=True).strip(), page_scores=scores
-        )
+        new: list[int] = []
+        sent = ""  # the text yielded so far
+        while True:
+            try:
+                new.append(next(steps))
+            except StopIteration as done:
+                new, scores = done.value
+                break
+            # Decoded whole each time (at most ANSWER_TOKENS tokens): a token's text depends on
+            # the tokens before it (merged spaces, bytes of one character).
+            text = self.tokenizer.decode(new, skip_special_tokens=True).lstrip()
+            if text.startswith(sent) and not text.endswith("\ufffd") and len(text) > len(sent):
+                yield text[len(sent) :]
+                sent = text
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        if text.startswith(sent) and len(text) > len(sent):  # what was held back at the end
+            yield text[len(sent) :]
+        return Answer(text=text, page_scores=scores)
 
     def next_token_logits(self, question: str, pages: list[ContextPage]) -> torch.Tensor:
         """The logits (vocab,) of the answer's first token, through the same cached prefix path
@@ -555,9 +583,28 @@ class DeepseekOcr2Backend:
         prefix_s: float,
         scores: bool = True,
     ) -> tuple[list[int], list[float]]:
-        """Greedy: the suffix, then one token at a time, with the repetition guard; the cache is
-        cropped back to the prefix afterwards, whatever happens. ``prefix_s``: what computing
-        the prefix took (0 when ``reused``)."""
+        """``_decode_steps`` run to its end: the new tokens and the page scores."""
+        steps = self._decode_steps(prefix, suffix, max_new_tokens, reused, prefix_s, scores)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return cast(tuple[list[int], list[float]], done.value)
+
+    def _decode_steps(
+        self,
+        prefix: _Prefix,
+        suffix: list[int],
+        max_new_tokens: int,
+        reused: bool,
+        prefix_s: float,
+        scores: bool = True,
+    ) -> Generator[int, None, tuple[list[int], list[float]]]:
+        """Greedy: the suffix, then one token at a time, with the repetition guard, yielding
+        each new token; returns them all and the page scores. The cache is cropped back to the
+        prefix afterwards, whatever happens (closed early too). ``prefix_s``: what computing
+        the prefix took (0 when ``reused``). Inference mode and the attention recording are
+        entered per step, never held across a yield."""
         total = prefix.length + len(suffix) + max_new_tokens
         if total > self.max_positions:
             raise ValueError(
@@ -567,31 +614,34 @@ class DeepseekOcr2Backend:
         trace = CallTrace(prefix.length, len(suffix), prefix_reused=reused)
         started = time.monotonic()
         mass = _PageMass(prefix.spans, self.device) if scores else None
-        token = _RECORDING.set(mass)
         new: list[int] = []
         try:
-            with torch.inference_mode():
-                ids = self._tensor(suffix)
-                for step in range(max_new_tokens):
-                    out = self.model(
-                        input_ids=ids,
-                        past_key_values=prefix.cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
-                    logits = out.logits[0, -1].float()
-                    banned = banned_tokens(new, self.no_repeat_ngram, self.no_repeat_window)
-                    if banned:
-                        logits[list(banned)] = float("-inf")
-                    next_id = int(logits.argmax())  # waits for the device: timings are real
-                    if step == 0:  # the question's pass: the end of prefill
-                        trace.prefill_s = time.monotonic() - started
-                    if next_id in self.eos:
-                        break
-                    new.append(next_id)
-                    ids = self._tensor([next_id])
+            ids = self._tensor(suffix)
+            for step in range(max_new_tokens):
+                token = _RECORDING.set(mass)
+                try:
+                    with torch.inference_mode():
+                        out = self.model(
+                            input_ids=ids,
+                            past_key_values=prefix.cache,
+                            use_cache=True,
+                            logits_to_keep=1,
+                        )
+                        logits = out.logits[0, -1].float()
+                        banned = banned_tokens(new, self.no_repeat_ngram, self.no_repeat_window)
+                        if banned:
+                            logits[list(banned)] = float("-inf")
+                        next_id = int(logits.argmax())  # waits for the device: timings are real
+                finally:
+                    _RECORDING.reset(token)
+                if step == 0:  # the question's pass: the end of prefill
+                    trace.prefill_s = time.monotonic() - started
+                if next_id in self.eos:
+                    break
+                new.append(next_id)
+                ids = self._tensor([next_id])
+                yield next_id
         finally:
-            _RECORDING.reset(token)
             self._crop(prefix)
         trace.decode_s = time.monotonic() - started - trace.prefill_s
         trace.prefill_s += prefix_s

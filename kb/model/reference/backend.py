@@ -9,6 +9,7 @@ the answers just mean nothing until the model is trained.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -16,9 +17,10 @@ import math
 import os
 import re
 import threading
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -33,7 +35,7 @@ from kb.embed import (
     segments,
     terms,
 )
-from kb.model.base import NOT_FOUND, Answer, ContextPage, PageTensors
+from kb.model.base import NOT_FOUND, Answer, Backend, ContextPage, PageTensors
 from kb.model.reference import extractor as fine
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import Memory, ReferenceModel
@@ -204,7 +206,7 @@ class Packed:
     page_segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
 
-class ReferenceBackend:
+class ReferenceBackend(Backend):
     """The Backend of base.py for the reference model.
 
     ``path``: a weights file, or a directory holding ``reference.safetensors``; default: the
@@ -348,12 +350,16 @@ class ReferenceBackend:
         copy path (ReferenceModel.best_span), or NOT_FOUND when "no answer" scores higher or no
         page is at the text tier (the optical tiers do not read yet: issue 9). Page scores are the
         start distribution's mass per page, the span's page first."""
+        if not self.config.span_head:  # the byte decoder: one path, streamed or not
+            stream = self.answer_stream(question, pages, max_new_tokens)
+            while True:
+                try:
+                    next(stream)
+                except StopIteration as done:
+                    return cast(Answer, done.value)
         with torch.inference_mode():
             packed = self.packed(pages)
             memory = packed.memory
-            if not self.config.span_head:
-                ids, scores = self.model.generate(ask_prompt(question), memory, max_new_tokens)
-                return Answer(text=decode(ids), page_scores=[float(s) for s in scores])
             if self.extractor is not None and packed.segment_at:
                 return self._extract(question, pages, packed)
             bias = self.segment_bias(question, packed)
@@ -370,6 +376,32 @@ class ReferenceBackend:
         text = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[i] = max(page_scores[i], 1.0 + prob)  # the page the answer was copied from
         return Answer(text=" ".join(text.split()), page_scores=page_scores, found=True)
+
+    def answer_stream(
+        self, question: str, pages: list[ContextPage], max_new_tokens: int = 128
+    ) -> Generator[str, None, Answer]:
+        """Weights without the copy path (no span head) decode the answer byte by byte: each
+        character is yielded as soon as its last byte is generated. The copy path finds its
+        span in one step, so it yields the whole answer once (Backend's default)."""
+        if self.config.span_head:
+            return (yield from super().answer_stream(question, pages, max_new_tokens))
+        with torch.inference_mode():
+            memory = self.packed(pages).memory
+        steps = self.model.decode_steps([ask_prompt(question)], memory, [max_new_tokens])
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # as decode() does
+        while True:
+            try:
+                byte = next(steps)[0]
+            except StopIteration as done:
+                ids, scores = done.value
+                break
+            if byte is not None and 0 <= byte < 256:  # decode() drops special tokens too
+                piece = utf8.decode(bytes([byte]))
+                if piece:
+                    yield piece
+        if tail := utf8.decode(b"", final=True):
+            yield tail
+        return Answer(text=decode(ids[0]), page_scores=[float(s) for s in scores[0]])
 
     @property
     def extractor(self) -> fine.SpanExtractor | None:

@@ -24,6 +24,7 @@ need no identity in the kv at all: the pack knows which memory slice is which pa
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import cast
 
@@ -782,7 +783,6 @@ class ReferenceModel(nn.Module):
         ids, scores = self.generate_batch([prompt], memory, [max_new_tokens], eos_id, suppress)
         return ids[0], scores[0]
 
-    @torch.inference_mode()
     def generate_batch(
         self,
         prompts: list[list[int]],
@@ -791,12 +791,32 @@ class ReferenceModel(nn.Module):
         eos_id: int = EOS,
         suppress: tuple[int, ...] = NEVER_GENERATED,
     ) -> tuple[list[list[int]], torch.Tensor]:
-        """The one greedy decoder, for the service and the eval alike: B prompts of one length
-        over a memory of batch B (or 1, shared), each row stopping at EOS (not returned), at its
-        ``max_new`` or when the repetition guard sees a loop (the repeats are cut back to one
-        copy). Self-attention keys and values go into preallocated buffers (StaticKVCache).
+        """The one greedy decoder (``decode_steps``) run to its end, for the service and the
+        eval alike. Returns the new ids per row and the page scores (B, n_pages)."""
+        steps = self.decode_steps(prompts, memory, max_new, eos_id, suppress)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return cast(tuple[list[list[int]], torch.Tensor], end.value)
 
-        Returns the new ids per row and the page scores (B, n_pages): cross-attention mass
+    @torch.inference_mode()
+    def decode_steps(
+        self,
+        prompts: list[list[int]],
+        memory: Memory,
+        max_new: list[int],
+        eos_id: int = EOS,
+        suppress: tuple[int, ...] = NEVER_GENERATED,
+    ) -> Generator[list[int | None], None, tuple[list[list[int]], torch.Tensor]]:
+        """The one greedy decoder, step by step: B prompts of one length over a memory of batch
+        B (or 1, shared), each row stopping at EOS (not returned), at its ``max_new`` or when
+        the repetition guard sees a loop (the repeats are cut back to one copy, in the returned
+        ids only: the steps already yielded them). Self-attention keys and values go into
+        preallocated buffers (StaticKVCache).
+
+        Yields after each step the id each row appended (None for a row that appended nothing);
+        returns the new ids per row and the page scores (B, n_pages): cross-attention mass
         averaged over heads, layers and every step that chose a byte for that row.
         """
         B = len(prompts)
@@ -832,6 +852,7 @@ class ReferenceModel(nn.Module):
             logits = logits[:, -1]  # (B, V)
             logits[:, list(suppress)] = float("-inf")
             chosen = logits.argmax(dim=-1).tolist()
+            appended: list[int | None] = [None] * B
             for b, next_id in enumerate(chosen):
                 if done[b]:
                     continue
@@ -839,6 +860,7 @@ class ReferenceModel(nn.Module):
                     done[b] = True
                     continue
                 out[b].append(next_id)
+                appended[b] = next_id
                 loop = repeated_tail(
                     out[b], config.repeat_max_ngram, config.repeat_times, config.repeat_min_span
                 )
@@ -848,6 +870,7 @@ class ReferenceModel(nn.Module):
                     done[b] = True
                 elif len(out[b]) >= max_new[b]:
                     done[b] = True
+            yield appended
             idx = torch.tensor(chosen, dtype=torch.long, device=device)[:, None]  # (B, 1)
         return out, (scores / steps.clamp(min=1)[:, None]).cpu()
 

@@ -335,3 +335,25 @@ def test_the_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     assert most["positions"] <= result["max_positions"]
     for row in result["ask"]:
         assert row["first"]["prefill_ms"] > 0 and row["second"]["prefill_ms"] > 0
+
+
+def test_the_answer_streams_token_by_token(backend, encoded):
+    pages = context(encoded, [0, 1], "small")
+    whole = backend.answer(QUESTION, pages, max_new_tokens=24)
+    stream = backend.answer_stream(QUESTION, pages, max_new_tokens=24)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            streamed = done.value
+            break
+    assert streamed == whole
+    assert backend.last_call is not None
+    assert 1 < len(pieces) <= len(backend.last_call.new_tokens)  # a piece per token at most
+    assert "".join(pieces) == whole.text
+    # closed after its first piece (a client gone): the packed pages' cache is cropped back
+    stream = backend.answer_stream(QUESTION, pages, max_new_tokens=24)
+    next(stream)
+    stream.close()
+    assert backend.answer(QUESTION, pages, max_new_tokens=24) == whole

@@ -246,3 +246,34 @@ def test_answers_are_whole_words(piece, word):
     i = data.index(piece.encode())
     a, b = whole_words(data, i, i + len(piece))
     assert data[a:b].decode() == word
+
+
+def test_the_byte_decoder_streams_its_answer_as_it_generates_it(config):
+    """Weights without the copy path decode byte by byte: answer_stream yields each character
+    as it is produced, and its pieces and its Answer are what answer() gives."""
+    decoder = ReferenceBackend(config=tiny_config(span_head=False))
+    pages = vision_pages(decoder, 2)
+    whole = decoder.answer("Which page?", pages, max_new_tokens=24)
+    stream = decoder.answer_stream("Which page?", pages, max_new_tokens=24)
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            streamed = done.value
+            break
+    assert streamed == whole
+    assert len(pieces) > 1 and all(pieces)  # several pieces, none empty
+    # the random model may loop, and the guard cuts the repeats from the answer afterwards
+    assert "".join(pieces).startswith(whole.text)
+
+
+def test_the_copy_path_streams_its_span_once(backend):
+    page = ContextPage("notes", 1, "notes.txt p.1", "text", text="Code: QZ-4410 (new)")
+    with torch.no_grad():
+        backend.model.span_null.bias.fill_(-1e4)  # "no answer" loses: a span is copied
+    stream = backend.answer_stream("Which code?", [page])
+    assert next(stream) == backend.answer("Which code?", [page]).text
+    with pytest.raises(StopIteration) as done:
+        next(stream)
+    assert done.value.value == backend.answer("Which code?", [page])
