@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import web
 from api.limits import BodyLimits
 from api.routes import FILES_PER_REQUEST, admin, admin_metrics, router, v1
+from kb import serving
 from kb.context import Context
 from kb.metrics import WorkerMetrics
 from kb.queue import QueueUnavailable, TaskQueue
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, queue: TaskQueue | None = None)
         app.state.admin_key = settings.key("admin")
         app.state.model_slots = threading.BoundedSemaphore(settings.max_asks_in_flight)
         ctx.backend  # noqa: B018 - load the model at start, not on the first question
+        serving.claim(ctx)  # an empty catalog serves the version of the first process
         yield
         ctx.close()
 

@@ -54,7 +54,7 @@ from api.schemas import (
     ReindexIn,
 )
 from api.streaming import event_stream
-from kb import apikeys, collections, documents, jobs, metrics, objects, reader
+from kb import apikeys, collections, documents, jobs, metrics, objects, reader, serving
 from kb.apikeys import Scope
 from kb.catalog import repo
 from kb.catalog.models import Document
@@ -72,12 +72,14 @@ _ERRORS = {
     404: "not found",
     408: "the request body stalled for longer than KB_BODY_READ_TIMEOUT_S; the connection is "
     "closed",
-    409: "the page is not encoded yet",
+    409: "the page is not encoded (for this server's model version) yet, or the job is "
+    "already finished",
     413: "the body is larger than KB_MAX_UPLOAD_MB; refused as soon as the limit is passed",
     415: "unsupported file type, or contents that do not match the extension",
     422: "invalid input; `detail` says which field and why",
     429: "too many questions in flight (KB_MAX_ASKS_IN_FLIGHT); retry after Retry-After seconds",
-    503: "the object store or the queue is unavailable (nothing was stored); try again later",
+    503: "the object store or the queue is unavailable (nothing was stored), or this server "
+    "runs another model version than the collection's pages are encoded for",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 
@@ -159,9 +161,10 @@ def _visible_document(s: Session, scope: Scope, document_id: str) -> Document:
 )
 def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminKey) -> Health:
     """`ok` or `degraded` (503) for anyone (a load balancer needs no key): degraded when a part
-    is down or no worker was heard from within KB_WORKER_ALIVE_S seconds. With the admin key,
-    each part's state and errors (the queue's depth, the workers alive) and the model. Never
-    waits on the model."""
+    is down, no worker was heard from within KB_WORKER_ALIVE_S seconds, or this server runs
+    another model version than the catalog serves (its questions would leave those pages out).
+    With the admin key, each part's state and errors (the queue's depth, the workers alive) and
+    the model. Never waits on the model."""
 
     def check(fn) -> dict[str, Any]:
         try:
@@ -190,13 +193,18 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         ctx.store.ping()
         return {"backend": type(ctx.store).__name__}
 
+    def model() -> dict[str, str] | None:
+        mismatch = serving.mismatch(ctx)  # the catalog serves one version (kb.serving)
+        return None if mismatch is None else {"status": "error", "error": mismatch}
+
     parts = {
         "queue": check(queue),
         "workers": check(workers),
         "store": check(store),
         "catalog": check(catalog),
     }
-    ok = all(part["status"] == "ok" for part in parts.values())
+    model_part = check(model)
+    ok = all(part["status"] == "ok" for part in [*parts.values(), model_part])
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     if not admin_key:
@@ -206,7 +214,7 @@ def healthz(ctx: CtxDep, queue_: QueueDep, response: Response, admin_key: AdminK
         status="ok" if ok else "degraded",
         **parts,
         model={
-            "status": "ok",
+            **model_part,
             "name": backend.name,
             "version": backend.version,
             "trained": backend.trained,
@@ -408,7 +416,7 @@ def page_text(
             '(data: this answer) or one `error` event (data {"detail"})',
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **errors(403, 404, *BODY_ERRORS, 429),
+        **errors(403, 404, *BODY_ERRORS, 429, 503),
     },
     dependencies=[ModelSlot],
 )
@@ -423,6 +431,8 @@ def ask(ctx: CtxDep, scope: CallerScope, body: AskIn) -> AskOut | EventSourceRes
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except (reader.BudgetTooSmall, reader.BudgetTooLarge) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except reader.OtherModelVersion as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     if body.stream:  # the model runs off the event loop, in one thread (api.streaming)
         return event_stream(reader.stream(ctx, question), _ask_out)
     return _ask_out(reader.answer(ctx, question))
@@ -434,7 +444,11 @@ def _ask_out(result: reader.AskResult) -> AskOut:
         found=result.found,
         citations=[CitationOut(**c.__dict__) for c in result.citations],
         context=ContextOut(
-            pages=result.pages, tokens=result.tokens, tiers=result.tiers, left_out=result.left_out
+            pages=result.pages,
+            tokens=result.tokens,
+            tiers=result.tiers,
+            left_out=result.left_out,
+            other_version=result.other_version,
         ),
         model=result.model_version,
     )
@@ -444,18 +458,31 @@ def _ask_out(result: reader.AskResult) -> AskOut:
     "/reindex",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=errors(404, *BODY_ERRORS, 503),
+    responses={
+        200: {"model": JobAccepted, "description": "an identical job is already queued or running"},
+        **errors(404, *BODY_ERRORS, 503),
+    },
 )
-def reindex(ctx: CtxDep, queue: QueueDep, body: ReindexIn | None = None) -> JobAccepted:
+def reindex(
+    ctx: CtxDep, queue: QueueDep, response: Response, body: ReindexIn | None = None
+) -> JobAccepted:
+    """Re-encode the pages of a collection (default: every one) for a model version (default:
+    the one this server runs); they switch to it together when all are done, and the catalog
+    then serves that version. An identical job already queued or running is returned (200,
+    `duplicate: true`) instead of a second one."""
+    body = body or ReindexIn()
     try:
-        job_id = jobs.start_reindex(ctx, queue, body.collection if body else None)
+        started = jobs.start_reindex(ctx, queue, body.collection, body.model_version)
     except jobs.CollectionNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    return JobAccepted(job_id=job_id)
+    except ValueError as exc:  # WholeCatalogOnly
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    if not started.created:
+        response.status_code = status.HTTP_200_OK
+    return JobAccepted(job_id=started.job_id, duplicate=not started.created)
 
 
-@admin.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(ctx: CtxDep, job_id: str) -> JobOut:
+def _job_out(ctx: CtxDep, job_id: str) -> JobOut:
     _check_id(job_id, "job")
     with ctx.session() as s:
         job = repo.get_job(s, job_id)
@@ -470,6 +497,26 @@ def get_job(ctx: CtxDep, job_id: str) -> JobOut:
             model_version=job.model_version,
             error=job.error,
         )
+
+
+@admin.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404))
+def get_job(ctx: CtxDep, job_id: str) -> JobOut:
+    return _job_out(ctx, job_id)
+
+
+@admin.delete("/jobs/{job_id}", response_model=JobOut, responses=errors(404, 409))
+def cancel_job(ctx: CtxDep, job_id: str) -> JobOut:
+    """Cancel a queued or running job (409 if it is already done, failed or cancelled): its
+    pages keep the version they serve, and the tensors it wrote that nothing serves are
+    removed. The cancelled job is returned."""
+    _check_id(job_id, "job")
+    try:
+        jobs.cancel(ctx, job_id)
+    except jobs.JobNotFound as exc:
+        raise _not_found("job") from exc
+    except jobs.JobFinished as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return _job_out(ctx, job_id)
 
 
 @v1.get("/collections", response_model=CollectionList)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from kb import apikeys
 from kb.catalog.repo import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
+from kb.jobs import MODEL_VERSION_PATTERN
 
 DocStatus = Literal["queued", "processing", "ready", "failed"]
 CollectionName = Annotated[
@@ -87,6 +88,9 @@ class ContextOut(BaseModel):
     tokens: int  # context tokens they take
     tiers: dict[str, int]  # pages per tier, "text" (exact) included
     left_out: int  # pages that did not fit even at the cheapest tier (never silently)
+    # Ready pages encoded for another model version than the server's: not packed (a reindex
+    # to another version switched them; /healthz with the admin key says which it serves).
+    other_version: int = 0
 
 
 class AskOut(BaseModel):
@@ -100,20 +104,29 @@ class AskOut(BaseModel):
 class ReindexIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: CollectionName | None = None
+    collection: CollectionName | None = Field(
+        None, description="Default: every collection (required for another model version)."
+    )
+    model_version: Annotated[str, StringConstraints(pattern=MODEL_VERSION_PATTERN)] | None = Field(
+        None,
+        description="The version to re-encode for; only workers running it take the job. "
+        "Default: the version this server runs.",
+    )
 
 
 class JobAccepted(BaseModel):
     job_id: str
+    duplicate: bool = False  # an identical job was already queued or running: this is it
 
 
 class JobOut(BaseModel):
     id: str
-    status: Literal["queued", "running", "done", "failed"]
-    done: int
+    # done: its pages switched to model_version, which the catalog now serves
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    done: int  # pages re-encoded (a recount)
     total: int
     collection: str | None
-    model_version: str
+    model_version: str  # the version it re-encodes for
     error: str | None
 
 

@@ -15,13 +15,12 @@ from io import BytesIO
 from pathlib import Path
 
 from PIL import Image
-from sqlalchemy import select
 
 import ingest
 from ingest.tiers import TEXT
 from kb import objects
 from kb.catalog import repo
-from kb.catalog.models import DocumentStatus, Page
+from kb.catalog.models import DocumentStatus, Job, JobStatus, Page
 from kb.context import Context
 from kb.keys import page_image_key as page_image_key  # re-exported (lab.bench)
 from kb.scratch import scratch_dir
@@ -166,68 +165,100 @@ def encode_pages(ctx: Context, document_id: str, numbers: list[int]) -> tuple[in
 
 
 # -- re-indexing
+#
+# A job re-encodes its pages for its target version (jobs.model_version), which only a worker
+# running that version can do: any other refuses the job, failing it with a message. Its pages
+# are listed once (job_pages); batches mark theirs done and recount, so a batch run twice counts
+# once and a job sent again (the sweep) resumes with the pages not done. New tensors are written
+# beside the old ones, so questions keep reading the previous ones; the pages switch to the
+# target version together, and the job is done, only when every page is re-encoded.
+
+
+def _refused(ctx: Context, job: Job) -> bool:
+    """True, with the job failed saying why, when this worker runs another model version."""
+    running = ctx.backend.version
+    if job.model_version == running:
+        return False
+    error = (
+        f"a worker running model version {running} took this job, which re-encodes for "
+        f"{job.model_version}: start the workers with the weights of {job.model_version} "
+        "(KB_MODEL_PATH) and reindex again"
+    )
+    log.warning("job %s refused: %s", job.id, error)
+    with ctx.session() as s:
+        repo.set_job_status(s, job.id, JobStatus.FAILED, error=error)
+    return True
+
+
+def _unfinished_job(ctx: Context, job_id: str) -> Job | None:
+    with ctx.session() as s:
+        job = repo.get_job(s, job_id)
+        if job is not None:
+            job.collection  # noqa: B018 - loaded now, read after the session
+            s.expunge_all()
+    if job is None or job.status not in repo.UNFINISHED_JOB:
+        log.info("job %s is %s; nothing to do", job_id, "gone" if job is None else job.status)
+        return None
+    return None if _refused(ctx, job) else job
 
 
 def reindex_plan(ctx: Context, job_id: str, batch_size: int) -> list[list[int]]:
-    """The page ids a reindex job re-encodes, in batches; records the job's total."""
+    """The page ids a reindex job still has to re-encode, in batches; lists the job's pages on
+    its first run and recounts its progress. A job with nothing left switches now."""
+    job = _unfinished_job(ctx, job_id)
+    if job is None:
+        return []
+    collection = job.collection.name if job.collection is not None else None
     with ctx.session() as s:
-        job = repo.get_job(s, job_id)
-        if job is None:
-            return []
-        collection = job.collection.name if job.collection is not None else None
-        ids = [
-            p.id
-            for p in repo.pages_of_collection(s, collection)
-            if p.document.status == DocumentStatus.READY
-        ]
-        repo.set_job_total(s, job_id, len(ids))
-        if not ids:
-            repo.set_job_status(s, job_id, "done")
-        else:
-            repo.set_job_status(s, job_id, "running")
+        repo.plan_job_pages(s, job_id, collection)
+        ids = [p.id for p in repo.job_pages(s, job_id, done=False)]
+        repo.recount_job(s, job_id)
+        repo.set_job_status(s, job_id, JobStatus.RUNNING)
+    if not ids:
+        finish_reindex(ctx, job_id)
     return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
 
 
 def reindex_pages(ctx: Context, job_id: str, page_ids: list[int]) -> tuple[int, int] | None:
-    """Re-encode a batch of a reindex job under the current model version.
+    """Re-encode a batch of a reindex job for its version; the last batch switches the job.
 
-    New tensors are written beside the old ones (or replace identical keys atomically), so
-    questions keep being answered from the previous tensors; the pages switch to the new version
-    together, when the job's last batch is done.
+    Returns the job's (done, total), None if it is gone, finished or refused.
     """
+    job = _unfinished_job(ctx, job_id)
+    if job is None:
+        return None
     with ctx.session() as s:
-        if repo.get_job(s, job_id) is None:
-            return None
-        pages = list(s.scalars(select(Page).where(Page.id.in_(page_ids))))
+        pages = repo.job_pages(s, job_id, done=False, among=page_ids)  # a redelivery: fewer
         s.expunge_all()
     _encode_missing(ctx, pages, force=True)
+    hashes = [p.content_hash for p in pages]
     # Pages whose document was deleted while they were re-encoded: collect their new tensors.
-    objects.collect(ctx, (p.content_hash for p in pages))
+    objects.collect(ctx, hashes)
     with ctx.session() as s:
-        progress = repo.update_job_progress(s, job_id, len(page_ids))
-    if progress is not None and progress[0] >= progress[1]:
+        progress = repo.finish_job_pages(s, job_id, [p.id for p in pages])
+    if progress is None:  # cancelled (or failed) meanwhile: what this batch wrote is garbage
+        objects.collect_version(ctx, job.model_version, hashes)
+        return None
+    if progress[0] >= progress[1]:
         finish_reindex(ctx, job_id)
     return progress
 
 
 def finish_reindex(ctx: Context, job_id: str) -> None:
-    """Switch every page of the job to the version it was re-encoded under, in one transaction."""
-    version = ctx.backend.version
+    """Switch every page of the job to its version and make that the serving one, in one
+    transaction with the job's move to done (which one caller wins), then collect the
+    superseded versions' tensors that no page serves any more."""
     with ctx.session() as s:
         job = repo.get_job(s, job_id)
-        if job is None:
-            return
-        collection = job.collection.name if job.collection is not None else None
-        switched = [
-            p
-            for p in repo.pages_of_collection(s, collection)
-            if p.document.status == DocumentStatus.READY and p.created_at <= job.created_at
-        ]
+        if job is None or not repo.set_job_status(s, job_id, JobStatus.DONE):
+            return  # gone, or finished by another batch, cancelled or failed meanwhile
+        version, switched = job.model_version, repo.job_pages(s, job_id)
         superseded: dict[str, set[str]] = {}  # old version -> contents that left it
         for p in switched:
             if p.encoded_version is not None and p.encoded_version != version:
                 superseded.setdefault(p.encoded_version, set()).add(p.content_hash)
         repo.mark_pages_encoded(s, [p.id for p in switched], version)
-        repo.set_job_status(s, job_id, "done")
+        repo.set_serving_version(s, version)
+    log.info("job %s done: %d pages serve model version %s", job_id, len(switched), version)
     for old_version, hashes in superseded.items():
         objects.collect_version(ctx, old_version, hashes)

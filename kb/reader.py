@@ -2,7 +2,10 @@
 
 No retrieval: the packer decides only how many tokens each page keeps, never whether a page is
 looked at (pages are left out only when even the cheapest tier cannot hold them all, and then
-they are counted).
+they are counted). Only pages encoded for the model version this process runs are packed:
+tensors of another version mean nothing to this model. The others (a reindex to another version
+has switched them, or this process runs other weights than the catalog serves: kb.serving) are
+counted too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from kb.packer import Candidate, pack
 
 class EmptyCollection(LookupError):
     """The collection has no ready page to answer from."""
+
+
+class OtherModelVersion(LookupError):
+    """The collection's ready pages are all encoded for model versions this process does not
+    run: it cannot read any of them."""
 
 
 class BudgetTooSmall(ValueError):
@@ -53,6 +61,7 @@ class AskResult:
     tiers: dict[str, int]
     left_out: int
     model_version: str
+    other_version: int = 0  # ready pages encoded for another model version: not packed
     left_out_pages: list[tuple[str, int]] = field(default_factory=list)
     found: bool = True  # False: the answer says the collection does not hold one
 
@@ -71,6 +80,7 @@ class Question:
     tokens: int
     tiers: dict[str, int]
     left_out_pages: list[tuple[str, int]]
+    other_version: int  # ready pages encoded for another model version: not packed
     max_citations: int
     started: float  # time.monotonic() when the question came in
 
@@ -109,8 +119,16 @@ def prepare(
     if backend.context_limit is not None:
         budget = min(budget, backend.context_limit)
     with ctx.session() as s:
-        pages = [p for p in repo.ready_pages(s, collection) if p.encoded_version]
+        ready = [p for p in repo.ready_pages(s, collection) if p.encoded_version]
         s.expunge_all()
+    pages = [p for p in ready if p.encoded_version == backend.version]
+    others = sorted({p.encoded_version for p in ready} - {backend.version}, key=str)
+    if not pages and others:
+        raise OtherModelVersion(
+            f"the {len(ready)} ready pages of collection {collection!r} are encoded for model "
+            f"version {', '.join(map(str, others))}, and this server runs {backend.version}: "
+            "restart it with the weights the catalog serves (/healthz with the admin key)"
+        )
     if not pages:
         raise EmptyCollection(f"collection {collection!r} has no ready pages yet")
 
@@ -131,17 +149,14 @@ def prepare(
             f"a budget of {budget} tokens holds no page (the cheapest tier costs "
             f"{min(backend.tier_tokens.values())} tokens a page); raise max_context_tokens"
         )
-    context: list[ContextPage] = []
-    for i, tier in packing.chosen:
-        p = pages[i]
-        assert p.encoded_version is not None  # only encoded pages were candidates
-        context.append(_context_page(ctx, p, p.encoded_version, tier))
+    context = [_context_page(ctx, pages[i], backend.version, tier) for i, tier in packing.chosen]
     return Question(
         text=question,
         context=context,
         tokens=packing.tokens,
         tiers=packing.tiers,
         left_out_pages=[(pages[i].document_id, pages[i].number) for i in packing.left_out],
+        other_version=len(ready) - len(pages),
         max_citations=max_citations,
         started=started,
     )
@@ -184,6 +199,7 @@ def _result(ctx: Context, question: Question, answer: Answer) -> AskResult:
         left_out=len(question.left_out_pages),
         left_out_pages=question.left_out_pages,
         model_version=ctx.backend.version,
+        other_version=question.other_version,
         found=answer.found,
     )
 
@@ -217,7 +233,12 @@ def read_page(
         raise ValueError(
             f"unknown tier {tier!r}; expected one of {', '.join([TEXT, *backend.tier_tokens])}"
         )
-    version = page.encoded_version or backend.version
+    version = backend.version
+    if page.encoded_version not in (None, version):
+        raise PageNotReady(
+            f"page {number} of document {document_id} is encoded for model version "
+            f"{page.encoded_version}; this server runs {version}"
+        )
     if not ctx.tensors.exists(version, tier, page.content_hash):
         raise PageNotReady(f"page {number} of document {document_id} is not encoded yet")
     tensors = ctx.tensors.get(version, tier, page.content_hash)

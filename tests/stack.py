@@ -42,7 +42,9 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 180) -> Stack:
+    def start(self, timeout: float = 180, health: tuple[int, ...] = (200,)) -> Stack:
+        """Start `kb run` and wait until /healthz answers one of `health` (503: a stack that
+        may start degraded, e.g. on other weights than the catalog serves)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -58,7 +60,7 @@ class Stack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kb run exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code in health:
                     return self
             except httpx.HTTPError:
                 pass

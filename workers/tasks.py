@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import kombu.exceptions
@@ -29,7 +29,7 @@ from celery.signals import (
 )
 from sqlalchemy.exc import OperationalError
 
-from kb import metrics, objects, priority, recovery
+from kb import metrics, objects, priority, recovery, serving
 from kb.catalog import repo
 from kb.catalog.models import JobStatus
 from kb.context import Context
@@ -94,6 +94,10 @@ def _load_once(**_: object) -> None:
     # a worker lost; SIGKILL (out of memory, the hard time limit) still cannot be caught.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
+    try:
+        serving.claim(ctx())  # an empty catalog serves the version of the first process
+    except OperationalError:  # the catalog is away: the API, or the next process, records it
+        log.warning("could not record the serving model version", exc_info=True)
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -113,36 +117,40 @@ def worker_metrics() -> metrics.WorkerMetrics:
 
 
 @contextmanager
-def unless_it_killed_its_worker(task: Task, document_id: str) -> Iterator[bool]:
+def unless_it_killed_its_worker(
+    task: Task, what: str, fail: Callable[[int], None]
+) -> Iterator[bool]:
     """Yield True to run the task, False when its last WORKER_LOSSES_ALLOWED runs never ended.
 
     Each start increments a counter in Redis (the broker, so it is there whenever a task is),
     keyed by the task id, which a redelivered message keeps; every ending a process lives to see
     (success, failure, a retry) deletes it. What is left counts the runs whose worker died under
-    them. On a refusal the document is failed here.
+    them. On a refusal `fail(runs lost)` fails the task's document or job. `what` names it in
+    the log: "document <id>", "job <id>".
     """
     key = f"kb:unfinished:{task.request.id}"
     lost = int(broker().incr(key)) - 1
     # Outlives every redelivery (the visibility timeout is the hard limit plus a minute).
     broker().expire(key, 4 * get_settings().task_time_limit_s)
-    log.info(
-        "document %s: %s starts (%d earlier run(s) did not finish)", document_id, task.name, lost
-    )
+    log.info("%s: %s starts (%d earlier run(s) did not finish)", what, task.name, lost)
     if lost >= WORKER_LOSSES_ALLOWED:
         broker().delete(key)
-        fail_document(
-            ctx(),
-            document_id,
-            f"processing this document stopped the worker {lost} times (it ran out of memory "
-            "or crashed), so it was not tried again; split it into smaller files or upload a "
-            "PDF export",
-        )
+        fail(lost)
         yield False
         return
     try:
         yield True
     finally:
         broker().delete(key)
+
+
+def _document_lost_its_worker(document_id: str) -> Callable[[int], None]:
+    return lambda lost: fail_document(
+        ctx(),
+        document_id,
+        f"processing this document stopped the worker {lost} times (it ran out of memory or "
+        "crashed), so it was not tried again; split it into smaller files or upload a PDF export",
+    )
 
 
 def _unexpected(document_id: str, exc: BaseException) -> None:
@@ -161,7 +169,9 @@ def _unexpected(document_id: str, exc: BaseException) -> None:
 
 @app.task(name="ingest.render", bind=True, priority=priority.RENDER, **RETRY)
 def render(self, document_id: str) -> None:
-    with unless_it_killed_its_worker(self, document_id) as run:
+    with unless_it_killed_its_worker(
+        self, f"document {document_id}", _document_lost_its_worker(document_id)
+    ) as run:
         if run:
             _render(self, document_id)
 
@@ -191,7 +201,9 @@ def _send_encode(document_id: str, page_numbers: list[int]) -> None:
 
 @app.task(name="ingest.encode", bind=True, **RETRY)
 def encode(self, document_id: str, page_numbers: list[int]) -> None:
-    with unless_it_killed_its_worker(self, document_id) as run:
+    with unless_it_killed_its_worker(
+        self, f"document {document_id}", _document_lost_its_worker(document_id)
+    ) as run:
         if run:
             _encode(self, document_id, page_numbers)
 
@@ -208,15 +220,51 @@ def _encode(self, document_id: str, page_numbers: list[int]) -> None:  # type: i
         _unexpected(document_id, exc)
 
 
-@app.task(name="admin.reindex", priority=priority.REINDEX, **RETRY)
-def reindex(job_id: str) -> None:
-    for batch in reindex_plan(ctx(), job_id, REINDEX_BATCH):
-        reindex_batch.delay(job_id, batch)
+@app.task(name="admin.reindex", bind=True, priority=priority.REINDEX, **RETRY)
+def reindex(self, job_id: str) -> None:
+    def fan_out() -> None:
+        for batch in reindex_plan(ctx(), job_id, REINDEX_BATCH):
+            reindex_batch.delay(job_id, batch)
+
+    _job_step(self, job_id, fan_out)
 
 
-@app.task(name="admin.reindex_batch", priority=priority.REINDEX, **RETRY)
-def reindex_batch(job_id: str, page_ids: list[int]) -> None:
-    reindex_pages(ctx(), job_id, page_ids)
+@app.task(name="admin.reindex_batch", bind=True, priority=priority.REINDEX, **RETRY)
+def reindex_batch(self, job_id: str, page_ids: list[int]) -> None:
+    _job_step(self, job_id, lambda: reindex_pages(ctx(), job_id, page_ids))
+
+
+def _job_step(self: Task, job_id: str, step: Callable[[], object]) -> None:
+    """Run one task of a reindex job; a batch that fails for good fails the job, saying why."""
+    with unless_it_killed_its_worker(self, f"job {job_id}", _job_lost_its_worker(job_id)) as run:
+        if not run:
+            return
+        try:
+            step()
+        except TRANSIENT:
+            if self.request.retries >= self.max_retries:
+                fail_job(job_id, "storage or database unavailable; reindex again")
+            raise
+        except SoftTimeLimitExceeded:
+            limit = app.conf.task_soft_time_limit
+            fail_job(job_id, f"re-encoding a batch of pages took longer than {limit} s")
+        except Exception:
+            log.exception("job %s: unexpected error", job_id)  # the details: log only
+            fail_job(job_id, "an internal error stopped re-encoding a batch of pages")
+
+
+def _job_lost_its_worker(job_id: str) -> Callable[[int], None]:
+    return lambda lost: fail_job(
+        job_id,
+        f"re-encoding a batch of pages stopped the worker {lost} times (it ran out of memory "
+        "or crashed), so it was not tried again",
+    )
+
+
+def fail_job(job_id: str, error: str) -> None:
+    log.warning("job %s failed: %s", job_id, error)
+    with ctx().session() as s:
+        repo.set_job_status(s, job_id, JobStatus.FAILED, error=error)
 
 
 @app.task(name="maintenance.sweep_store", **RETRY)
@@ -328,12 +376,13 @@ def _fail_on_hard_time_limit(
 
 @app.task(name="maintenance.fail_timed_out", **RETRY)
 def fail_timed_out(task_name: str, row_id: str) -> None:
-    message = (
-        f"processing took longer than {app.conf.task_time_limit} s and was stopped; split the "
-        "document into smaller files"
-    )
+    limit = app.conf.task_time_limit
     if task_name in ("ingest.render", "ingest.encode"):
-        fail_document(ctx(), row_id, message)
+        fail_document(
+            ctx(),
+            row_id,
+            f"processing took longer than {limit} s and was stopped; split the document into "
+            "smaller files",
+        )
     elif task_name in ("admin.reindex", "admin.reindex_batch"):
-        with ctx().session() as s:
-            repo.set_job_status(s, row_id, JobStatus.FAILED, error=message)
+        fail_job(row_id, f"re-encoding a batch of pages took longer than {limit} s and was stopped")

@@ -1,4 +1,5 @@
-"""The catalog: collections, documents, pages and jobs in SQLite or PostgreSQL.
+"""The catalog: collections, documents, pages, jobs and the serving model version in SQLite or
+PostgreSQL.
 
 `db` builds engines and sessions and runs the Alembic migrations, `models` holds the tables,
 `repo` the queries the API and the workers call.
@@ -19,8 +20,10 @@ from kb.catalog.models import (
     DocumentStatus,
     Job,
     JobKind,
+    JobPage,
     JobStatus,
     Page,
+    Serving,
 )
 
 __all__ = [
@@ -30,8 +33,10 @@ __all__ = [
     "DocumentStatus",
     "Job",
     "JobKind",
+    "JobPage",
     "JobStatus",
     "Page",
+    "Serving",
     "current_revision",
     "head_revision",
     "make_engine",

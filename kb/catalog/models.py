@@ -1,4 +1,5 @@
-"""Catalog tables: collections, documents, their pages, admin jobs, and scoped API keys.
+"""Catalog tables: collections, documents, their pages, admin jobs, the serving model version,
+and scoped API keys.
 
 The same models serve SQLite (embedded default) and PostgreSQL; the schema itself is created by
 the Alembic migrations in `migrations/`, never by `create_all`, so both stay in step
@@ -41,8 +42,9 @@ class DocumentStatus(StrEnum):
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
-    DONE = "done"
+    DONE = "done"  # a reindex: its pages switched to the job's model version
     FAILED = "failed"
+    CANCELLED = "cancelled"  # DELETE /v1/admin/jobs/{id}
 
 
 class JobKind(StrEnum):
@@ -219,8 +221,10 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(32))
     # NULL: the job spans every collection.
     collection_id: Mapped[int | None] = mapped_column(ForeignKey("collections.id"))
+    # The version the job re-encodes for (its target): only a worker running it takes the job.
     model_version: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(StatusString(JobStatus), default=JobStatus.QUEUED.value)
+    # A recount of its job_pages (done ones, all), never `+ n`: a batch run twice counts once.
     done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
@@ -232,6 +236,40 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, kind={self.kind!r}, status={self.status!r})"
+
+
+class JobPage(Base):
+    """A page a reindex job re-encodes, and whether its batch has written the new tensors.
+
+    Listed once when the job is planned; a job stopped mid-way resumes with the pages not done,
+    and its progress is a count of these rows. A deleted page leaves the job with it.
+    """
+
+    __tablename__ = "job_pages"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    page_id: Mapped[int] = mapped_column(
+        ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    done: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Serving(Base):
+    """The one model version the catalog serves: the version every process should run.
+
+    One row (id 1), recorded by the first API or worker process to start on an empty catalog
+    and moved by a reindex to another version when it switches its pages (kb.serving).
+    """
+
+    __tablename__ = "serving"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, default=1, autoincrement=False)
+    model_version: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Serving(model_version={self.model_version!r})"
 
 
 class ApiKey(Base):

@@ -18,11 +18,11 @@ from sqlalchemy import (
     CursorResult,
     Result,
     Select,
-    and_,
     case,
     delete,
     false,
     func,
+    literal,
     null,
     select,
     text,
@@ -40,8 +40,10 @@ from kb.catalog.models import (
     DocumentStatus,
     Job,
     JobKind,
+    JobPage,
     JobStatus,
     Page,
+    Serving,
     new_id,
     utcnow,
 )
@@ -65,6 +67,7 @@ def check_collection_name(name: str) -> str:
 # The first key of the two-key advisory locks on page contents (the one-key space, which the
 # migration lock uses, does not overlap it): "kb".
 CONTENT_LOCK_NAMESPACE = 0x6B62
+JOBS_LOCK_NAMESPACE = 0x6A62  # "jb": starting a job (start_job)
 
 # -- collections
 
@@ -589,53 +592,184 @@ def set_job_total(session: Session, job_id: str, total: int) -> bool:
 
 
 def set_job_status(session: Session, job_id: str, status: str, error: str | None = None) -> bool:
+    """Move an unfinished (queued or running) job to `status`; False if it is gone or already
+    finished: a done, failed or cancelled job keeps its status, so a job is finished once, by
+    whichever of its batches, cancel or failure gets there first."""
     stmt = (
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status.in_(UNFINISHED_JOB))
         .values(status=JobStatus(status).value, error=error, progress_at=utcnow())
     )
     return _rowcount(session.execute(stmt)) > 0
 
 
-def update_job_progress(session: Session, job_id: str, n: int = 1) -> tuple[int, int] | None:
-    """Add `n` finished units to the job; returns (done, total), None if the job is gone.
+def find_unfinished_job(
+    session: Session, *, model_version: str, collection: str | None, kind: str = JobKind.REINDEX
+) -> Job | None:
+    """The queued or running job of this kind, collection (None: every collection) and target
+    version, if there is one."""
+    stmt = select(Job).where(
+        Job.kind == JobKind(kind).value,
+        Job.model_version == model_version,
+        Job.status.in_(UNFINISHED_JOB),
+    )
+    if collection is None:
+        stmt = stmt.where(Job.collection_id.is_(None))
+    else:
+        stmt = stmt.join(Job.collection).where(Collection.name == collection)
+    return session.scalars(stmt.order_by(Job.created_at, Job.id).limit(1)).first()
 
-    One UPDATE (`done = done + n`), so concurrent workers never lose each other's counts. The
-    status moves to running, and to done when the count reaches a known total; a job already
-    done or failed keeps its status.
+
+def start_job(
+    session: Session, *, model_version: str, collection: str | None, kind: str = JobKind.REINDEX
+) -> tuple[Job, bool]:
+    """A new queued job, or the unfinished identical one (same kind, collection and target
+    version); returns (job, created). Callers at the same moment queue on the catalog's job
+    lock (held to the end of the transaction), so they make one job between them."""
+    _lock_jobs(session)
+    existing = find_unfinished_job(
+        session, model_version=model_version, collection=collection, kind=kind
+    )
+    if existing is not None:
+        return existing, False
+    return create_job(session, model_version=model_version, collection=collection, kind=kind), True
+
+
+def plan_job_pages(session: Session, job_id: str, collection: str | None) -> int:
+    """List the pages a reindex job re-encodes, once: every encoded page of the collection's
+    documents (None: of all) that have not failed. A job already listed (a re-run: the sweep,
+    a redelivery) keeps its list. Returns how many pages were listed now."""
+    listed = select(JobPage.job_id).where(JobPage.job_id == job_id).exists()
+    pages = (
+        select(literal(job_id), Page.id)
+        .join(Page.document)
+        .where(
+            Page.encoded_version.is_not(None),
+            Document.status != DocumentStatus.FAILED.value,
+            ~listed,
+        )
+    )
+    if collection is not None:
+        pages = pages.join(Document.collection).where(Collection.name == collection)
+    stmt = (
+        _insert(session, JobPage)
+        .from_select([JobPage.job_id, JobPage.page_id], pages)
+        .on_conflict_do_nothing(index_elements=[JobPage.job_id, JobPage.page_id])
+        .returning(JobPage.page_id)
+    )
+    return len(session.execute(stmt).all())
+
+
+def job_pages(
+    session: Session,
+    job_id: str,
+    *,
+    done: bool | None = None,
+    among: Iterable[int] | None = None,
+) -> list[Page]:
+    """The job's pages (only those done, or not done, when `done` is given; only those of the
+    page ids `among`, when given), by page id."""
+    stmt = select(Page).join(JobPage, JobPage.page_id == Page.id).where(JobPage.job_id == job_id)
+    if done is not None:
+        stmt = stmt.where(JobPage.done.is_(done))
+    if among is not None:
+        stmt = stmt.where(JobPage.page_id.in_(list(among)))
+    return list(session.scalars(stmt.order_by(Page.id)))
+
+
+def finish_job_pages(
+    session: Session, job_id: str, page_ids: Iterable[int]
+) -> tuple[int, int] | None:
+    """Mark these pages of an unfinished job done and recount its progress; returns (done,
+    total), None if the job is gone or finished (cancelled, failed: nothing is marked).
+
+    A recount of the job's pages, never `done + n`: a batch run twice counts its pages once.
+    The job's row lock serialises the recounts of batches finishing at once, so the last to
+    commit sees every batch (as record_pages_done does for documents).
     """
-    reaches_total = and_(Job.total > 0, Job.done + n >= Job.total)
+    locked = session.execute(
+        select(Job.id)
+        .where(Job.id == job_id, Job.status.in_(UNFINISHED_JOB))
+        .with_for_update(key_share=True)
+    ).first()
+    if locked is None:
+        return None
+    ids = list(page_ids)
+    if ids:
+        session.execute(
+            update(JobPage)
+            .where(JobPage.job_id == job_id, JobPage.page_id.in_(ids))
+            .values(done=True),
+            execution_options={"synchronize_session": False},
+        )
+    return recount_job(session, job_id)
+
+
+def recount_job(session: Session, job_id: str) -> tuple[int, int] | None:
+    """Count the job's pages (all, done) into total and done; returns (done, total)."""
+    of_job = JobPage.job_id == job_id
+    done = select(func.count()).select_from(JobPage).where(of_job, JobPage.done.is_(True))
+    total = select(func.count()).select_from(JobPage).where(of_job)
     stmt = (
         update(Job)
         .where(Job.id == job_id)
-        .values(
-            done=Job.done + n,
-            progress_at=utcnow(),
-            status=case(
-                (Job.status.in_([JobStatus.DONE.value, JobStatus.FAILED.value]), Job.status),
-                (reaches_total, JobStatus.DONE.value),
-                else_=JobStatus.RUNNING.value,
-            ),
-        )
+        .values(done=done.scalar_subquery(), total=total.scalar_subquery(), progress_at=utcnow())
         .returning(Job.done, Job.total)
     )
-    # "fetch": a Job loaded in this session gets the database's new count, not a value
-    # computed from its possibly stale copy.
     row = session.execute(stmt, execution_options={"synchronize_session": "fetch"}).first()
     return None if row is None else (row.done, row.total)
 
 
 def claim_stalled_jobs(session: Session, stalled_before: datetime) -> list[str]:
     """Unfinished jobs whose progress has not moved since `stalled_before`, claimed as
-    `claim_stalled_documents` claims documents; their count starts again from 0 (the whole job
-    is sent again)."""
+    `claim_stalled_documents` claims documents. A job sent again resumes: its pages already
+    done are not re-encoded, and its count stays exact (a recount)."""
     stmt = (
         update(Job)
         .where(Job.status.in_(UNFINISHED_JOB), Job.progress_at < stalled_before)
-        .values(progress_at=utcnow(), done=0)
+        .values(progress_at=utcnow())
         .returning(Job.id)
     )
     return list(session.scalars(stmt, execution_options={"synchronize_session": False}))
+
+
+def _lock_jobs(session: Session) -> None:
+    """Hold the catalog's lock on starting jobs until the transaction ends (see lock_content:
+    an advisory lock on PostgreSQL, the write lock on SQLite; call it before any write)."""
+    if session.get_bind().dialect.name == "sqlite":
+        nothing = update(Job).where(false()).values(id=Job.id)
+        session.execute(nothing, execution_options={"synchronize_session": False})
+        return
+    session.execute(select(func.pg_advisory_xact_lock(JOBS_LOCK_NAMESPACE, 0)))
+
+
+# -- the serving model version
+
+
+def serving_version(session: Session) -> str | None:
+    """The model version the catalog serves; None until a process has recorded one."""
+    return session.scalar(select(Serving.model_version).where(Serving.id == 1))
+
+
+def claim_serving_version(session: Session, model_version: str) -> str:
+    """Record `model_version` as the serving one unless the catalog has one already; returns
+    the serving version (processes starting at once: the first insert wins)."""
+    stmt = _insert(session, Serving).values(id=1, model_version=model_version, since=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=[Serving.id]))
+    version = serving_version(session)
+    assert version is not None  # inserted now, or there already
+    return version
+
+
+def set_serving_version(session: Session, model_version: str) -> None:
+    """The catalog serves `model_version` from now on (a reindex switched its pages to it)."""
+    stmt = _insert(session, Serving).values(id=1, model_version=model_version, since=utcnow())
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Serving.id],
+        set_={"model_version": stmt.excluded.model_version, "since": stmt.excluded.since},
+        where=Serving.model_version != stmt.excluded.model_version,
+    )
+    session.execute(stmt)
 
 
 # -- API keys (kb.apikeys makes the keys and checks them)

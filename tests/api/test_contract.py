@@ -156,3 +156,60 @@ def test_503_when_the_queue_is_down_and_nothing_is_stored(
     )
     assert r.status_code == 202 and queue.renders()[-1] == r.json()["id"]
     assert client.get("/healthz").status_code == 200
+
+
+def test_reindex_jobs_one_at_a_time_and_cancelled(
+    client: TestClient, queue: RecordingQueue
+) -> None:
+    r = client.post("/v1/admin/reindex", headers=ADMIN, json={})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert r.json()["duplicate"] is False and queue.sent[-1] == ("admin.reindex", job_id)
+    # An identical job queued or running is returned, not started twice.
+    r = client.post("/v1/admin/reindex", headers=ADMIN)
+    assert r.status_code == 200 and r.json() == {"job_id": job_id, "duplicate": True}
+    assert [arg for _, arg in queue.sent].count(job_id) == 1
+
+    for bad in ("", "../etc", "a/b", "x" * 65, "-leading-dash"):
+        r = client.post("/v1/admin/reindex", headers=ADMIN, json={"model_version": bad})
+        assert r.status_code == 422 and "model_version" in r.json()["detail"], bad
+    r = client.post(
+        "/v1/admin/reindex",
+        headers=ADMIN,
+        json={"model_version": "reference-0123456789ab", "collection": "once"},
+    )
+    assert r.status_code == 422 and "every collection" in r.json()["detail"]
+
+    r = client.delete(f"/v1/admin/jobs/{job_id}", headers=ADMIN)
+    assert r.status_code == 200 and (r.json()["id"], r.json()["status"]) == (job_id, "cancelled")
+    assert client.get(f"/v1/admin/jobs/{job_id}", headers=ADMIN).json()["status"] == "cancelled"
+    r = client.delete(f"/v1/admin/jobs/{job_id}", headers=ADMIN)
+    assert r.status_code == 409 and "already cancelled" in r.json()["detail"]
+    assert client.delete(f"/v1/admin/jobs/{MISSING}", headers=ADMIN).status_code == 404
+    assert client.delete("/v1/admin/jobs/not-an-id", headers=ADMIN).status_code == 404
+    assert client.delete(f"/v1/admin/jobs/{job_id}", headers=USER).status_code == 403
+
+
+def test_healthz_reports_a_model_version_mismatch(client: TestClient) -> None:
+    from kb.catalog import repo
+
+    ctx = client.app.state.ctx  # type: ignore[attr-defined]
+    running = ctx.backend.version
+    r = client.get("/healthz", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["model"]["status"] == "ok", r.json()
+    try:
+        with ctx.session() as s:  # a reindex to other weights has switched the catalog
+            repo.set_serving_version(s, "reference-0123456789ab")
+        r = client.get("/healthz", headers=ADMIN)
+        assert r.status_code == 503 and r.json()["status"] == "degraded"
+        model = r.json()["model"]
+        assert (model["status"], model["version"]) == ("error", running)
+        assert model["error"].startswith(
+            f"this process runs model version {running} but the catalog serves "
+            "reference-0123456789ab"
+        )
+        assert client.get("/healthz").json() == {"status": "degraded"}
+    finally:
+        with ctx.session() as s:
+            repo.set_serving_version(s, running)
+    assert client.get("/healthz").status_code == 200

@@ -23,6 +23,7 @@ from kb.catalog import (
     Document,
     Job,
     Page,
+    Serving,
     current_revision,
     head_revision,
     make_engine,
@@ -41,6 +42,8 @@ TABLES = {
     "documents",
     "pages",
     "jobs",
+    "job_pages",
+    "serving",
     "api_keys",
     "api_key_collections",
 }
@@ -582,42 +585,122 @@ def test_job_round_trip(sessions: sessionmaker[Session]) -> None:
         other = repo.get_job(s, everywhere.id)
         assert other is not None and other.collection_id is None
 
-        assert repo.update_job_progress(s, job_id, 2) == (2, 3)
-        assert s.get(Job, job_id).status == "running"  # type: ignore[union-attr]
-        assert repo.update_job_progress(s, job_id) == (3, 3)
-        s.commit()
-    with sessions() as s:
-        got = repo.get_job(s, job_id)
-        assert got is not None and (got.status, got.done) == ("done", 3)
-
+        assert repo.set_job_status(s, job_id, "running")
+        assert repo.set_job_status(s, job_id, "done")
         assert repo.set_job_status(s, everywhere.id, "failed", error="no model")
-        assert repo.update_job_progress(s, everywhere.id) == (1, 0)
-        assert repo.set_job_total(s, everywhere.id, 5)
+        # A finished job keeps its status: it is finished once.
+        for finished in (job_id, everywhere.id):
+            assert not repo.set_job_status(s, finished, "cancelled")
+            assert not repo.set_job_status(s, finished, "running")
+        with pytest.raises(ValueError):
+            repo.set_job_status(s, job_id, "paused")
         s.commit()
+    with sessions() as s:
+        assert repo.get_job(s, job_id).status == "done"  # type: ignore[union-attr]
         failed = repo.get_job(s, everywhere.id)
-        assert failed is not None
-        assert (failed.status, failed.error, failed.total) == ("failed", "no model", 5)
-
+        assert failed is not None and (failed.status, failed.error) == ("failed", "no model")
         assert repo.get_job(s, "missing") is None
-        assert repo.update_job_progress(s, "missing") is None
+        assert not repo.set_job_status(s, "missing", "failed")
+        assert repo.finish_job_pages(s, "missing", []) is None
 
 
-def test_concurrent_job_progress_adds_up(sessions: sessionmaker[Session]) -> None:
-    threads, steps = 8, 25
+def test_job_progress_is_a_recount(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
-        job = repo.create_job(s, model_version="v", total=threads * steps)
+        ready, failed, other = _doc(s, "c", "ready"), _doc(s, "c", "failed"), _doc(s, "d", "o")
+        pages = _add_pages(s, ready, 4)
+        failed_pages, other_pages = _add_pages(s, failed, 2), _add_pages(s, other, 1)
+        repo.mark_pages_encoded(s, [p.id for p in pages[:3] + failed_pages + other_pages], "v1")
+        repo.set_status(s, failed.id, "failed", error="bad")
+        job = repo.create_job(s, model_version="v2", collection="c")
+        # The encoded pages of documents that did not fail (page 4 is not encoded yet: its
+        # encode task encodes it for whatever version its worker runs).
+        assert repo.plan_job_pages(s, job.id, "c") == 3
+        assert repo.plan_job_pages(s, job.id, "c") == 0  # listed once
+        assert repo.recount_job(s, job.id) == (0, 3)
+        first, second = [pages[0].id, pages[1].id], [pages[2].id]
+        assert repo.finish_job_pages(s, job.id, first) == (2, 3)
+        assert repo.finish_job_pages(s, job.id, first) == (2, 3)  # a batch redelivered: once
+        assert [p.id for p in repo.job_pages(s, job.id, done=False)] == second
+        # A page deleted meanwhile leaves the job: the count stays exact and can reach the end.
+        s.delete(pages[2])
+        s.flush()
+        assert repo.finish_job_pages(s, job.id, second) == (2, 2)
+        everywhere = repo.create_job(s, model_version="v2")
+        assert repo.plan_job_pages(s, everywhere.id, None) == 3  # page 1, 2 of c and d's page
+        assert repo.set_job_status(s, everywhere.id, "cancelled")
+        assert repo.finish_job_pages(s, everywhere.id, [other_pages[0].id]) is None
+        assert repo.recount_job(s, everywhere.id) == (0, 3)  # nothing was marked
+
+
+def test_identical_jobs_started_at_once_make_one(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        repo.get_or_create_collection(s, "c")
         s.commit()
+    for collection in ("c", None):
+        started: list[tuple[str, bool]] = []
 
-    def work(_: int) -> None:
-        with sessions() as s:
-            # Load the row first, as a task would: a stale in-session copy must not matter.
-            assert repo.get_job(s, job.id) is not None
-            for _ in range(steps):
-                repo.update_job_progress(s, job.id)
+        def start(_: int, collection: str | None = collection, started: list = started) -> None:
+            with sessions() as s:
+                job, created = repo.start_job(s, model_version="v2", collection=collection)
                 s.commit()
+                started.append((job.id, created))
 
-    _in_threads(threads, work)
+        _in_threads(4, start)
+        assert len({job_id for job_id, _ in started}) == 1, started
+        assert sorted(created for _, created in started) == [False, False, False, True]
     with sessions() as s:
-        got = repo.get_job(s, job.id)
-        assert got is not None
-        assert (got.done, got.status) == (threads * steps, "done")
+        # Another target, or a finished job, does not count as identical.
+        job, created = repo.start_job(s, model_version="v3", collection=None)
+        assert created
+        assert repo.set_job_status(s, job.id, "failed", error="x")
+        assert repo.start_job(s, model_version="v3", collection=None)[1]
+        assert len(s.scalars(select(Job)).all()) == 4
+
+
+def test_the_serving_version_is_claimed_once_then_moved(sessions: sessionmaker[Session]) -> None:
+    with sessions() as s:
+        assert repo.serving_version(s) is None
+        assert repo.claim_serving_version(s, "v1") == "v1"
+        assert repo.claim_serving_version(s, "v2") == "v1"  # a second process: not its own
+        s.commit()
+    with sessions() as s:
+        repo.set_serving_version(s, "v2")
+        repo.set_serving_version(s, "v2")
+        s.commit()
+        assert repo.serving_version(s) == "v2"
+        assert len(s.scalars(select(Serving)).all()) == 1
+
+
+def test_migration_records_the_most_common_encoded_version(db_url: str) -> None:
+    upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO collections (id, name, created_at) VALUES (1, 'c', :t)"),
+                {"t": t},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO documents (id, collection_id, filename, content_type,"
+                    " size_bytes, sha256, original_key, status, pages_done, pinned,"
+                    " created_at, updated_at, progress_at) VALUES ('d', 1, 'f', 't', 1, 'ee',"
+                    " 'k', 'ready', 0, false, :t, :t, :t)"
+                ),
+                {"t": t},
+            )
+            for n, version in enumerate(["old", "new", "new", None], start=1):
+                conn.execute(
+                    text(
+                        "INSERT INTO pages (document_id, number, content_hash, text, image_key,"
+                        " encoded_version, created_at) VALUES ('d', :n, :n, '', 'k', :v, :t)"
+                    ),
+                    {"n": n, "v": version, "t": t},
+                )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, model_version FROM serving")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, "new")]

@@ -1,7 +1,8 @@
 """Unfinished work finishes (issue 11): the whole stack (`kb run`) stopped with Ctrl-C, its
-broker restarted or stopped, a task frozen past the hard time limit; each document ends ready
-with exactly its pages, or failed with a message, and an upload while the broker is down is
-refused with 503 and leaves nothing behind."""
+broker restarted or stopped, its whole worker SIGKILLed, a task frozen past the hard time limit;
+each document ends ready with exactly its pages, or failed with a message, and an upload while
+the broker is down is refused with 503 and leaves nothing behind. A reindex to other weights
+stopped mid-way completes after a restart."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from kb.catalog import repo
 from kb.catalog.models import Page
 from kb.context import Context
 from tests.conftest_services import _redis_ping, _redis_server_binary, free_port, wait_until
-from tests.stack import Stack, make_pdf, wait_document, wait_for
-from tests.workers.test_worker_lost import pool_processes
+from tests.stack import ADMIN_KEY, Stack, make_pdf, wait_document, wait_for
+from tests.workers.test_worker_lost import _cmdline, _parent, pool_processes
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +203,126 @@ def test_a_task_frozen_past_the_hard_time_limit_fails_its_document(tmp_path: Pat
             assert r.json()["status"] == "queued"
     finally:
         assert stack.stop() == 0, stack.log()
+
+
+def worker_main(stack: Stack) -> int:
+    """The Celery worker's main process: the celery process the launcher started (its own
+    process group, with its pool in it)."""
+    assert stack.proc is not None
+    celery = [pid for pid in stack.children() if b"celery" in _cmdline(pid)]
+    (main,) = [pid for pid in celery if _parent(pid) == stack.proc.pid]
+    return main
+
+
+def test_the_whole_worker_killed_mid_ingest_then_a_new_one_finishes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    stack = Stack(data).start()
+    with stack.client() as c:
+        doc_id = upload(c, long_pdf(tmp_path, "host-lost")).json()["id"]
+        wait_mid_ingest(c, doc_id)
+    # The worker and its pool at once, as a lost host or the out-of-memory killer of a
+    # container: no cold shutdown hands its message back, and its chunk stays hidden in Redis
+    # (unacknowledged) until the visibility timeout.
+    os.killpg(worker_main(stack), signal.SIGKILL)
+    assert stack.proc is not None
+    assert stack.proc.wait(60) == 1, stack.log()  # `kb run` stops the rest when a child dies
+    stack.stop()
+
+    # A new worker: the sweep re-drives the document once its progress has stalled for
+    # KB_STALLED_AFTER_S, well before the visibility timeout (KB_TASK_TIME_LIMIT_S + 60 s).
+    stack = Stack(data, {"KB_STALLED_AFTER_S": "5", "KB_SWEEP_INTERVAL_S": "2"}).start()
+    try:
+        with stack.client() as c:
+            assert_exactly_ingested(stack, wait_document(c, doc_id, timeout=300))
+        assert f"document {doc_id}: progress stalled" in stack.log_path.read_text()
+    finally:
+        assert stack.stop() == 0, stack.log()
+
+
+def tiny_weights(path: Path) -> Path:
+    """Other weights than the shipped ones: a tiny random model, fast to encode with."""
+    from kb.model.reference.backend import random_model, save_weights
+    from tests.kb.model.reference.conftest import tiny_config
+
+    config = tiny_config()
+    save_weights(random_model(config, seed=7), config, path)
+    return path
+
+
+def test_a_reindex_to_other_weights_stopped_mid_way_completes_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    old = {"KB_MODEL_PATH": str(tiny_weights(tmp_path / "old.safetensors"))}
+    stack = Stack(data, old).start()
+    try:
+        with stack.client() as c:
+            doc_id = upload(c, long_pdf(tmp_path, "reindexed")).json()["id"]
+            assert_exactly_ingested(stack, wait_document(c, doc_id, timeout=300))
+        with stack.client(ADMIN_KEY) as admin:
+            old_version = admin.get("/healthz").json()["model"]["version"]
+    finally:
+        assert stack.stop() == 0, stack.log()
+
+    # Started again with the shipped weights; a running batch is handed back at once on Ctrl-C.
+    new = {"KB_SHUTDOWN_GRACE_S": "0"}
+    stack = Stack(data, new).start(health=(503,))  # the catalog serves the old weights
+    try:
+        with stack.client(ADMIN_KEY) as admin, stack.client() as c:
+            health = admin.get("/healthz")
+            assert health.status_code == 503, health.text
+            new_version = health.json()["model"]["version"]
+            assert f"the catalog serves {old_version}" in health.json()["model"]["error"]
+            # It cannot read the old tensors: it says so instead of answering from nothing.
+            r = c.post("/v1/ask", json={"question": "Which page?"})
+            assert r.status_code == 503 and old_version in r.json()["detail"], r.text
+
+            r = admin.post("/v1/admin/reindex", json={})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+
+            def mid_way() -> bool:
+                job = admin.get(f"/v1/admin/jobs/{job_id}").json()
+                assert job["status"] in ("queued", "running"), job
+                assert job["model_version"] == new_version, job
+                return 0 < job["done"] < PAGES
+
+            wait_for(mid_way, "the reindex half done", timeout=300)
+    finally:
+        assert stack.stop() == 0, stack.log()
+    ctx = Context(stack.settings(), migrate=False)
+    try:
+        with ctx.session() as s:
+            row = repo.get_job(s, job_id)
+            assert row is not None and row.status == "running" and row.done < PAGES, row
+    finally:
+        ctx.close()
+
+    stack = Stack(data, new).start(health=(200, 503))  # 200 once the job has switched
+    try:
+        with stack.client(ADMIN_KEY) as admin, stack.client() as c:
+            job: dict = {}
+
+            def finished() -> bool:
+                nonlocal job
+                job = admin.get(f"/v1/admin/jobs/{job_id}").json()
+                return job["status"] in ("done", "failed", "cancelled")
+
+            wait_for(finished, "the reindex to finish", timeout=300)
+            assert (job["status"], job["done"], job["total"]) == ("done", PAGES, PAGES), job
+            assert admin.get("/healthz").status_code == 200
+            answer = c.post("/v1/ask", json={"question": "Which page?"}).json()
+            assert answer["context"]["pages"] == PAGES, answer
+            assert answer["context"]["other_version"] == 0 and answer["model"] == new_version
+    finally:
+        assert stack.stop() == 0, stack.log()
+    ctx = Context(stack.settings(), migrate=False)
+    try:
+        with ctx.session() as s:
+            assert repo.serving_version(s) == new_version
+            switched = [p.encoded_version for p in repo.pages_of_collection(s, None)]
+    finally:
+        ctx.close()
+    assert switched == [new_version] * PAGES
+    tensors = stack.data_dir / "objects" / "tensors"
+    assert {p.name for p in tensors.iterdir()} == {new_version}  # the old ones collected
