@@ -34,13 +34,10 @@ class PageReader(Protocol):
 
 
 class TesseractReader:
-    """Tesseract through tesserocr, English, automatic page segmentation, one thread."""
+    """Tesseract through tesserocr: English, LSTM, automatic page segmentation, one thread."""
 
     def __init__(self, tessdata: str | None = None, lang: str = "eng", size: int = OCR_SIZE):
-        # One OpenMP thread: workers are one process per core already, and a page is ~1 s.
-        # Read by libgomp when libtesseract loads, so set before the import.
-        os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-        import tesserocr
+        import tesserocr  # the wheel's libtesseract is built without OpenMP: one thread
 
         if tessdata is None:
             tessdata = default_tessdata()

@@ -169,9 +169,7 @@ def page_chunks(
         del chunk  # else this frame keeps it alive while the next chunk renders
 
 
-def render_page(
-    doc: pymupdf.Document, number: int, ocr: PageReader | None = None
-) -> RenderedPage:
+def render_page(doc: pymupdf.Document, number: int, ocr: PageReader | None = None) -> RenderedPage:
     """Render page `number` (1-based) of an open document to its canonical square image.
 
     The text tier is the page's text layer. A page with none (a scan, a photo, an image-only PDF

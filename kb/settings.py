@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # torch threads per process; unset = torch's default (every core). On a shared 2-core
     # machine one thread was measured several times faster (docs/benchmarks.md).
     torch_threads: int | None = Field(None, ge=1)
+    # How pages without a text layer (scans, photos) get their text tier: Tesseract OCR at
+    # render time (~1-2 s a page on one core, docs/benchmarks.md), or "off": an empty text tier.
+    ocr: Literal["tesseract", "off"] = "tesseract"
 
     api_key: SecretStr | None = None  # unset: generated once, kept in data_dir
     admin_key: SecretStr | None = None

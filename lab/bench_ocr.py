@@ -7,8 +7,9 @@
 The pages: held-out text pages (``lab.textdata``, split "heldout": values never seen in
 training) laid out on A4 by ingest's own layout (``ingest.layout_styled_html``, the synthetic
 documents' fonts, ``lab.data.FONTS``: Helvetica, Times, Courier, DejaVu Sans / Serif /
-Condensed / Mono, 9-12 pt), printed at ``--dpi`` (200, an office scanner's default) and degraded like a scan: rotated by up to
-1.5 degrees, a slight blur, sensor noise, a grey paper tone, saved as JPEG (quality 70-85).
+Condensed / Mono, 9-12 pt), printed at ``--dpi`` (200, an office scanner's default) and
+degraded like a scan: rotated by up to 1.5 degrees, a slight blur, sensor noise, a grey paper
+tone, saved as JPEG (quality 70-85).
 Each scan is then read the way an uploaded JPEG is: ``ingest.open_document`` + ``render_page``
 with the engine as its OCR, so the canonical render, the OCR render (``engine.size``) and the
 text clean-up are the service's own. The truth is the page's text layer before it was printed
@@ -175,8 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
             result["load_seconds"] = round(loaded, 2)
             results.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
+    given = argv if argv is not None else sys.argv[1:]
     report = {
-        "command": "python -m lab.bench_ocr " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m lab.bench_ocr " + " ".join(given),
         "dpi": args.dpi,
         "results": results,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),

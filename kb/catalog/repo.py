@@ -40,6 +40,7 @@ from kb.catalog.models import (
     JobKind,
     JobStatus,
     Page,
+    TextSource,
     new_id,
     utcnow,
 )
@@ -353,6 +354,7 @@ def upsert_page(
     content_hash: str,
     text: str,
     image_key: str,
+    text_source: str = TextSource.TEXT_LAYER,
 ) -> Page:
     """Create or overwrite page `number` of a document; idempotent, so a rerun render is safe.
 
@@ -366,6 +368,7 @@ def upsert_page(
         number=number,
         content_hash=content_hash,
         text=text,
+        text_source=TextSource(text_source).value,
         image_key=image_key,
         created_at=utcnow(),
     )
@@ -374,6 +377,7 @@ def upsert_page(
         set_={
             "content_hash": stmt.excluded.content_hash,
             "text": stmt.excluded.text,
+            "text_source": stmt.excluded.text_source,
             "image_key": stmt.excluded.image_key,
             "encoded_version": case(
                 (Page.content_hash == stmt.excluded.content_hash, Page.encoded_version),
