@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     # Hard limit of one task. The longest is rendering a whole document (a chunk of pages is
     # encoded in seconds): max_pages_per_document pages at ~35 pages/s is about a minute
     # (docs/benchmarks.md), so 10 minutes is ample and bounds how long a frozen task holds its
-    # message (the broker's visibility timeout follows it, workers.celery_app).
+    # message (the broker's visibility timeout follows it, workers.celery_app). Scanned pages
+    # are the exception: OCR takes 1-2 s a page, so 300-600 of them fill the 10 minutes.
     task_time_limit_s: int = Field(600, ge=10)
     # A queued or processing document (a running reindex job) whose progress has not moved this
     # long is re-driven by the sweep (kb.recovery). Longer than the visibility timeout

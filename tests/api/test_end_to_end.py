@@ -114,7 +114,7 @@ def test_documents_are_rendered_and_listed(stack: Stack, corpus: dict[str, str])
         assert Image.open(io.BytesIO(png.content)).size == (1024, 1024)
 
         text = c.get(f"/v1/documents/{corpus['pdf']}/pages/2/text", params={"tier": "text"}).json()
-        assert "Lisbon office" in text["text"]
+        assert "Lisbon office" in text["text"] and text["text_source"] == "text_layer"
         note_text = c.get(f"/v1/documents/{corpus['note']}/pages/1/text", params={"tier": "text"})
         assert "Rotterdam" in note_text.json()["text"]
         for tier in ("tiny", "gist"):
