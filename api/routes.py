@@ -394,7 +394,7 @@ def page_text(
     max_bytes: Annotated[int, Query(ge=1, le=16384)] = 4096,
 ) -> PageText:
     """``max_bytes``: where a vision-tier read-back stops (the text tier is returned whole)."""
-    _page(ctx, scope, document_id, n)
+    page = _page(ctx, scope, document_id, n)
     try:
         text_ = reader.read_page(ctx, document_id, n, tier, max_bytes)
     except ValueError as exc:
@@ -402,7 +402,12 @@ def page_text(
     except reader.PageNotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     return PageText(
-        document_id=document_id, page=n, tier=tier, text=text_, model=ctx.backend.version
+        document_id=document_id,
+        page=n,
+        tier=tier,
+        text=text_,
+        model=ctx.backend.version,
+        text_source=page.text_source,
     )
 
 

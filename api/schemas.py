@@ -136,6 +136,9 @@ class PageText(BaseModel):
     tier: str
     text: str
     model: str
+    # Where the page's text tier came from: the document's text layer, or OCR of a page that
+    # had none (a scan, a photo). Whatever tier was read back.
+    text_source: Literal["text_layer", "ocr"]
 
 
 class CollectionOut(BaseModel):

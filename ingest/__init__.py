@@ -3,11 +3,13 @@
 Callers (the API and the workers) use only what is exported here:
 
     ext = check_upload(filename, first_bytes)          # at upload time
+    ocr = TesseractReader()                            # once per process (kb.context)
     with open_document(path, ext, max_pages=settings.max_pages_per_document) as doc:
         n = doc.page_count                             # checked against max_pages already
-        for chunk in page_chunks(doc, start=resume_from):
+        for chunk in page_chunks(doc, start=resume_from, ocr=ocr):
             for page in chunk:
                 png_bytes(tier_image(page.image, "small")), page.text, page.content_hash
+                page.text_source                       # TextSource.TEXT_LAYER or .OCR
 
 Every failure a user can cause raises an IngestError subclass whose message is meant for them.
 This package imports neither `kb`, `api` nor `workers`: data flows from here, never back.
@@ -23,9 +25,11 @@ from ingest.errors import (
     UnsupportedFormat,
 )
 from ingest.layout import FONT_FACES, layout_styled_html
+from ingest.ocr import PageReader, TesseractReader
 from ingest.render import (
     MAX_IMAGE_PIXELS,
     RenderedPage,
+    TextSource,
     count_pages,
     iter_page_chunks,
     open_document,
@@ -51,7 +55,10 @@ __all__ = [
     "EmptyDocument",
     "EncryptedDocument",
     "IngestError",
+    "PageReader",
     "RenderedPage",
+    "TesseractReader",
+    "TextSource",
     "TooManyPages",
     "UnsupportedFormat",
     "check_upload",

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import pymupdf
@@ -33,6 +34,7 @@ from ingest.errors import (
     TooManyPages,
 )
 from ingest.layout import PAGE, layout_html
+from ingest.ocr import PageReader
 from ingest.text_formats import html_fragments, unmark_breaks
 from ingest.tiers import CANONICAL, TEXT, get_tier
 from ingest.upload import (
@@ -66,12 +68,20 @@ _FORMAT_NAMES = {
 }
 
 
+class TextSource(StrEnum):
+    """Where a page's text tier came from."""
+
+    TEXT_LAYER = "text_layer"  # the document's own text (PDF text layer, our text layout)
+    OCR = "ocr"  # read off the pixels: the page had no text layer (a scan, a photo)
+
+
 @dataclass
 class RenderedPage:
     number: int  # 1-based, as users and citations count pages
     image: Image.Image  # RGB, CANONICAL.size x CANONICAL.size, page centered on white
-    text: str  # the page's text layer ("" for a scan or an image)
+    text: str  # the text tier: the page's text layer, else what OCR read ("" if nothing)
     content_hash: str  # sha256 of image pixels + text: equal pages share cached tokens
+    text_source: TextSource = TextSource.TEXT_LAYER
 
 
 class _LaidOutDocument(pymupdf.Document):
@@ -120,7 +130,12 @@ def count_pages(path: Path, ext: str, max_pages: int | None = None) -> int:
 
 
 def iter_page_chunks(
-    path: Path, ext: str, chunk_size: int = 16, start: int = 1, max_pages: int | None = None
+    path: Path,
+    ext: str,
+    chunk_size: int = 16,
+    start: int = 1,
+    max_pages: int | None = None,
+    ocr: PageReader | None = None,
 ) -> Iterator[list[RenderedPage]]:
     """Open the document and render pages `start`..last, in lists of at most `chunk_size`.
 
@@ -129,13 +144,15 @@ def iter_page_chunks(
     EPUB is laid out each time it is opened.
     """
     with open_document(path, ext, max_pages) as doc:
-        yield from page_chunks(doc, chunk_size, start)
+        yield from page_chunks(doc, chunk_size, start, ocr)
 
 
 def page_chunks(
-    doc: pymupdf.Document, chunk_size: int = 16, start: int = 1
+    doc: pymupdf.Document, chunk_size: int = 16, start: int = 1, ocr: PageReader | None = None
 ) -> Iterator[list[RenderedPage]]:
     """Render pages `start`..last of an open document, yielding lists of at most `chunk_size`.
+
+    With ``ocr``, a page without a text layer gets its text from the OCR engine (render_page).
 
     Only the chunk being handed out is held here: a 1,000-page PDF never sits in memory whole,
     as long as the caller lets go of each chunk before asking for the next. `start` (1-based) lets
@@ -147,14 +164,21 @@ def page_chunks(
         raise ValueError(f"start is a 1-based page number, got {start}")
     last = doc.page_count
     for first in range(start, last + 1, chunk_size):
-        chunk = [render_page(doc, n) for n in range(first, min(first + chunk_size, last + 1))]
+        chunk = [render_page(doc, n, ocr) for n in range(first, min(first + chunk_size, last + 1))]
         yield chunk
         del chunk  # else this frame keeps it alive while the next chunk renders
 
 
-def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
-    """Render page `number` (1-based) of an open document to its canonical square image."""
+def render_page(doc: pymupdf.Document, number: int, ocr: PageReader | None = None) -> RenderedPage:
+    """Render page `number` (1-based) of an open document to its canonical square image.
+
+    The text tier is the page's text layer. A page with none (a scan, a photo, an image-only PDF
+    page) is read by ``ocr``, if given, from its own render at the engine's resolution
+    (``ocr.size``, larger than the canonical one: small print needs the pixels); pages of a
+    text document we laid out ourselves always have their text already.
+    """
     size = CANONICAL.size
+    source = TextSource.TEXT_LAYER
     try:
         page = doc.load_page(number - 1)
         rect = page.rect
@@ -164,6 +188,9 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csRGB,
                                  alpha=False)  # fmt: skip
         text = text_layer(doc, page)
+        scan = None
+        if ocr is not None and not text.strip() and not isinstance(doc, _LaidOutDocument):
+            scan = _ocr_render(page, ocr.size)
         rendered = Image.frombuffer(
             "RGB", (pixmap.width, pixmap.height), pixmap.samples, "raw", "RGB", pixmap.stride, 1
         )
@@ -175,9 +202,25 @@ def render_page(doc: pymupdf.Document, number: int) -> RenderedPage:
             f"page {number} of the document could not be rendered; the file may be damaged"
         ) from exc
 
+    if scan is not None and ocr is not None:  # outside the try: an OCR error is not a damaged file
+        text, source = ocr.read(scan), TextSource.OCR
+        del scan
     image = Image.new("RGB", (size, size), "white")
     image.paste(rendered, _canonical_offset(rendered.width, rendered.height))
-    return RenderedPage(number=number, image=image, text=text, content_hash=page_hash(image, text))
+    return RenderedPage(
+        number=number, image=image, text=text, content_hash=page_hash(image, text),
+        text_source=source,
+    )  # fmt: skip
+
+
+def _ocr_render(page: pymupdf.Page, long_side: int) -> Image.Image:
+    """The page in grey levels, its long side ``long_side`` pixels, for the OCR engine."""
+    zoom = long_side / max(page.rect.width, page.rect.height)
+    pixmap = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=pymupdf.csGRAY,
+                             alpha=False)  # fmt: skip
+    return Image.frombuffer(
+        "L", (pixmap.width, pixmap.height), pixmap.samples, "raw", "L", pixmap.stride, 1
+    )
 
 
 def text_layer(doc: pymupdf.Document, page: pymupdf.Page) -> str:
@@ -361,6 +404,7 @@ def _check_image_size(path: Path, max_pages: int | None) -> None:
 
 __all__ = [
     "RenderedPage",
+    "TextSource",
     "count_pages",
     "iter_page_chunks",
     "open_document",

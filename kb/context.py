@@ -1,7 +1,9 @@
-"""The process-wide wiring of the core: settings, catalog, object store, model, tensor cache.
+"""The process-wide wiring of the core: settings, catalog, object store, model, tensor cache,
+OCR engine.
 
 Built once per process (the API's lifespan, a Celery worker's process init) and passed down.
-The model is loaded lazily on first use, so processes that never encode or answer never pay for it.
+The model and the OCR engine are loaded lazily on first use, so processes that never encode,
+answer or render never pay for them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
+from ingest import PageReader, TesseractReader
 from kb.catalog import make_engine, session_factory, upgrade
 from kb.model import load_backend
 from kb.model.base import Backend
@@ -35,6 +38,7 @@ class Context:
         self._backend_lock = threading.Lock()
         # One model call at a time per process: torch already uses every core for one call.
         self.model_lock = threading.Lock()
+        self._ocr: PageReader | None = None
 
     @property
     def backend(self) -> Backend:
@@ -49,6 +53,17 @@ class Context:
                         self.settings.model, self.settings.model_path, self.settings.device
                     )
         return self._backend
+
+    @property
+    def ocr(self) -> PageReader | None:
+        """The OCR engine for pages without a text layer, loaded once; None with KB_OCR=off."""
+        if self.settings.ocr == "off":
+            return None
+        if self._ocr is None:
+            with self._backend_lock:
+                if self._ocr is None:
+                    self._ocr = TesseractReader()
+        return self._ocr
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -82,6 +82,7 @@ def store_pages(ctx: Context, document_id: str, pages: Sequence[ingest.RenderedP
                     number=page.number,
                     content_hash=page.content_hash,
                     text=page.text,
+                    text_source=page.text_source,
                     image_key=page_image_key(page.content_hash),
                 )
             repo.record_progress(s, document_id)  # a render that stores chunks is not stalled

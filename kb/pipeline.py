@@ -80,7 +80,8 @@ def render_document(
                     if not repo.set_pages_total(s, document_id, total):
                         return RenderResult(chunks=[])
                 size = ctx.settings.render_chunk_pages
-                for chunk in ingest.page_chunks(opened, chunk_size=size):
+                # Pages without a text layer are read by OCR here (ctx.ocr, loaded once).
+                for chunk in ingest.page_chunks(opened, chunk_size=size, ocr=ctx.ocr):
                     if not objects.store_pages(ctx, document_id, chunk):
                         log.info("render: document %s deleted mid-way; stopping", document_id)
                         return RenderResult(chunks=chunks)

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # torch threads per process; unset = torch's default (every core). On a shared 2-core
     # machine one thread was measured several times faster (docs/benchmarks.md).
     torch_threads: int | None = Field(None, ge=1)
+    # How pages without a text layer (scans, photos) get their text tier: Tesseract OCR at
+    # render time (~1 s a page on one core, docs/benchmarks.md), or "off": an empty text tier.
+    ocr: Literal["tesseract", "off"] = "tesseract"
 
     api_key: SecretStr | None = None  # unset: generated once, kept in data_dir
     admin_key: SecretStr | None = None
@@ -57,7 +60,8 @@ class Settings(BaseSettings):
     # Hard limit of one task. The longest is rendering a whole document (a chunk of pages is
     # encoded in seconds): max_pages_per_document pages at ~35 pages/s is about a minute
     # (docs/benchmarks.md), so 10 minutes is ample and bounds how long a frozen task holds its
-    # message (the broker's visibility timeout follows it, workers.celery_app).
+    # message (the broker's visibility timeout follows it, workers.celery_app). Scanned pages
+    # are the exception: OCR takes ~1 s a page, so several hundred fill the 10 minutes.
     task_time_limit_s: int = Field(600, ge=10)
     # A queued or processing document (a running reindex job) whose progress has not moved this
     # long is re-driven by the sweep (kb.recovery). Longer than the visibility timeout

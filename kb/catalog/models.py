@@ -31,6 +31,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from ingest import TextSource as TextSource  # where a page's text came from
+
 
 class DocumentStatus(StrEnum):
     QUEUED = "queued"
@@ -194,13 +196,22 @@ class Document(Base):
 class Page(Base):
     __tablename__ = "pages"
     # Also the index for "pages of a document", so document_id needs no index of its own.
-    __table_args__ = (UniqueConstraint("document_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("document_id", "number"),
+        CheckConstraint(_in("text_source", TextSource), name="text_source"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)  # 1-based, as users and citations count
     content_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 hex of the page
     text: Mapped[str] = mapped_column(Text, default="")
+    # The text tier's origin: the document's text layer, or OCR of a page that had none.
+    text_source: Mapped[str] = mapped_column(
+        StatusString(TextSource),
+        default=TextSource.TEXT_LAYER.value,
+        server_default=TextSource.TEXT_LAYER.value,
+    )
     image_key: Mapped[str] = mapped_column(String(1024))
     # The model version whose tensors for this page are complete and serving; NULL until the
     # first encode finishes. A reindex flips it only when the new tensors are all written.

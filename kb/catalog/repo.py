@@ -44,6 +44,7 @@ from kb.catalog.models import (
     JobStatus,
     Page,
     Serving,
+    TextSource,
     new_id,
     utcnow,
 )
@@ -415,6 +416,7 @@ def upsert_page(
     content_hash: str,
     text: str,
     image_key: str,
+    text_source: str = TextSource.TEXT_LAYER,
 ) -> Page:
     """Create or overwrite page `number` of a document; idempotent, so a rerun render is safe.
 
@@ -428,6 +430,7 @@ def upsert_page(
         number=number,
         content_hash=content_hash,
         text=text,
+        text_source=TextSource(text_source).value,
         image_key=image_key,
         created_at=utcnow(),
     )
@@ -436,6 +439,7 @@ def upsert_page(
         set_={
             "content_hash": stmt.excluded.content_hash,
             "text": stmt.excluded.text,
+            "text_source": stmt.excluded.text_source,
             "image_key": stmt.excluded.image_key,
             "encoded_version": case(
                 (Page.content_hash == stmt.excluded.content_hash, Page.encoded_version),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,6 +17,8 @@ from sqlalchemy.orm import Session
 from kb.catalog import make_engine, repo
 from kb.keys import content_hash_of
 from kb.store import make_store
+from tests.ingest.samples import make_scan
+from tests.ingest.test_ocr import LINES, WORDS
 from tests.stack import ADMIN_KEY, Stack, make_pdf, wait_document, wait_for
 
 pytestmark = pytest.mark.slow
@@ -114,7 +117,7 @@ def test_documents_are_rendered_and_listed(stack: Stack, corpus: dict[str, str])
         assert Image.open(io.BytesIO(png.content)).size == (1024, 1024)
 
         text = c.get(f"/v1/documents/{corpus['pdf']}/pages/2/text", params={"tier": "text"}).json()
-        assert "Lisbon office" in text["text"]
+        assert "Lisbon office" in text["text"] and text["text_source"] == "text_layer"
         note_text = c.get(f"/v1/documents/{corpus['note']}/pages/1/text", params={"tier": "text"})
         assert "Rotterdam" in note_text.json()["text"]
         for tier in ("tiny", "gist"):
@@ -256,3 +259,21 @@ def test_delete_removes_pages_from_later_answers(stack: Stack, corpus: dict[str,
         assert all(cit["document_id"] == corpus["pdf"] for cit in after["citations"])
         # The other document is untouched.
         assert c.get(f"/v1/documents/{corpus['pdf']}").json()["status"] == "ready"
+
+
+def test_a_scan_is_read_by_the_worker(stack: Stack, tmp_path: Path) -> None:
+    """A PNG scan goes through the real worker (its OCR engine loaded at process start) and its
+    text tier is what OCR read, recorded as such."""
+    scan = make_scan(tmp_path / "scan.png", LINES)
+    with stack.client() as c:
+        r = c.post(
+            "/v1/documents",
+            files={"file": (scan.name, scan.read_bytes())},
+            data={"collection": "scans"},
+        )
+        assert r.status_code == 202, r.text
+        doc = wait_document(c, r.json()["id"])
+        assert doc["status"] == "ready", (doc, stack.log())
+        text = c.get(f"/v1/documents/{doc['id']}/pages/1/text", params={"tier": "text"}).json()
+    assert text["text_source"] == "ocr"
+    assert [w for w in WORDS if w not in text["text"]] == [], text

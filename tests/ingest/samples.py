@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pymupdf
+from PIL import Image, ImageFilter
 
 A4 = (595, 842)
 
@@ -117,4 +118,20 @@ def make_zero_page_pdf(path: Path) -> Path:
     out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
     out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     path.write_bytes(bytes(out))
+    return path
+
+
+def make_scan(path: Path, lines: Sequence[str], dpi: int = 150, angle: float = 0.8) -> Path:
+    """A scanned page without a text layer: the lines printed on A4 in 12 pt Helvetica, rendered
+    at ``dpi``, turned by ``angle`` degrees and slightly blurred, saved as PNG, JPEG or TIFF (by
+    the suffix)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=A4[0], height=A4[1])
+    for i, line in enumerate(lines):
+        page.insert_text((72, 96 + 24 * i), line, fontsize=12)
+    pixmap = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY, alpha=False)
+    doc.close()
+    image = Image.frombytes("L", (pixmap.width, pixmap.height), pixmap.samples)
+    image = image.rotate(angle, Image.Resampling.BICUBIC, fillcolor=255)
+    image.filter(ImageFilter.GaussianBlur(0.6)).save(path)
     return path

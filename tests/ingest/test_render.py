@@ -144,10 +144,10 @@ def test_iterating_300_pages_keeps_at_most_one_chunk_alive(tmp_path, monkeypatch
     most_alive = 0
     real_render = ingest.render.render_page
 
-    def tracking_render(doc, number):
+    def tracking_render(doc, number, ocr=None):
         nonlocal most_alive
         most_alive = max(most_alive, sum(ref() is not None for ref in rendered) // 2)
-        page = real_render(doc, number)
+        page = real_render(doc, number, ocr)
         rendered.extend((weakref.ref(page), weakref.ref(page.image)))
         return page
 

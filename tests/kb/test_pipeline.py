@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ingest.tiers import TEXT
 from kb import pipeline, reader
 from kb.catalog import repo
 from kb.context import Context
 from kb.model.reference.backend import ReferenceBackend
 from kb.settings import Settings
 from kb.tensors import tensor_key
+from tests.ingest.samples import make_scan
+from tests.ingest.test_ocr import LINES, WORDS, CountingReader
 from tests.kb.model.reference.conftest import tiny_config
 from tests.stack import make_pdf
 
@@ -170,3 +173,38 @@ def test_torch_threads_setting_applies_when_the_model_loads(tmp_path: Path) -> N
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_scan_gets_its_text_tier_by_ocr(ctx: Context, tmp_path: Path) -> None:
+    ocr = ctx._ocr = CountingReader()  # the real engine, counting (ctx.ocr loads it otherwise)
+    scan = upload(ctx, make_scan(tmp_path / "scan.png", LINES))
+    typed = upload(ctx, make_pdf(tmp_path / "typed.pdf", ["The Lisbon office employs 37."]))
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (1240, 1754), "white").save(blank)
+    empty = upload(ctx, blank)
+    for doc_id in (scan, typed, empty):
+        process(ctx, doc_id)
+    assert ocr.pages == 2  # the scan and the blank image; never the PDF's text page
+    version = ctx.backend.version
+    with ctx.session() as s:
+        pages = {d: repo.get_document(s, d).pages[0] for d in (scan, typed, empty)}  # type: ignore[union-attr]
+        assert {d: repo.get_document(s, d).status for d in pages} == dict.fromkeys(pages, "ready")  # type: ignore[union-attr]
+    read = pages[scan]
+    assert read.text_source == "ocr" and [w for w in WORDS if w not in read.text] == []
+    assert ctx.tensors.exists(version, TEXT, read.content_hash)  # the text tier is encoded
+    assert reader.read_page(ctx, scan, 1, TEXT) == read.text
+    assert pages[typed].text_source == "text_layer"
+    assert pages[typed].text.strip() == "The Lisbon office employs 37."
+    assert (pages[empty].text, pages[empty].text_source) == ("", "ocr")
+    assert not ctx.tensors.exists(version, TEXT, pages[empty].content_hash)
+
+
+def test_ocr_off_leaves_scans_without_text(tmp_path: Path) -> None:
+    ctx = Context(Settings(data_dir=tmp_path / "data", ocr="off"))
+    ctx._backend = CountingBackend()
+    assert ctx.ocr is None
+    doc_id = upload(ctx, make_scan(tmp_path / "scan.png", LINES))
+    process(ctx, doc_id)
+    with ctx.session() as s:
+        page = repo.get_document(s, doc_id).pages[0]  # type: ignore[union-attr]
+        assert (page.text, page.text_source) == ("", "text_layer")
