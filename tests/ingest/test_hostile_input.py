@@ -290,8 +290,11 @@ def test_hostile_html_is_laid_out_without_handlers_urls_scripts_or_comments(tmp_
     path = tmp_path / f"hostile{ext}"
     path.write_text(HOSTILE_HTML)
     laid_out = "".join(html_fragments(path, ext))  # exactly what ingest.layout is given
-    for unwanted in ["SECRET", "onerror", "onclick", "javascript", "src=", "href=", "url(",
-                     "<script", "<style", "<svg", "<!--", "<img", "position", "hidden"]:  # fmt: skip
+    unwanted_markup = [
+        "SECRET", "onerror", "onclick", "javascript", "src=", "href=", "url(",
+        "<script", "<style", "<svg", "<!--", "<img", "position", "hidden",
+    ]  # fmt: skip
+    for unwanted in unwanted_markup:
         assert unwanted not in laid_out, (unwanted, laid_out)
     assert "<ul><li>Visible item</li></ul>" in laid_out  # the structure the layout needs
 
