@@ -7,8 +7,8 @@ any document, any collection) is encoded once per model version and tier.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
+from cachetools import LRUCache
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -30,13 +30,17 @@ def _nbytes(tensors: PageTensors) -> int:
 
 
 class TensorCache:
-    """Loads page tensors from the store, keeping the most recently used in RAM up to a byte cap."""
+    """Loads page tensors from the store, keeping the most recently used in RAM up to a byte cap.
+
+    cachetools' LRUCache, sized in bytes (`getsizeof`): adding a page evicts the least recently
+    used until it fits; a page larger than the whole cap is returned but not kept. LRUCache is not
+    thread-safe (a hit reorders it), and the API reads from its thread pool: one lock guards it.
+    """
 
     def __init__(self, store: ObjectStore, max_bytes: int = 1 << 30):
         self.store = store
         self.max_bytes = max_bytes
-        self._items: OrderedDict[str, PageTensors] = OrderedDict()
-        self._bytes = 0
+        self._items: LRUCache[str, PageTensors] = LRUCache(maxsize=max_bytes, getsizeof=_nbytes)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -44,19 +48,15 @@ class TensorCache:
     def get(self, model_version: str, tier: str, page_hash: str) -> PageTensors:
         key = tensor_key(model_version, tier, page_hash)
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
+            cached = self._items.get(key)
+            if cached is not None:
                 self.hits += 1
-                return self._items[key]
+                return cached
         tensors = loads(self.store.get(key))  # outside the lock: store reads may be slow
         with self._lock:
             self.misses += 1
-            if key not in self._items:
+            if key not in self._items and _nbytes(tensors) <= self.max_bytes:
                 self._items[key] = tensors
-                self._bytes += _nbytes(tensors)
-                while self._bytes > self.max_bytes and len(self._items) > 1:
-                    _, old = self._items.popitem(last=False)
-                    self._bytes -= _nbytes(old)
         return tensors
 
     def put(self, model_version: str, tier: str, page_hash: str, tensors: PageTensors) -> None:
