@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(PY) -m kb.cli run
 
 test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
