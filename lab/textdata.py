@@ -104,6 +104,7 @@ _TECH_TEMPLATES = [
      "What was the {noun} {noun2} changed to?"),
 ]  # fmt: skip
 _UNITS = ["seconds", "minutes", "days", "MB", "GB", "ms", "hours"]
+_DURATIONS = ["seconds", "minutes", "hours", "days", "weeks", "months", "years"]
 
 
 def _tech_value(rng: random.Random, v: synth._Values) -> str:
@@ -125,7 +126,10 @@ def _tech_fact(rng: random.Random, v: synth._Values) -> tuple[str, str, str]:
     statement, question = rng.choice(_TECH_TEMPLATES)
     noun, noun2 = rng.sample(_TECH_NOUNS, 2)
     parts = {"adj": rng.choice(_TECH_ADJ), "noun": noun, "noun2": noun2, "Noun": noun.capitalize()}
-    value = _tech_value(rng, v)
+    if question.startswith("For how long"):  # a duration, not any value ("version 20.28.1")
+        value = f"{v.number(1, 500)} {rng.choice(_DURATIONS)}"
+    else:
+        value = _tech_value(rng, v)
     return statement.format(value=value, **parts), question.format(**parts), value
 
 

@@ -50,3 +50,12 @@ def test_paraphrase_keeps_the_question_recognisable():
     forms = {textdata.paraphrase(rng, q) for _ in range(40)}
     assert len(forms) > 5
     assert all("falcon archive" in f.lower() for f in forms)
+
+
+def test_a_how_long_question_is_answered_by_a_duration():
+    rng = random.Random(5)
+    asked = [textdata._tech_fact(rng, textdata.synth._Values(rng, "train")) for _ in range(400)]
+    durations = [(q, a) for _, q, a in asked if q.startswith("For how long")]
+    assert durations
+    for _, answer in durations:
+        assert answer.split()[-1] in textdata._DURATIONS, answer
