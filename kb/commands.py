@@ -136,15 +136,24 @@ def ask(
                 console.print(result["answer"], soft_wrap=True)
         except ApiError as exc:
             raise _fail(exc) from exc
-    _citations(result)
+        _citations(client, result)
 
 
-def _citations(result: dict) -> None:
+def _citations(client: Client, result: dict) -> None:
     if not result.get("citations"):
         return
-    table = Table("document", "page", "tier", "score", title="citations", title_justify="left")
+    names: dict[str, str] = {}
     for c in result["citations"]:
-        table.add_row(c["document_id"], str(c["page"]), c["tier"], f"{c['score']:.2f}")
+        if c["document_id"] not in names:
+            try:
+                names[c["document_id"]] = client.document(c["document_id"])["filename"]
+            except ApiError:  # deleted since: the id says which it was
+                names[c["document_id"]] = ""
+    table = Table("file", "page", "tier", "score", "document", title="citations")
+    table.title_justify = "left"
+    for c in result["citations"]:
+        d = c["document_id"]
+        table.add_row(names[d], str(c["page"]), c["tier"], f"{c['score']:.2f}", d)
     console.print(table)
     ctx = result.get("context") or {}
     tiers = ", ".join(f"{n} {t}" for t, n in (ctx.get("tiers") or {}).items() if n)
