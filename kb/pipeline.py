@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
@@ -43,16 +44,44 @@ def original_key(document_id: str, filename: str) -> str:
 class RenderResult:
     chunks: list[list[int]]  # page numbers per chunk, each chunk one encode task
     failed: bool = False
+    # The first page not rendered when this task's budget (KB_RENDER_BUDGET_S) ran out: the
+    # caller hands the rest to a new render task, which resumes there. None: nothing left.
+    next_page: int | None = None
+
+
+def stored_through(numbers: Iterable[int]) -> int:
+    """The last page of the run of stored pages from page 1 (0 if page 1 is not stored): where a
+    render resumes. ``numbers`` in increasing order."""
+    last = 0
+    for number in numbers:
+        if number != last + 1:
+            break
+        last = number
+    return last
 
 
 def render_document(
-    ctx: Context, document_id: str, on_chunk: Callable[[list[int]], None] | None = None
+    ctx: Context,
+    document_id: str,
+    on_chunk: Callable[[list[int]], None] | None = None,
+    sent_through: int = 0,
+    on_unsent: Callable[[list[int]], None] | None = None,
 ) -> RenderResult:
-    """Render a document page by page, in chunks, storing page images and page rows.
+    """Render a document page by page, in chunks, storing page images and page rows, for at
+    most KB_RENDER_BUDGET_S (checked between chunks, so at least one chunk is rendered).
 
     ``on_chunk`` is called with each chunk's page numbers as soon as it is stored, so encoding
-    starts while later pages are still rendering.
+    starts while later pages are still rendering. When the budget runs out with pages left,
+    the result's ``next_page`` says where the next render task resumes.
+
+    Resumable: rendering starts after the run of pages already stored from page 1 (the
+    catalog's page rows), so a continuation, a redelivered or a re-driven render renders and
+    stores no page twice. The encodes of the stored pages up to ``sent_through`` were sent by
+    the task that handed this one the document; those of stored pages after it (or of all, for
+    a render sent by the upload or the sweep: their encodes may be lost) that are not encoded
+    yet are sent again through ``on_unsent`` (default ``on_chunk``): encoding is idempotent.
     """
+    started = time.monotonic()
     with ctx.session() as s:
         doc = repo.get_document(s, document_id)
         if doc is None:
@@ -65,8 +94,20 @@ def render_document(
             return RenderResult(chunks=[])
         filename, key = doc.filename, doc.original_key
         repo.set_status(s, document_id, DocumentStatus.PROCESSING)
+        stored = repo.stored_pages(s, document_id)
 
+    size = ctx.settings.render_chunk_pages
+    done = stored_through(number for number, _ in stored)
     chunks: list[list[int]] = []
+    unsent = [n for n, encoded in stored if sent_through < n <= done and not encoded]
+    send_again = on_unsent or on_chunk
+    for i in range(0, len(unsent), size):
+        chunks.append(unsent[i : i + size])
+        if send_again is not None:
+            send_again(chunks[-1])
+    if done:
+        log.info("render: document %s resumes after page %d", document_id, done)
+
     ext = Path(filename).suffix.lower()
     with scratch_dir(ctx.settings.scratch_dir) as tmp:
         path = Path(tmp) / f"original{ext}"
@@ -78,10 +119,10 @@ def render_document(
                 total = opened.page_count
                 with ctx.session() as s:
                     if not repo.set_pages_total(s, document_id, total):
-                        return RenderResult(chunks=[])
-                size = ctx.settings.render_chunk_pages
+                        return RenderResult(chunks=chunks)
                 # Pages without a text layer are read by OCR here (ctx.ocr, loaded once).
-                for chunk in ingest.page_chunks(opened, chunk_size=size, ocr=ctx.ocr):
+                pages = ingest.page_chunks(opened, chunk_size=size, start=done + 1, ocr=ctx.ocr)
+                for chunk in pages:
                     if not objects.store_pages(ctx, document_id, chunk):
                         log.info("render: document %s deleted mid-way; stopping", document_id)
                         return RenderResult(chunks=chunks)
@@ -89,10 +130,30 @@ def render_document(
                     chunks.append(numbers)
                     if on_chunk is not None:
                         on_chunk(numbers)
+                    last = numbers[-1]
+                    spent = time.monotonic() - started
+                    if last < total and spent >= ctx.settings.render_budget_s:
+                        log.info(
+                            "render: document %s: pages %d-%d took %.1f s; pages %d-%d are "
+                            "handed to a new task",
+                            document_id, done + 1, last, spent, last + 1, total,
+                        )  # fmt: skip
+                        return RenderResult(chunks=chunks, next_page=last + 1)
         except ingest.IngestError as exc:
             fail_document(ctx, document_id, str(exc))
             return RenderResult(chunks=chunks, failed=True)
+    _ready_if_encoded(ctx, document_id)
     return RenderResult(chunks=chunks)
+
+
+def _ready_if_encoded(ctx: Context, document_id: str) -> None:
+    """Every page is stored: if every one is encoded too, the document is ready now. Only a
+    render that had nothing left to render or send finds it so (encode marks it ready
+    otherwise), one that started while the last encode moved it to ready, say."""
+    with ctx.session() as s:
+        counts = repo.record_pages_done(s, document_id)
+        if counts is not None and counts[1] is not None and counts[0] >= counts[1]:
+            repo.set_status(s, document_id, DocumentStatus.READY)
 
 
 def fail_document(ctx: Context, document_id: str, error: str) -> None:

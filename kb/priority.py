@@ -8,9 +8,9 @@ the pages of that document ahead of it. A small document's every chunk, and the 
 any document, outrank the long tail of a large one; the large one still advances whenever
 nothing smaller waits, and chunks of one priority keep their order.
 
-A render (opening and rasterising a whole document, about a minute for the largest allowed)
-outranks everything, since nothing of a new upload can be encoded before it; a reindex is
-background work, below every upload.
+A render (opening and rasterising a document, at most KB_RENDER_BUDGET_S a task: the rest of a
+long one goes on in a new render task, at the same priority) outranks everything, since nothing
+of a new upload can be encoded before it; a reindex is background work, below every upload.
 """
 
 from __future__ import annotations

@@ -57,19 +57,26 @@ class Settings(BaseSettings):
     # answered 429 with Retry-After instead of queueing behind the model lock without bound.
     max_asks_in_flight: int = Field(4, ge=1)
     render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
-    # Hard limit of one task. The longest is rendering a whole document (a chunk of pages is
-    # encoded in seconds): max_pages_per_document pages at ~35 pages/s is about a minute
-    # (docs/benchmarks.md), so 10 minutes is ample and bounds how long a frozen task holds its
-    # message (the broker's visibility timeout follows it, workers.celery_app). Scanned pages
-    # are the exception: OCR takes ~1 s a page, so several hundred fill the 10 minutes.
+    # Hard limit of one task (the soft one, which fails the document with a message, is 30 s
+    # less, workers.celery_app). It bounds how long a frozen task holds its message (the
+    # broker's visibility timeout follows it). A render task stops at KB_RENDER_BUDGET_S and
+    # hands the rest of the document on, so no document's size is bound by it; the longest
+    # task is then a render's budget plus one chunk (a chunk of pages is encoded in seconds).
     task_time_limit_s: int = Field(600, ge=10)
+    # Seconds one render task renders before it hands the rest of the document to a new render
+    # task, which resumes after the last page stored (kb.pipeline.render_document). Checked
+    # between chunks, so a task runs this plus one chunk (16 scanned pages at ~1 s of OCR
+    # each) plus opening the document: keep it well under the soft time limit (570 s by
+    # default). A text PDF renders at ~35 pages/s, so 240 s holds the longest allowed one
+    # whole; a scanned one (OCR, ~0.6-1 s a page) continues every ~240-400 pages.
+    render_budget_s: float = Field(240.0, ge=0)
     # A queued or processing document (a running reindex job) whose progress has not moved this
     # long is re-driven by the sweep (kb.recovery). Longer than the visibility timeout
     # (task_time_limit_s + 60 s), so a message Redis restores by itself is not sent again too.
     stalled_after_s: int = Field(900, ge=1)
     sweep_interval_s: int = Field(300, ge=1)  # how often each worker sweeps for stalled work
     # Ctrl-C on `make run`: running tasks get this long to finish, then they are handed back
-    # to the broker (a chunk is seconds of work; a whole render is redone, idempotently).
+    # to the broker (a chunk is seconds of work; a render resumes after its pages stored).
     shutdown_grace_s: float = Field(10.0, ge=0)
     worker_concurrency: int = Field(1, ge=1)
     # A worker is alive when heard from within this many seconds: it writes a heartbeat to

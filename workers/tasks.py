@@ -169,17 +169,28 @@ def _unexpected(document_id: str, exc: BaseException) -> None:
 
 
 @app.task(name="ingest.render", bind=True, priority=priority.RENDER, **RETRY)
-def render(self, document_id: str) -> None:
+def render(self, document_id: str, sent_through: int = 0) -> None:
+    """Render the document for up to KB_RENDER_BUDGET_S, then hand the rest to a new render
+    task. ``sent_through``: the last page whose encode the task before this one sent (0 from
+    the upload and the sweep, whose renders send every stored page's unfinished encode)."""
     with unless_it_killed_its_worker(
         self, f"document {document_id}", _document_lost_its_worker(document_id)
     ) as run:
         if run:
-            _render(self, document_id)
+            _render(self, document_id, sent_through)
 
 
-def _render(self, document_id: str) -> None:  # type: ignore[no-untyped-def]
+def _render(self, document_id: str, sent_through: int) -> None:  # type: ignore[no-untyped-def]
     try:
-        render_document(ctx(), document_id, on_chunk=lambda n: _rendered(document_id, n))
+        result = render_document(
+            ctx(),
+            document_id,
+            on_chunk=lambda n: _rendered(document_id, n),
+            sent_through=sent_through,
+            on_unsent=lambda n: _send_encode(document_id, n),
+        )
+        if result.next_page is not None:
+            _send_render(document_id, sent_through=result.next_page - 1)
     except TRANSIENT:
         if self.request.retries >= self.max_retries:
             fail_document(ctx(), document_id, "storage or database unavailable; try again")
@@ -191,6 +202,13 @@ def _render(self, document_id: str) -> None:  # type: ignore[no-untyped-def]
 def _rendered(document_id: str, page_numbers: list[int]) -> None:
     worker_metrics().add(metrics.PAGES_RENDERED, len(page_numbers))
     _send_encode(document_id, page_numbers)
+
+
+def _send_render(document_id: str, sent_through: int) -> None:
+    """The rest of a document, from page ``sent_through + 1``: a render task like the upload's,
+    at its priority (kb.priority), which resumes after the pages stored. A broker that refuses
+    it is a transient error: this task is retried, resuming likewise."""
+    render.apply_async((document_id,), {"sent_through": sent_through}, priority=priority.RENDER)
 
 
 def _send_encode(document_id: str, page_numbers: list[int]) -> None:

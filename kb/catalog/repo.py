@@ -458,6 +458,17 @@ def get_page(session: Session, document_id: str, number: int) -> Page | None:
     return session.scalars(stmt).one_or_none()
 
 
+def stored_pages(session: Session, document_id: str) -> list[tuple[int, bool]]:
+    """(number, encoded under some version) of each page row the document has, by number:
+    where a render resumes, and which stored pages still wait for their encode."""
+    stmt = (
+        select(Page.number, Page.encoded_version.is_not(None))
+        .where(Page.document_id == document_id)
+        .order_by(Page.number)
+    )
+    return [(number, bool(encoded)) for number, encoded in session.execute(stmt)]
+
+
 def mark_pages_encoded(session: Session, page_ids: Iterable[int], model_version: str) -> int:
     """Record that the tensors of these pages for `model_version` are complete and serving;
     returns how many pages were updated."""

@@ -3,18 +3,24 @@ the reference model at a tiny size): chunking, content addressing, idempotency, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
+import ingest.render as ingest_render
 from ingest.tiers import TEXT
 from kb import pipeline, reader
 from kb.catalog import repo
+from kb.catalog.models import Page
 from kb.context import Context
+from kb.keys import PAGE_IMAGES, page_image_key
 from kb.model.reference.backend import ReferenceBackend
 from kb.settings import Settings
 from kb.tensors import tensor_key
+from tests.conftest_services import create_database, drop_database
 from tests.ingest.samples import make_scan
 from tests.ingest.test_ocr import LINES, WORDS, CountingReader
 from tests.kb.model.reference.conftest import tiny_config
@@ -208,3 +214,178 @@ def test_ocr_off_leaves_scans_without_text(tmp_path: Path) -> None:
     with ctx.session() as s:
         page = repo.get_document(s, doc_id).pages[0]  # type: ignore[union-attr]
         assert (page.text, page.text_source) == ("", "text_layer")
+
+
+# -- a render that runs out of its budget continues in a new task, from the pages stored
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def budgeted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
+    """A context whose render budget is spent after its first chunk of 2 pages: SQLite, or a
+    PostgreSQL database of its own (concurrent page upserts there are real ones)."""
+    settings = Settings(data_dir=tmp_path / "data", render_chunk_pages=2, render_budget_s=0)
+    admin_url, url = None, None
+    if request.param == "postgres":
+        admin_url = request.getfixturevalue("postgres_admin_url")
+        url = create_database(admin_url)
+        settings = settings.model_copy(update={"database_url": url})
+    c = Context(settings)
+    c._backend = CountingBackend()
+    try:
+        yield c
+    finally:
+        c.close()
+        if admin_url is not None and url is not None:
+            drop_database(admin_url, url)
+
+
+@pytest.fixture
+def rendered(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The numbers of the pages rendered (ingest.render.render_page), in order."""
+    numbers: list[int] = []
+    real = ingest_render.render_page
+
+    def counting(doc, number, ocr=None):  # type: ignore[no-untyped-def]
+        numbers.append(number)
+        return real(doc, number, ocr)
+
+    monkeypatch.setattr(ingest_render, "render_page", counting)
+    return numbers
+
+
+SIX = [f"Page {i} of six, different from the others." for i in range(1, 7)]
+
+
+def rows(ctx: Context, doc_id: str) -> list[tuple[int, int, str]]:
+    """(number, row id, content hash) of every page row of the document, by number."""
+    with ctx.session() as s:
+        stmt = select(Page.number, Page.id, Page.content_hash).where(Page.document_id == doc_id)
+        return sorted((n, i, h) for n, i, h in s.execute(stmt))
+
+
+def test_a_render_out_of_budget_continues_where_it_stopped(
+    budgeted: Context, rendered: list[int], tmp_path: Path
+) -> None:
+    ctx = budgeted
+    doc_id = upload(ctx, make_pdf(tmp_path / "six.pdf", SIX))
+    sent: list[list[int]] = []
+    parts: list[pipeline.RenderResult] = []
+    sent_through = 0
+    while True:  # what workers.tasks does: each part's next_page is a new render task
+        parts.append(
+            pipeline.render_document(ctx, doc_id, on_chunk=sent.append, sent_through=sent_through)
+        )
+        for numbers in parts[-1].chunks:  # its encodes run meanwhile
+            pipeline.encode_pages(ctx, doc_id, numbers)
+        if parts[-1].next_page is None:
+            break
+        sent_through = parts[-1].next_page - 1
+        with ctx.session() as s:  # mid-way: processing, the total known, progress exact
+            doc = repo.get_document(s, doc_id)
+            assert doc is not None
+            assert (doc.status, doc.pages_total, doc.pages_done) == ("processing", 6, sent_through)
+
+    assert [p.next_page for p in parts] == [3, 5, None]
+    assert [p.chunks for p in parts] == [[[1, 2]], [[3, 4]], [[5, 6]]]
+    assert rendered == [1, 2, 3, 4, 5, 6]  # each page once
+    assert sent == [[1, 2], [3, 4], [5, 6]]  # each encode sent once
+    assert [n for n, _, _ in rows(ctx, doc_id)] == [1, 2, 3, 4, 5, 6]
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None
+        assert (doc.status, doc.pages_total, doc.pages_done) == ("ready", 6, 6)
+        assert "Page 5 of six" in doc.pages[4].text
+    assert len(list(ctx.store.list(PAGE_IMAGES))) == 6
+    assert len(ctx.backend.encoded) == 6 * len(ctx.backend.tier_tokens)  # type: ignore[attr-defined]
+
+
+def test_a_redriven_render_resumes_after_the_pages_stored(
+    budgeted: Context, rendered: list[int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two parts ran (pages 1-4); the encode of pages 3-4 and the third part were lost (a
+    broker restarted without its queue). The sweep's render (sent_through 0) renders only
+    pages 5-6, sends the lost encode again without rendering its pages, and the document ends
+    ready with exactly its pages, nothing encoded twice."""
+    ctx = budgeted
+    doc_id = upload(ctx, make_pdf(tmp_path / "six.pdf", SIX))
+    first = pipeline.render_document(ctx, doc_id)
+    pipeline.encode_pages(ctx, doc_id, first.chunks[0])
+    second = pipeline.render_document(ctx, doc_id, sent_through=2)
+    assert (first.next_page, second.next_page, second.chunks) == (3, 5, [[3, 4]])
+    before = rows(ctx, doc_id)
+    assert [n for n, _, _ in before] == [1, 2, 3, 4]
+    written: list[str] = []
+    put = ctx.store.put
+    monkeypatch.setattr(ctx.store, "put", lambda key, *a: (written.append(key), put(key, *a)))
+    rendered.clear()
+
+    ctx.settings.render_budget_s = 240  # the rest fits in one task now
+    sent: list[list[int]] = []
+    redriven = pipeline.render_document(ctx, doc_id, on_chunk=sent.append)
+    assert rendered == [5, 6]
+    assert sent == redriven.chunks == [[3, 4], [5, 6]] and redriven.next_page is None
+    after = rows(ctx, doc_id)
+    assert after[:4] == before  # the same rows, the same contents
+    assert written == [page_image_key(h) for n, _, h in after if n in (5, 6)]
+    for numbers in sent:
+        pipeline.encode_pages(ctx, doc_id, numbers)
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None
+        assert (doc.status, doc.pages_total, doc.pages_done) == ("ready", 6, 6)
+    assert [n for n, _, _ in rows(ctx, doc_id)] == [1, 2, 3, 4, 5, 6]
+    assert len(ctx.backend.encoded) == 6 * len(ctx.backend.tier_tokens)  # type: ignore[attr-defined]
+
+
+def test_two_deliveries_rendering_at_once_store_each_page_once(
+    budgeted: Context, tmp_path: Path
+) -> None:
+    """A render delivered twice (Redis restored its message while it still ran): the second
+    starts before the first stored anything, so both render pages 3-6; the pages are upserted
+    by (document, number), so each is one row, and the document ends ready, counted exactly."""
+    ctx = budgeted
+    ctx.settings.render_budget_s = 240
+    doc_id = upload(ctx, make_pdf(tmp_path / "six.pdf", SIX))
+    other: list[pipeline.RenderResult] = []
+
+    def first_chunk_stored(numbers: list[int]) -> None:
+        if not other:  # the other delivery runs whole now, resuming after page 2
+            other.append(pipeline.render_document(ctx, doc_id))
+
+    mine = pipeline.render_document(ctx, doc_id, on_chunk=first_chunk_stored)
+    assert mine.chunks == [[1, 2], [3, 4], [5, 6]]
+    # The other did not render pages 1-2; not knowing whether their encode was sent (its
+    # sent_through is 0), it sent it again, which encodes nothing twice.
+    assert other[0].chunks == [[1, 2], [3, 4], [5, 6]]
+    assert [n for n, _, _ in rows(ctx, doc_id)] == [1, 2, 3, 4, 5, 6]
+    for numbers in mine.chunks + other[0].chunks:
+        pipeline.encode_pages(ctx, doc_id, numbers)
+    assert len(ctx.backend.encoded) == 6 * len(ctx.backend.tier_tokens)  # type: ignore[attr-defined]
+    with ctx.session() as s:
+        doc = repo.get_document(s, doc_id)
+        assert doc is not None
+        assert (doc.status, doc.pages_total, doc.pages_done) == ("ready", 6, 6)
+
+
+def test_a_render_with_nothing_left_makes_a_fully_encoded_document_ready(
+    budgeted: Context, tmp_path: Path
+) -> None:
+    """Every page stored and encoded, yet the document processing (a re-driven render moved it
+    back while the last encode marked it ready): the next render renders and sends nothing, and
+    marks it ready."""
+    ctx = budgeted
+    ctx.settings.render_budget_s = 240
+    doc_id = upload(ctx, make_pdf(tmp_path / "two.pdf", SIX[:2]))
+    process(ctx, doc_id)
+    with ctx.session() as s:
+        repo.set_status(s, doc_id, "processing")
+    again = pipeline.render_document(ctx, doc_id)
+    assert (again.chunks, again.next_page, again.failed) == ([], None, False)
+    with ctx.session() as s:
+        assert repo.get_document(s, doc_id).status == "ready"  # type: ignore[union-attr]
+
+
+def test_stored_through_is_the_run_from_page_one() -> None:
+    assert pipeline.stored_through([]) == 0
+    assert pipeline.stored_through([2, 3]) == 0
+    assert pipeline.stored_through([1, 2, 3, 5, 6]) == 3
