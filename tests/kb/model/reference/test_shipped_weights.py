@@ -16,7 +16,7 @@ from kb.model.reference.processing_reference import decode, read_prompt
 from lab import textdata
 
 PINNED_VERSION = "reference-f08d13544978"
-PINNED_EXTRACTOR = "6411adc09ed2"  # kb/model/reference/weights/extractor.safetensors
+PINNED_EXTRACTOR = "ad297e0deb6a"  # kb/model/reference/weights/extractor.safetensors
 
 
 @pytest.fixture(scope="module")
