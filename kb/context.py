@@ -50,7 +50,10 @@ class Context:
 
                         torch.set_num_threads(self.settings.torch_threads)
                     self._backend = load_backend(
-                        self.settings.model, self.settings.model_path, self.settings.device
+                        self.settings.model,
+                        self.settings.model_path,
+                        self.settings.device,
+                        answer_threshold=self.settings.answer_threshold,
                     )
         return self._backend
 

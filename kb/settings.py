@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     model: Literal["reference", "deepseek-ocr2"] = "reference"
     model_path: Path | None = None  # weights directory or file; default: the shipped weights
     device: str = "cpu"
+    # The reference reader's "no answer" threshold; unset: the one calibrated into its weights
+    # file. Higher invents less and says "not found" more (docs/benchmarks.md measures 6.29).
+    answer_threshold: float | None = None
     # torch threads per process; unset = torch's default (every core). On a shared 2-core
     # machine one thread was measured several times faster (docs/benchmarks.md).
     torch_threads: int | None = Field(None, ge=1)

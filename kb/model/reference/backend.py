@@ -229,10 +229,12 @@ class ReferenceBackend(Backend):
         batch_size: int = 16,
         scorer: SentenceEmbedder | bool | None = None,
         extractor: fine.SpanExtractor | bool | None = None,
+        answer_threshold: float | None = None,
     ):
         if path is None and config is None and DEFAULT_WEIGHTS.is_file():
             path = DEFAULT_WEIGHTS
         self.device = torch.device(device)
+        self.answer_threshold = answer_threshold  # None: the extractor file's calibrated one
         self.batch_size = batch_size  # pages per encoder call: bounds activation memory at base
         if path is not None:
             if config is not None:
@@ -409,7 +411,10 @@ class ReferenceBackend(Backend):
         if self._extractor is None and self._extractor_path is not None:
             with self._extractor_lock:
                 if self._extractor is None:
-                    self._extractor = fine.SpanExtractor(self._extractor_path)
+                    reader = fine.SpanExtractor(self._extractor_path)
+                    if self.answer_threshold is not None:
+                        reader.threshold = self.answer_threshold
+                    self._extractor = reader
         return self._extractor
 
     def _extract(self, question: str, pages: list[ContextPage], packed: Packed) -> Answer:

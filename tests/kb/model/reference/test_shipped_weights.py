@@ -10,9 +10,11 @@ import random
 import pytest
 import torch
 
+from kb.model import load_backend
 from kb.model.base import NOT_FOUND, ContextPage
 from kb.model.reference.backend import DEFAULT_WEIGHTS, ReferenceBackend
 from kb.model.reference.processing_reference import decode, read_prompt
+from kb.settings import Settings
 from lab import textdata
 
 PINNED_VERSION = "reference-f08d13544978"
@@ -81,6 +83,18 @@ def test_the_readme_walk_through(backend: ReferenceBackend) -> None:
         top = max(range(3), key=lambda i: answer.page_scores[i])
         answers[question] = (answer.text, pages[top].label if answer.found else None)
     assert answers == PINNED_WALK_THROUGH
+
+
+def test_a_stricter_answer_threshold_is_a_setting(backend: ReferenceBackend) -> None:
+    """KB_ANSWER_THRESHOLD reaches the reader: at 6.29 (docs/benchmarks.md) the revenue
+    question the calibrated threshold answers is said not found."""
+    strict = load_backend("reference", answer_threshold=6.29)
+    assert isinstance(strict, ReferenceBackend)
+    pages = [text_page(strict, "Revenue in Q3 was 4.2 million euros.", "report")]
+    assert backend.answer("What was the revenue in Q3?", pages).found
+    assert not strict.answer("What was the revenue in Q3?", pages).found
+    assert strict.extractor is not None and strict.extractor.threshold == 6.29
+    assert Settings(answer_threshold=6.29).answer_threshold == 6.29
 
 
 PINNED_READ_BACK = "Expense claim\n\nThe next review of the research policy is expecte"
