@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from PIL import Image
+
+T = TypeVar("T")
 
 PageTensors = dict[str, torch.Tensor]
 
@@ -89,3 +91,13 @@ class Backend(Protocol):
         if answer.text:
             yield answer.text
         return answer
+
+
+def drain(stream: Generator[Any, None, T]) -> T:
+    """Run a generator to its end and return what it returns: ``answer`` written as its
+    ``answer_stream``, a decode loop as its steps, so that both forms are one path."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as done:
+            return done.value

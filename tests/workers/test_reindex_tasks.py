@@ -4,8 +4,6 @@ model version refuses a job, saying which versions and what to do."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,32 +14,17 @@ from kb import jobs, pipeline
 from kb.catalog import repo
 from kb.context import Context
 from kb.keys import page_image_key
-from kb.model.reference.backend import ReferenceBackend
-from kb.settings import Settings, get_settings
-from tests.kb.model.reference.conftest import tiny_config
 from tests.kb.test_pipeline import process, upload
 from tests.queues import RecordingQueue
 from tests.stack import make_pdf
+from tests.workers.tiny_tasks import tiny_tasks
 
 
 @pytest.fixture
 def tasks(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """workers.tasks with its context on a tiny model (a worker's, built by the test)."""
-    monkeypatch.setenv("KB_REDIS_URL", redis_url)
-    monkeypatch.setenv("KB_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    for name in ("workers.celery_app", "workers.tasks"):
-        sys.modules.pop(name, None)
-    module = importlib.import_module("workers.tasks")
-    ctx = Context(Settings(_env_file=None, data_dir=tmp_path / "data", render_chunk_pages=2))  # type: ignore[call-arg]
-    ctx._backend = ReferenceBackend(config=tiny_config())
-    module._ctx = ctx
-    try:
+    with tiny_tasks(redis_url, tmp_path, monkeypatch, render_chunk_pages=2) as module:
         yield module
-    finally:
-        ctx.close()
-        module._ctx = None
-        get_settings.cache_clear()
 
 
 def job(ctx: Context, job_id: str) -> tuple[str, str | None]:

@@ -4,8 +4,6 @@ worker would), and through the whole stack (`kb run`: a real Celery worker)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,37 +16,18 @@ from kb import priority
 from kb.catalog import repo
 from kb.catalog.models import Page
 from kb.context import Context
-from kb.model.reference.backend import ReferenceBackend
-from kb.settings import Settings, get_settings
-from tests.kb.model.reference.conftest import tiny_config
 from tests.kb.test_pipeline import upload
 from tests.stack import Stack, make_pdf, wait_document
+from tests.workers.tiny_tasks import tiny_tasks
 
 
 @pytest.fixture
 def tasks(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """workers.tasks with its context on a tiny model, rendering one chunk of 2 pages a task."""
-    monkeypatch.setenv("KB_REDIS_URL", redis_url)
-    monkeypatch.setenv("KB_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    for name in ("workers.celery_app", "workers.tasks"):
-        sys.modules.pop(name, None)
-    module = importlib.import_module("workers.tasks")
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path / "data",
-        render_chunk_pages=2,
-        render_budget_s=0,
-    )
-    ctx = Context(settings)
-    ctx._backend = ReferenceBackend(config=tiny_config())
-    module._ctx = ctx
-    try:
+    with tiny_tasks(
+        redis_url, tmp_path, monkeypatch, render_chunk_pages=2, render_budget_s=0
+    ) as module:
         yield module
-    finally:
-        ctx.close()
-        module._ctx = None
-        get_settings.cache_clear()
 
 
 def test_the_rest_of_a_document_goes_on_in_new_render_tasks(

@@ -55,7 +55,7 @@ from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from kb.model.base import Answer, Backend, ContextPage, PageTensors
+from kb.model.base import Answer, Backend, ContextPage, PageTensors, drain
 from kb.model.deepseek_ocr2.random_init import RANDOM_INIT_FILE
 
 log = logging.getLogger(__name__)
@@ -415,12 +415,7 @@ class DeepseekOcr2Backend(Backend):
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
-        stream = self.answer_stream(question, pages, max_new_tokens)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return cast(Answer, done.value)
+        return drain(self.answer_stream(question, pages, max_new_tokens))
 
     def answer_stream(
         self, question: str, pages: list[ContextPage], max_new_tokens: int = 128
@@ -584,12 +579,7 @@ class DeepseekOcr2Backend(Backend):
         scores: bool = True,
     ) -> tuple[list[int], list[float]]:
         """``_decode_steps`` run to its end: the new tokens and the page scores."""
-        steps = self._decode_steps(prefix, suffix, max_new_tokens, reused, prefix_s, scores)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return cast(tuple[list[int], list[float]], done.value)
+        return drain(self._decode_steps(prefix, suffix, max_new_tokens, reused, prefix_s, scores))
 
     def _decode_steps(
         self,

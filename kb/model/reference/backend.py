@@ -20,7 +20,7 @@ import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from PIL import Image
@@ -35,7 +35,7 @@ from kb.embed import (
     segments,
     terms,
 )
-from kb.model.base import NOT_FOUND, Answer, Backend, ContextPage, PageTensors
+from kb.model.base import NOT_FOUND, Answer, Backend, ContextPage, PageTensors, drain
 from kb.model.reference import extractor as fine
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import Memory, ReferenceModel
@@ -353,12 +353,7 @@ class ReferenceBackend(Backend):
         page is at the text tier (the optical tiers do not read yet: issue 9). Page scores are the
         start distribution's mass per page, the span's page first."""
         if not self.config.span_head:  # the byte decoder: one path, streamed or not
-            stream = self.answer_stream(question, pages, max_new_tokens)
-            while True:
-                try:
-                    next(stream)
-                except StopIteration as done:
-                    return cast(Answer, done.value)
+            return drain(self.answer_stream(question, pages, max_new_tokens))
         with torch.inference_mode():
             packed = self.packed(pages)
             memory = packed.memory

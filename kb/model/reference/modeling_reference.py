@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kb.model.base import drain
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.processing_reference import EOS, NEVER_GENERATED
 
@@ -793,12 +794,7 @@ class ReferenceModel(nn.Module):
     ) -> tuple[list[list[int]], torch.Tensor]:
         """The one greedy decoder (``decode_steps``) run to its end, for the service and the
         eval alike. Returns the new ids per row and the page scores (B, n_pages)."""
-        steps = self.decode_steps(prompts, memory, max_new, eos_id, suppress)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as end:
-                return cast(tuple[list[list[int]], torch.Tensor], end.value)
+        return drain(self.decode_steps(prompts, memory, max_new, eos_id, suppress))
 
     @torch.inference_mode()
     def decode_steps(
