@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from kb.settings import Settings
+from tests.api.in_process import app_client
 from tests.queues import RecordingQueue
 from tests.stack import ADMIN_KEY, API_KEY, make_pdf
 
@@ -32,14 +31,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(data_dir: Path, queue: RecordingQueue) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=data_dir,
-        api_key=API_KEY,
-        admin_key=ADMIN_KEY,
-        max_upload_mb=1,
-    )
-    with TestClient(create_app(settings, queue=queue)) as c:
+    with app_client(data_dir, queue, max_upload_mb=1) as c:
         yield c
 
 

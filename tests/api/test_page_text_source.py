@@ -10,26 +10,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from kb import pipeline
-from kb.settings import Settings
+from tests.api.in_process import app_client
 from tests.ingest.samples import make_scan
 from tests.ingest.test_ocr import LINES
-from tests.queues import RecordingQueue
-from tests.stack import ADMIN_KEY, API_KEY, make_pdf
+from tests.stack import API_KEY, make_pdf
 
 USER = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path_factory.mktemp("text-source") / "data",
-        api_key=API_KEY,
-        admin_key=ADMIN_KEY,
-    )
-    with TestClient(create_app(settings, queue=RecordingQueue())) as c:
+    with app_client(tmp_path_factory.mktemp("text-source") / "data") as c:
         yield c
 
 

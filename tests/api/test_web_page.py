@@ -22,12 +22,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.web import STATIC
 from ingest.tiers import TEXT, VISION_TIERS
-from kb.settings import Settings
+from tests.api.in_process import app_client
 from tests.conftest_services import unavailable
-from tests.queues import RecordingQueue
 from tests.stack import ADMIN_KEY, API_KEY, ROOT, Stack, make_pdf
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `make install` installs it
@@ -45,13 +43,7 @@ NOTE = "Meeting note\n\nThe board approved the new warehouse in Rotterdam.\n"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=tmp_path_factory.mktemp("web") / "data",
-        api_key=API_KEY,
-        admin_key=ADMIN_KEY,
-    )
-    with TestClient(create_app(settings, queue=RecordingQueue())) as c:
+    with app_client(tmp_path_factory.mktemp("web") / "data") as c:
         yield c
 
 
