@@ -123,7 +123,7 @@ def _pages(text: str) -> list[str]:
     return [p for p in pages if len(p) >= 300]
 
 
-def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
+def shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
     words = [w.lower() for w in _WORD.findall(text)]
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
@@ -157,11 +157,11 @@ def corpus(exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Every page of the sources, less those that share an 8-word run with ``exclude``."""
     banned: set[tuple[str, ...]] = set()
     for text in exclude:
-        banned |= _shingles(text)
+        banned |= shingles(text)
     out = []
     for text in _sources():
         for page in _pages(text):
-            if not (_shingles(page) & banned):
+            if not (shingles(page) & banned):
                 out.append(page)
     return tuple(out)
 

@@ -6,16 +6,20 @@
     python -m lab.train_extractor --config smoke     # the whole loop in seconds
 
 Each step draws fresh memories (``pages`` pages, no pool) and asks every fact they state, worded
-as people ask (textdata.paraphrase); a ``real`` share of the questions are cloze questions over
-real pages instead (lab.realtext: READMEs and docstrings that ship on the machine, never the
-natural-question documents). For each question the reader sees, as at inference, windows
-around segments (``extractor.window``): the answer's segment or a neighbour's (the answer then
-sits anywhere in the window), and windows that hold no answer, the hardest first: the segments
-whose words overlap the question most (kb.embed.lexical_scores, the coarse stage's lexical half)
-and, for questions about pages not in the memory, the best-scoring windows of the memory. Loss:
-cross-entropy of the answer's start and end token among the window's tokens, [CLS] for "no
-answer" (SQuAD 2.0). Held-out: every fact of unseen memories answered end to end (coarse stage
-by lexical score, the reader over the top windows), and absent questions said absent.
+as people ask (textdata.paraphrase); a ``people`` share of the question groups are questions
+people wrote over real documents (lab.qa: manuals, licences, specifications, READMEs; answered or
+not in the document), and a ``real`` share of the rest are cloze questions over real pages
+(lab.realtext: READMEs and docstrings that ship on the machine). Neither ever holds the
+natural-question documents (lab/natural), on which the reader is evaluated.
+
+For each question the reader sees, as at inference, windows around segments (``extractor.window``):
+the answer's segment or a neighbour's (the answer then sits anywhere in the window), and windows
+that hold no answer, the hardest first: the segments whose words overlap the question most
+(kb.embed.lexical_scores, the coarse stage's lexical half) and, for questions about pages not in the
+memory, the best-scoring windows of the memory. Loss: cross-entropy of the answer's start and end
+token among the window's tokens, [CLS] for "no answer" (SQuAD 2.0). Held-out: every fact of unseen
+memories answered end to end (coarse stage by lexical score, the reader over the top windows), and
+absent questions said absent.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from kb.model.reference.extractor import (
     Window,
     window,
 )
-from lab import realtext, textdata
+from lab import qa, realtext, textdata
 from lab.config import parse_config
 from lab.metrics import answer_matches
 
@@ -55,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
     "negatives": 12,  # windows without the answer per step
     "real": 0.6,  # share of questions that are cloze questions over real pages (lab.realtext)
+    "people": 0.35,  # share of questions written by people over real documents (lab.qa)
     "lr": 1e-4,
     "head_lr": 1e-3,
     "warmup": 30,
@@ -76,6 +81,7 @@ PRESETS = {
         "calibrate_memories": 1,
         "eval_pages": 2,
         "natural": False,
+        "people": 0.0,
         "init": "minilm",
     }
 }
@@ -116,9 +122,15 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
     out: list[Example] = []
     negatives: list[Example] = []
     while len(out) < cfg["questions"]:
-        if cfg["real"] and rng.random() < cfg["real"]:
+        draw = rng.random()
+        if cfg["people"] and draw < cfg["people"] and qa.documents(split):
+            doc = rng.choice(qa.documents(split))
+            pages = list(doc.pages)
+            chosen = rng.sample(doc.questions, min(6, len(doc.questions)))
+            asked: list[tuple[str, int, Span]] = [(q.question, q.page or 0, q.span) for q in chosen]
+        elif cfg["real"] and draw < cfg["people"] + (1 - cfg["people"]) * cfg["real"]:
             pages = list(rng.sample(real_pages(split), 3))
-            asked: list[tuple[str, int, Span]] = []
+            asked = []
             for _ in range(6):  # as many questions as a synthetic memory brings
                 i = rng.randrange(len(pages))
                 c = realtext.cloze(rng, pages[i])
@@ -216,6 +228,8 @@ def evaluate(model: SpanExtractor, cfg: dict[str, Any]) -> dict[str, float]:
     figures = {"answer": right / max(1, asked), "absent_ok": absent_ok / max(1, absent)}
     if cfg["natural"]:
         figures["natural_span"] = natural_span(model)
+    if cfg["people"]:
+        figures["people_span"] = people_span(model)
     model.train()
     return figures
 
@@ -237,6 +251,24 @@ def natural_span(model: SpanExtractor) -> float:
         right += got is not None and span_right(got, q["answer"])
     model.threshold = threshold
     return right / len(asked)
+
+
+def people_span(model: SpanExtractor) -> float:
+    """Share of the held-out lab.qa documents' answered questions whose span the reader picks
+    (no threshold), over every page of those documents."""
+    from lab.metrics import span_right
+
+    docs = qa.documents("heldout")
+    texts = [t for d in docs for t in d.pages]
+    wins, segs = memory_windows(texts)
+    asked = [q for d in docs for q in d.questions if q.answer]
+    threshold, model.threshold = model.threshold, float("-inf")
+    right = 0
+    for q in asked:
+        got = answer(model, q.question, texts, wins, segs)
+        right += got is not None and span_right(got, q.answer or "")
+    model.threshold = threshold
+    return right / max(1, len(asked))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,20 +353,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[str, float]]:
-    """The "no answer" threshold: over held-out memories (seeds apart from the evaluation's),
-    answered through the backend as the service answers (both coarse-stage halves, the shipped
-    reference weights), the threshold that gets the most questions right, an absent answer
-    counting as right when said absent. Returns it and the figures at it."""
+    """The "no answer" threshold: over held-out memories (seeds apart from the evaluation's;
+    and, when there are people's questions, one memory of the held-out lab.qa documents with all
+    their questions, answered or not), answered through the backend as the service answers (both
+    coarse-stage halves, the shipped reference weights), the threshold that gets the most
+    questions right, an absent answer counting as right when said absent. Returns it and the
+    figures at it."""
     from kb.model.base import ContextPage
     from kb.model.reference.backend import ReferenceBackend
 
     backend = ReferenceBackend(extractor=model)
     model.eval()
     rows: list[tuple[float, bool, bool]] = []  # (best score, answer right if given, absent)
-    for m in range(cfg["calibrate_memories"]):
+    people = bool(cfg["people"] and qa.documents("heldout"))
+    for m in range(cfg["calibrate_memories"] + people):
         rng = random.Random(f"kb-extractor-calibrate/{m}")
         size = cfg["eval_pages"] * (4 if m % 4 >= 2 else 1)  # more pages: more chance matches
-        if m % 2 and cfg["real"]:  # held-out real pages, cloze questions, some on other pages
+        if m == cfg["calibrate_memories"]:  # the held-out documents' questions written by people
+            docs = qa.documents("heldout")
+            texts = [t for d in docs for t in d.pages]
+            questions = [(q.question, q.answer) for d in docs for q in d.questions]
+        elif m % 2 and cfg["real"]:  # held-out real pages, cloze questions, some on other pages
             held = real_pages("heldout")
             texts = list(rng.sample(held, min(size, len(held) // 2)))
             others = [p for p in held if p not in texts]

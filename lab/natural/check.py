@@ -14,7 +14,14 @@ images are not rendered: only the text is needed). For every question this check
 It also notes, without failing, answers that occur on more than one page of their document.
 Prints each failure and a summary; exits 1 if anything failed.
 
-    /work/main/.venv/bin/python -m lab.natural.check
+    python -m lab.natural.check             # the evaluation set, lab/natural
+    python -m lab.natural.check lab/qa      # the training set written by people, lab/qa
+
+Another directory (``lab/qa``, the reader's training questions) has the same layout, its
+questions in every ``questions*.json`` there, and two more rules, so that it can be trained on
+while lab/natural stays unseen: no document shares an 8-word run with a lab/natural document,
+and an answer found more than once on its page carries a ``context``: a longer excerpt of the
+page, found on it once, that holds the answer once (where the reader is to copy it from).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from ingest.render import text_layer
 HERE = Path(__file__).resolve().parent
 DOCS = HERE / "docs"
 QUESTIONS = HERE / "questions.json"
-KINDS = {"licence", "manual", "spec"}
+KINDS = {"licence", "manual", "spec", "guide"}
 
 
 def squash(text: str) -> str:
@@ -43,16 +50,46 @@ def page_texts(path: Path) -> list[str]:
         return [text_layer(doc, doc.load_page(i)) for i in range(doc.page_count)]
 
 
-def main() -> int:
-    questions = json.loads(QUESTIONS.read_text(encoding="utf-8"))
-    pages = {p.name: [squash(t) for t in page_texts(p)] for p in sorted(DOCS.glob("*.txt"))}
+def load_questions(here: Path) -> list[dict]:
+    """Every question of a set: ``questions*.json`` in its directory, in file order."""
+    out: list[dict] = []
+    for path in sorted(here.glob("questions*.json")):
+        out += json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    here = Path(args[0]).resolve() if args else HERE
+    training = here != HERE
+    questions = load_questions(here)
+    paths = sorted((here / "docs").glob("*.txt"))
+    pages = {p.name: [squash(t) for t in page_texts(p)] for p in paths}
     failures: list[str] = []
     notes: list[str] = []
+    if training:
+        from lab.realtext import shingles
+
+        unseen: set[tuple[str, ...]] = set()
+        for p in sorted(DOCS.glob("*.txt")):
+            unseen |= shingles(p.read_text(encoding="utf-8"))
+        for p in paths:
+            shared = shingles(p.read_text(encoding="utf-8")) & unseen
+            if shared:
+                run = " ".join(next(iter(shared)))
+                failures.append(
+                    f"{p.name}: shares {len(shared)} 8-word runs with lab/natural: {run!r}"
+                )
+    fields = {"doc", "question", "answer", "page", "kind"}
     answered = absent = 0
     for i, q in enumerate(questions):
         where = f"#{i} ({q.get('doc')}): {q.get('question')!r}"
-        if set(q) != {"doc", "question", "answer", "page", "kind"} or q["kind"] not in KINDS:
-            failures.append(f"{where}: bad fields or kind: {sorted(q)} {q.get('kind')!r}")
+        extra = set(q) - fields
+        if not fields <= set(q) or extra - ({"context"} if training else set()):
+            failures.append(f"{where}: bad fields: {sorted(q)}")
+            continue
+        if q["kind"] not in KINDS:
+            failures.append(f"{where}: bad kind {q['kind']!r}, one of {sorted(KINDS)}")
             continue
         doc_pages = pages.get(q["doc"])
         if doc_pages is None:
@@ -73,6 +110,14 @@ def main() -> int:
             failures.append(f"{where}: {answer!r} not on page {q['page']} (found on {found})")
         elif len(found) > 1:
             notes.append(f"{where}: {answer!r} is on pages {found}")
+        if training and q["page"] in found:
+            text = doc_pages[q["page"] - 1]
+            context = squash(q.get("context") or "")
+            if context and (text.count(context) != 1 or context.count(answer) != 1):
+                failures.append(f"{where}: context not once on its page or answer not once in it")
+            elif not context and text.count(answer) > 1:
+                times = text.count(answer)
+                failures.append(f"{where}: {answer!r} is {times} times on its page: give a context")
     for note in notes:
         print("note:", note)
     for failure in failures:
