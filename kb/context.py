@@ -24,8 +24,13 @@ from kb.tensors import TensorCache
 
 
 class Context:
-    def __init__(self, settings: Settings, migrate: bool = True):
+    def __init__(
+        self, settings: Settings, migrate: bool = True, default_threads: int | None = None
+    ):
+        """``default_threads``: torch threads when KB_TORCH_THREADS is unset (None: torch's
+        own default, every core); a worker process passes its own (workers.tasks)."""
         self.settings = settings
+        self.torch_threads = settings.torch_threads or default_threads
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url
         if migrate:
@@ -45,10 +50,10 @@ class Context:
         if self._backend is None:
             with self._backend_lock:
                 if self._backend is None:
-                    if self.settings.torch_threads:
+                    if self.torch_threads:
                         import torch
 
-                        torch.set_num_threads(self.settings.torch_threads)
+                        torch.set_num_threads(self.torch_threads)
                     self._backend = load_backend(
                         self.settings.model,
                         self.settings.model_path,

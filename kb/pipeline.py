@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -24,6 +26,7 @@ from kb.catalog import repo
 from kb.catalog.models import DocumentStatus, Job, JobStatus, Page
 from kb.context import Context
 from kb.keys import page_image_key as page_image_key  # re-exported (lab.bench)
+from kb.model.base import PageTensors
 from kb.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
@@ -162,8 +165,35 @@ def fail_document(ctx: Context, document_id: str, error: str) -> None:
         repo.set_status(s, document_id, DocumentStatus.FAILED, error=error)
 
 
-def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) -> None:
-    """Write tensors for every tier of these pages under the current model version."""
+class Stages:
+    """Seconds per stage of a task, summed (``with stages("base"): ...``), for its log line."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={s:.3f}" for name, s in self.seconds.items())
+
+
+def _encode_missing(
+    ctx: Context, pages: Iterable[Page], force: bool = False, stages: Stages | None = None
+) -> None:
+    """Write tensors for every tier of these pages under the current model version.
+
+    The writes (safetensors bytes to the store: a file and its fsync, or an S3 PUT) wait on
+    I/O, so a thread does them while the model encodes the next batch; every write has
+    succeeded when this returns, and the first that failed is raised, so a caller marks pages
+    encoded only once their tensors are stored.
+    """
+    stage = stages or Stages()
     backend = ctx.backend
     version = backend.version
     by_hash = {p.content_hash: p for p in pages}  # identical pages: encode once
@@ -171,32 +201,49 @@ def _encode_missing(ctx: Context, pages: Iterable[Page], force: bool = False) ->
 
     def image(p: Page) -> Image.Image:
         if p.content_hash not in images:
-            with Image.open(BytesIO(ctx.store.get(p.image_key))) as im:
+            with stage("load"), Image.open(BytesIO(ctx.store.get(p.image_key))) as im:
                 images[p.content_hash] = im.convert("RGB")
         return images[p.content_hash]
 
-    # The text tier first: the exact memory of the newest and pinned pages (kb.packer).
-    todo = [
-        p
-        for h, p in by_hash.items()
-        if p.text.strip() and (force or not ctx.tensors.exists(version, TEXT, h))
-    ]
-    for i in range(0, len(todo), ENCODE_BATCH):
-        batch = todo[i : i + ENCODE_BATCH]
-        with ctx.model_lock:
-            outs = backend.encode_text([p.text for p in batch])
-        for p, tensors in zip(batch, outs, strict=True):
-            if tensors:  # a backend that reads the text itself at question time caches nothing
-                ctx.tensors.put(version, TEXT, p.content_hash, tensors)
-    for tier in backend.tier_tokens:
-        todo = [p for h, p in by_hash.items() if force or not ctx.tensors.exists(version, tier, h)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-tensor-put") as writer:
+        writes: list[Future[None]] = []
+
+        def put(tier: str, content_hash: str, tensors: PageTensors) -> None:
+            writes.append(writer.submit(ctx.tensors.put, version, tier, content_hash, tensors))
+
+        # The text tier first: the exact memory of the newest and pinned pages (kb.packer).
+        with stage("exists"):
+            todo = [
+                p
+                for h, p in by_hash.items()
+                if p.text.strip() and (force or not ctx.tensors.exists(version, TEXT, h))
+            ]
         for i in range(0, len(todo), ENCODE_BATCH):
             batch = todo[i : i + ENCODE_BATCH]
-            tier_images = [ingest.tier_image(image(p), tier) for p in batch]
-            with ctx.model_lock:
-                outs = backend.encode(tier_images, tier)
+            with stage(TEXT), ctx.model_lock:
+                outs = backend.encode_text([p.text for p in batch])
             for p, tensors in zip(batch, outs, strict=True):
-                ctx.tensors.put(version, tier, p.content_hash, tensors)
+                if tensors:  # a backend that reads the text at question time caches nothing
+                    put(TEXT, p.content_hash, tensors)
+        for tier in backend.tier_tokens:
+            with stage("exists"):
+                todo = [
+                    p
+                    for h, p in by_hash.items()
+                    if force or not ctx.tensors.exists(version, tier, h)
+                ]
+            for i in range(0, len(todo), ENCODE_BATCH):
+                batch = todo[i : i + ENCODE_BATCH]
+                sources = [image(p) for p in batch]
+                with stage("resize"):
+                    tier_images = [ingest.tier_image(im, tier) for im in sources]
+                with stage(tier), ctx.model_lock:
+                    outs = backend.encode(tier_images, tier)
+                for p, tensors in zip(batch, outs, strict=True):
+                    put(tier, p.content_hash, tensors)
+        with stage("put_wait"):  # what the writes still took once the model was done
+            for write in writes:
+                write.result()
 
 
 def encode_pages(ctx: Context, document_id: str, numbers: list[int]) -> tuple[int, int | None]:
@@ -213,13 +260,16 @@ def encode_pages(ctx: Context, document_id: str, numbers: list[int]) -> tuple[in
         pages = [p for p in doc.pages if p.number in set(numbers)]
         todo = [p for p in pages if p.encoded_version != version]
         s.expunge_all()
+    stages = Stages()
     if todo:
-        _encode_missing(ctx, todo)
-    with ctx.session() as s:
+        _encode_missing(ctx, todo, stages=stages)
+    with stages("catalog"), ctx.session() as s:
         repo.mark_pages_encoded(s, [p.id for p in todo], version)
         counts = repo.record_pages_done(s, document_id)
         if counts is not None and counts[1] is not None and counts[0] >= counts[1]:
             repo.set_status(s, document_id, DocumentStatus.READY)
+    # Where a chunk's time goes (summed by lab.bench_ingest): seconds per stage.
+    log.info("encode stages: pages=%d %s", len(todo), stages)
     if counts is None:  # deleted while encoding: the tensors just written are garbage
         objects.collect(ctx, (p.content_hash for p in todo))
         return 0, None

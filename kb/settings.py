@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     # The reference reader's "no answer" threshold; unset: the one calibrated into its weights
     # file. Higher invents less and says "not found" more (docs/benchmarks.md measures 6.29).
     answer_threshold: float | None = None
-    # torch threads per process; unset = torch's default (every core). On a shared 2-core
-    # machine one thread was measured several times faster (docs/benchmarks.md).
+    # torch threads per process; unset = torch's default (every core) in the API, one in each
+    # worker process (workers.tasks). On a shared 2-core machine one thread was measured
+    # several times faster (docs/benchmarks.md); more cores: more worker processes.
     torch_threads: int | None = Field(None, ge=1)
     # How pages without a text layer (scans, photos) get their text tier: Tesseract OCR at
     # render time (~1 s a page on one core, docs/benchmarks.md), or "off": an empty text tier.

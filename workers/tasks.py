@@ -70,6 +70,13 @@ REINDEX_BATCH = 16
 # document. Twice in a row is the document itself: the next delivery fails it instead of
 # killing the worker a third time.
 WORKER_LOSSES_ALLOWED = 2
+# torch threads of a worker process unless KB_TORCH_THREADS says otherwise: one. A worker's
+# model calls are many short ones (a text page, a batch of 8 small renders), and every parallel
+# op ends at a barrier where each thread waits for the slowest: on the 2-core machine shared
+# with a training run, two threads made ingest 2.6 times slower than one (0.55 against 1.41
+# pages/s, docs/benchmarks.md, "Ingest end to end"). More cores: more worker processes
+# (KB_WORKER_CONCURRENCY), which never wait on each other.
+WORKER_TORCH_THREADS = 1
 
 _ctx: Context | None = None
 _redis: redis.Redis | None = None
@@ -78,7 +85,7 @@ _redis: redis.Redis | None = None
 def ctx() -> Context:
     global _ctx
     if _ctx is None:
-        _ctx = Context(get_settings(), migrate=False)
+        _ctx = Context(get_settings(), migrate=False, default_threads=WORKER_TORCH_THREADS)
     return _ctx
 
 

@@ -181,6 +181,53 @@ def test_torch_threads_setting_applies_when_the_model_loads(tmp_path: Path) -> N
         torch.set_num_threads(before)
 
 
+def test_a_workers_default_threads_give_way_to_the_setting(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        c = Context(Settings(data_dir=tmp_path / "d"), default_threads=1)  # as a worker
+        c.backend  # noqa: B018
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        c = Context(Settings(data_dir=tmp_path / "e", torch_threads=2), default_threads=1)
+        c.backend  # noqa: B018
+        assert torch.get_num_threads() == 2  # KB_TORCH_THREADS wins
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_failed_tensor_write_leaves_the_pages_to_encode_again(
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tensors are written by a thread while the model goes on: a write that fails still fails
+    the chunk, and no page of it is marked encoded, so the task's retry encodes them again."""
+    pdf = make_pdf(tmp_path / "two.pdf", ["Write failure one.", "Write failure two."])
+    doc_id = upload(ctx, pdf)
+    chunks: list[list[int]] = []
+    pipeline.render_document(ctx, doc_id, on_chunk=chunks.append)
+    real_put = ctx.tensors.put
+    calls = []
+
+    def failing_put(version: str, tier: str, page_hash: str, tensors: object) -> None:
+        calls.append(tier)
+        if len(calls) == 3:
+            raise ConnectionError("the store went away")
+        real_put(version, tier, page_hash, tensors)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ctx.tensors, "put", failing_put)
+    with pytest.raises(ConnectionError):
+        pipeline.encode_pages(ctx, doc_id, chunks[0])
+    with ctx.session() as s:
+        assert [p.encoded_version for p in repo.get_document(s, doc_id).pages] == [None, None]
+    monkeypatch.setattr(ctx.tensors, "put", real_put)
+    with caplog.at_level("INFO", logger="kb.pipeline"):
+        assert pipeline.encode_pages(ctx, doc_id, chunks[0]) == (2, 2)
+    stages = next(r.getMessage() for r in caplog.records if "encode stages" in r.getMessage())
+    assert "pages=2" in stages and "put_wait=" in stages, stages
+
+
 def test_a_scan_gets_its_text_tier_by_ocr(ctx: Context, tmp_path: Path) -> None:
     ocr = ctx._ocr = CountingReader()  # the real engine, counting (ctx.ocr loads it otherwise)
     scan = upload(ctx, make_scan(tmp_path / "scan.png", LINES))
