@@ -59,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
     "negatives": 12,  # windows without the answer per step
     "real": 0.6,  # share of questions that are cloze questions over real pages (lab.realtext)
-    "people": 0.35,  # share of questions written by people over real documents (lab.qa)
+    "people": 0.5,  # share of questions written by people over real documents (lab.qa)
+    "layers": 0,  # MiniLM's top layers trained: 0 = as the file it starts from (3 for "minilm")
     "lr": 1e-4,
     "head_lr": 1e-3,
     "warmup": 30,
@@ -279,8 +280,22 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
     model = SpanExtractor()
-    model.freeze()
+    if cfg["layers"]:
+        model.layers = cfg["layers"]
     step, minutes_before = 0, 0.0
+    # (before the optimizer is made: what it starts from may train more layers)
+    if cfg["resume"] or cfg["export"]:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        n = model.encoder.config.num_hidden_layers
+        held = {int(k.split(".")[3]) for k in ckpt["model"] if k.startswith("encoder.")}
+        model.layers = max(model.layers, n - min(held, default=n))
+    elif cfg["init"] == "shipped":
+        model.load(WEIGHTS)
+        step = int(model.metadata.get("step", "0"))
+        minutes_before = float(model.metadata.get("minutes", "0"))
+    elif cfg["init"] != "minilm":
+        raise SystemExit(f"--init: 'shipped' or 'minilm', not {cfg['init']!r}")
+    model.freeze()
     names = model.trained_names()
     params = dict(model.named_parameters())
     groups = [
@@ -289,16 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
     if cfg["resume"] or cfg["export"]:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"], strict=False)
         opt.load_state_dict(ckpt["opt"])
         step, minutes_before = ckpt["step"], ckpt["minutes"]
-    elif cfg["init"] == "shipped":
-        model.load(WEIGHTS)
-        step = int(model.metadata.get("step", "0"))
-        minutes_before = float(model.metadata.get("minutes", "0"))
-    elif cfg["init"] != "minilm":
-        raise SystemExit(f"--init: 'shipped' or 'minilm', not {cfg['init']!r}")
     if cfg["export"]:
         export(model, out, step, minutes_before, cfg)
         return

