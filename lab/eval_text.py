@@ -53,7 +53,7 @@ from kb.model.reference.processing_reference import decode, read_prompt
 from lab import data, textdata
 from lab.metrics import answer_matches as exact
 from lab.metrics import collapse_whitespace as squash
-from lab.metrics import precision, span_right
+from lab.metrics import precision, span_right, token_f1
 from lab.natural.check import QUESTIONS as NATURAL_QUESTIONS
 from lab.natural.check import page_texts
 
@@ -232,6 +232,7 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
                 "absent": False,
                 "exact": exact(answer.text, q["answer"]),
                 "span": span_right(answer.text, q["answer"]),
+                "f1": token_f1(answer.text, q["answer"]) if answer.found else 0.0,
                 "cited": top == gold and answer.found,
                 "read": read_by_reader(backend, q["question"], q["answer"], ctx, gold),
                 "question": q["question"],
@@ -247,6 +248,7 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
         "questions": len(answered),
         "span_right": sum(r["span"] for r in answered) / len(answered),
         "exact": sum(r["exact"] for r in answered) / len(answered),
+        "f1": sum(r["f1"] for r in answered) / len(answered),
         "cited_first": sum(r["cited"] for r in answered) / len(answered),
         "answer_in_read_windows": sum(r["read"] for r in answered) / len(answered),
         "absent_questions": len(absent),
@@ -353,6 +355,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if "natural" in report:
         table.add_row("natural: invented when absent", f"{report['natural']['invented']:.1%}", "")
         table.add_row("natural: exact", f"{report['natural']['exact']:.1%}", "")
+        table.add_row("natural: token F1 (SQuAD)", f"{report['natural']['f1']:.1%}", "")
     if "cross" in report:
         table.add_row("cross-document", f"{report['cross']['accuracy']:.1%}", "(honest)")
     for n, row in report.get("speed", {}).items():

@@ -2,10 +2,16 @@
 
 - precision = max(0, 1 - edit distance / reference length), in characters, after collapsing runs
   of whitespace on both sides (line breaks of a layout are not content); Fox-style read-back;
-- an answer is right when it equals the expected one after collapsing whitespace, ignoring case.
+- an answer is right when it equals the expected one after collapsing whitespace, ignoring case;
+- SQuAD's token F1 of an answer against the expected span (its normalisation: lower case, no
+  punctuation, no articles), the partial credit extractive QA reports beside exact match.
 """
 
 from __future__ import annotations
+
+import re
+import string
+from collections import Counter
 
 from rapidfuzz.distance import Levenshtein
 
@@ -46,3 +52,25 @@ def span_right(answer: str, expected: str) -> bool:
     a = collapse_whitespace(answer).casefold()
     e = collapse_whitespace(expected).casefold()
     return a == e or (e in a and len(a) <= 2 * len(e) + 10)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def squad_tokens(text: str) -> list[str]:
+    """SQuAD's answer normalisation (its evaluate-v2.0.py), as tokens."""
+    return _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split()
+
+
+def token_f1(answer: str, expected: str) -> float:
+    """SQuAD's token F1: the harmonic mean of the precision and recall of the answer's tokens
+    against the expected span's, after squad_tokens; 1.0 when both are empty."""
+    got, want = squad_tokens(answer), squad_tokens(expected)
+    if not got or not want:
+        return float(got == want)
+    common = sum((Counter(got) & Counter(want)).values())
+    if common == 0:
+        return 0.0
+    p, r = common / len(got), common / len(want)
+    return 2 * p * r / (p + r)

@@ -79,6 +79,16 @@ def test_text_tokens_and_buckets():
     assert names == ["short"] + [f"{lo}-{lo + 100}" for lo in range(600, 1300, 100)]
 
 
+def test_token_f1_is_squads():
+    from lab.metrics import token_f1
+
+    assert token_f1("three years", "at least three years") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert token_f1("The 44-byte header", "44-byte header") == 1.0  # article, punctuation
+    assert token_f1("60 days", "30 days") == 0.5
+    assert token_f1("Rotterdam", "Lisbon") == 0.0
+    assert token_f1("", "") == 1.0 and token_f1("a", "x") == 0.0
+
+
 def test_answer_matching_ignores_case_and_whitespace_only():
     assert kb_eval.answer_matches("  maria   OKAFOR\n", "Maria Okafor")
     assert not kb_eval.answer_matches("Maria Okafor.", "Maria Okafor")
