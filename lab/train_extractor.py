@@ -24,6 +24,7 @@ absent questions said absent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -113,6 +114,12 @@ def memory_windows(texts: list[str]) -> tuple[list[Window], list[str]]:
     return wins, segs
 
 
+@functools.cache
+def document_windows(doc: qa.Document) -> tuple[list[Window], list[str]]:
+    """memory_windows of a lab.qa document, made once: a step draws the same ones again."""
+    return memory_windows(list(doc.pages))
+
+
 Span = tuple[int, int] | None
 Example = tuple[str, str, Span]
 
@@ -126,7 +133,7 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
         draw = rng.random()
         if cfg["people"] and draw < cfg["people"] and qa.documents(split):
             doc = rng.choice(qa.documents(split))
-            pages = list(doc.pages)
+            wins, segs = document_windows(doc)
             chosen = rng.sample(doc.questions, min(6, len(doc.questions)))
             asked: list[tuple[str, int, Span]] = [(q.question, q.page or 0, q.span) for q in chosen]
         elif cfg["real"] and draw < cfg["people"] + (1 - cfg["people"]) * cfg["real"]:
@@ -137,6 +144,7 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
                 c = realtext.cloze(rng, pages[i])
                 if c is not None:
                     asked.append((c.question, i, (c.start, c.end)))
+            wins, segs = memory_windows(pages)
         else:
             mem = textdata.memory_sample(rng, split, cfg["pages"], max_questions=6, absent=2)
             pages = mem.pages
@@ -144,7 +152,7 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
                 (q.question, q.page, char_span(pages[q.page], q.start, q.end) if q.answer else None)
                 for q in mem.questions
             ]
-        wins, segs = memory_windows(pages)
+            wins, segs = memory_windows(pages)
         for question, page, span in asked:
             scores = lexical_scores(question, segs).tolist()
             order = sorted(range(len(wins)), key=lambda k: -scores[k])
@@ -235,41 +243,37 @@ def evaluate(model: SpanExtractor, cfg: dict[str, Any]) -> dict[str, float]:
     return figures
 
 
-def natural_span(model: SpanExtractor) -> float:
-    """Share of lab/natural's questions whose answer span the reader picks (no threshold),
-    over every page of its documents: a curve to watch, never a training signal."""
-    from lab.eval_text import NATURAL_DOCS, NATURAL_QUESTIONS
+def span_share(model: SpanExtractor, texts: list[str], asked: list[tuple[str, str]]) -> float:
+    """Share of (question, expected span) whose span the reader picks over one memory of
+    ``texts`` (coarse stage by words only, no threshold): a curve to watch, never a signal."""
     from lab.metrics import span_right
+
+    wins, segs = memory_windows(texts)
+    threshold, model.threshold = model.threshold, float("-inf")
+    right = 0
+    for question, expected in asked:
+        got = answer(model, question, texts, wins, segs)
+        right += got is not None and span_right(got, expected)
+    model.threshold = threshold
+    return right / max(1, len(asked))
+
+
+def natural_span(model: SpanExtractor) -> float:
+    """span_share over lab/natural: every page of its documents, its answered questions."""
+    from lab.eval_text import NATURAL_DOCS, NATURAL_QUESTIONS
     from lab.natural.check import page_texts
 
     texts = [t for p in sorted(NATURAL_DOCS.glob("*.txt")) for t in page_texts(p)]
-    wins, segs = memory_windows(texts)
-    asked = [q for q in json.loads(NATURAL_QUESTIONS.read_text()) if q["answer"]]
-    threshold, model.threshold = model.threshold, float("-inf")
-    right = 0
-    for q in asked:
-        got = answer(model, q["question"], texts, wins, segs)
-        right += got is not None and span_right(got, q["answer"])
-    model.threshold = threshold
-    return right / len(asked)
+    questions = json.loads(NATURAL_QUESTIONS.read_text())
+    asked = [(q["question"], q["answer"]) for q in questions if q["answer"]]
+    return span_share(model, texts, asked)
 
 
 def people_span(model: SpanExtractor) -> float:
-    """Share of the held-out lab.qa documents' answered questions whose span the reader picks
-    (no threshold), over every page of those documents."""
-    from lab.metrics import span_right
-
+    """span_share over the held-out lab.qa documents and their answered questions."""
     docs = qa.documents("heldout")
-    texts = [t for d in docs for t in d.pages]
-    wins, segs = memory_windows(texts)
-    asked = [q for d in docs for q in d.questions if q.answer]
-    threshold, model.threshold = model.threshold, float("-inf")
-    right = 0
-    for q in asked:
-        got = answer(model, q.question, texts, wins, segs)
-        right += got is not None and span_right(got, q.answer or "")
-    model.threshold = threshold
-    return right / max(1, len(asked))
+    asked = [(q.question, q.answer) for d in docs for q in d.questions if q.answer]
+    return span_share(model, [t for d in docs for t in d.pages], asked)
 
 
 def main(argv: list[str] | None = None) -> None:
