@@ -194,8 +194,23 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert [r["n"] for r in speed["latency"]] == [1, 10]
     assert all(r["median_s"] > 0 for r in speed["latency"])
 
+    # The seeds' thesis: the same needles over the same pages at the text tier and at tiny.
+    thesis = written["thesis"]
+    assert thesis["tiers"] == ["text", "tiny"]
+    row = thesis["results"]["10"]
+    for tier in ("text", "tiny"):
+        assert row[tier]["questions"] == 3
+        assert 0.0 <= row[tier]["accuracy"] <= 1.0 and row[tier]["median_s"] > 0
+        assert row[tier]["kv_bytes"] == row[tier]["memory_tokens"] * (
+            backend.config.n_layers * 2 * backend.config.d_model * 2
+        )
+    assert row["tiny"]["memory_tokens"] == 10 * backend.tier_tokens["tiny"]
+    assert row["compression"] == pytest.approx(
+        row["text"]["memory_tokens"] / row["tiny"]["memory_tokens"], abs=0.01
+    )
+
     goals = {g["goal"]: g for g in written["goals"]}
-    assert len(goals) == 5
+    assert len(goals) == 6
     assert all(g["met"] is None for g in goals.values() if g["measured"] is None)
 
     # Pool pages are encoded once per tier and model version, then read from the cache.
