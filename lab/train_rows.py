@@ -1,0 +1,303 @@
+"""Teach the vision encoder to read: a row reader trained with CTC over a tier's tokens.
+
+    python -m lab.train_rows --max_minutes 60            # from the shipped reference weights
+    python -m lab.train_rows --resume                    # go on from out_dir/ckpt.pt
+    python -m lab.train_rows --config smoke              # the whole loop in seconds
+
+Issue 9, point 1: an ordered, character-level target that reaches the encoder. The vision
+tokens of a page form a g x g grid of cells (one token per 64 x 64 pixels of the tier's render).
+The target of a row of cells is the text of the lines whose vertical centre lies in it, top to
+bottom, each line's words left to right (``row_targets``, from the data engine's word boxes). The
+reader (``RowReader``) turns each token into ``strips`` x ``slots`` feature vectors (a strip: a
+horizontal band of the cell, about one line high) and lays a row out in the order a line is read
+when no two lines share a strip: strip by strip, and within a strip cell by cell, left to right.
+A 1D convolution over that sequence and a byte classifier give CTC's per-position distribution
+(class 0, the NUL byte, is the blank). The encoder is trained with it, from the shipped weights:
+the tokens must come to hold their cells' characters in order, which is what a read-back from
+the optical memory needs (DeepSeek-OCR's "the vision tokens can be decoded back to text").
+
+Held-out: greedy CTC decoding of every row of held-out pages, the rows joined by a space, scored
+against the row targets joined the same way with the eval's character precision (1 - edit
+distance / reference length, whitespace collapsed): the curve against training minutes is in
+out_dir/log.jsonl. The reader is a lab head; the encoder it trains changes the stored tensors, so
+it ships only with new reference weights, when ``make eval`` shows them better.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ingest.tiers import CANONICAL, get_tier
+from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model
+from kb.model.reference.configuration_reference import ReferenceConfig
+from lab import data
+from lab.config import parse_config
+from lab.metrics import precision
+
+DEFAULTS: dict[str, Any] = {
+    "out_dir": "data/train/rows",
+    "cache_dir": "data/train/rows-pool",
+    "tier": "base",
+    "max_minutes": 60.0,
+    "max_steps": 0,
+    "resume": False,
+    "init": "shipped",  # "shipped" reference weights, or "random" (tests: a tiny config)
+    "train_documents": 400,  # one-page training documents in the pool (rendered once)
+    "heldout_documents": 12,
+    "batch": 4,  # pages per step
+    "strips": 8,  # bands per cell: at base 8 px of the canonical render, under a line's height
+    "slots": 8,  # CTC positions per strip and cell: a cell line holds ~5-9 characters at base
+    "hidden": 96,
+    "lr": 3e-4,  # the reader
+    "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
+    "warmup": 50,
+    "weight_decay": 0.01,
+    "threads": 1,
+    "eval_every": 10.0,  # minutes
+    "seed": 0,
+}
+PRESETS = {
+    "smoke": {
+        "init": "random",
+        "tier": "gist",
+        "max_steps": 3,
+        "train_documents": 2,
+        "heldout_documents": 1,
+        "batch": 1,
+        "strips": 2,
+        "slots": 4,
+        "hidden": 16,
+        "eval_every": 1e9,
+    }
+}
+BLANK = 0  # the NUL byte never occurs in page text
+
+
+class RowReader(nn.Module):
+    """Tokens (B, g*g, D) of one tier -> CTC log-probabilities per row of cells.
+
+    Each token becomes strips x slots vectors; a row's sequence is ordered (strip, cell, slot):
+    the order in which a row's lines are read when each line lies within one strip."""
+
+    def __init__(self, d_model: int, strips: int, slots: int, hidden: int):
+        super().__init__()
+        self.strips, self.slots, self.hidden = strips, slots, hidden
+        self.expand = nn.Linear(d_model, strips * slots * hidden)
+        self.mix = nn.Conv1d(hidden, hidden, kernel_size=5, padding=2)
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, 256)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, g*g, D) -> log-probs (T, B*g, 256), T = strips * g * slots, rows in raster order."""
+        B, n, _ = tokens.shape
+        g = int(round(n**0.5))
+        if g * g != n:
+            raise ValueError(f"{n} tokens are not a square grid")
+        x = self.expand(tokens).view(B, g, g, self.strips, self.slots, self.hidden)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(B * g, self.strips * g * self.slots, self.hidden)
+        x = x + F.gelu(self.mix(x.transpose(1, 2))).transpose(1, 2)  # (B*g, T, h)
+        logits = self.out(self.norm(x))  # (B*g, T, 256)
+        return F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B*g, 256)
+
+
+def lines_of(words: list) -> list[tuple[float, str]]:
+    """Word boxes (x0, y0, x1, y1, word) -> lines (vertical centre, text), top to bottom: words
+    whose centres lie within half a word height of a line's first word join it, left to right."""
+    boxes = sorted(words, key=lambda w: ((w[1] + w[3]) / 2, w[0]))
+    lines: list[tuple[float, float, list]] = []  # (centre, height, words)
+    for w in boxes:
+        cy, h = (w[1] + w[3]) / 2, max(1.0, w[3] - w[1])
+        if lines and abs(cy - lines[-1][0]) <= 0.5 * min(h, lines[-1][1]):
+            lines[-1][2].append(w)
+        else:
+            lines.append((cy, h, [w]))
+    return [
+        (cy, " ".join(str(w[4]) for w in sorted(ws, key=lambda w: w[0]))) for cy, _, ws in lines
+    ]
+
+
+def row_targets(words: list, grid: int) -> list[str]:
+    """Per row of a grid x grid token layout of the canonical render, the text of the lines
+    whose vertical centre lies in it, top to bottom, joined by a space."""
+    rows: list[list[str]] = [[] for _ in range(grid)]
+    for cy, text in lines_of(words):
+        rows[min(grid - 1, max(0, int(cy * grid / CANONICAL.size)))].append(text)
+    return [" ".join(r) for r in rows]
+
+
+def encode_targets(texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Row texts -> concatenated UTF-8 targets, lengths, and how many bytes were cut to fit the
+    CTC input (a row longer than the input can hold cannot be aligned)."""
+    out, lengths, cut = [], [], 0
+    for text in texts:
+        b = [c for c in text.encode("utf-8") if c != BLANK][:limit]
+        cut += max(0, len(text.encode("utf-8")) - len(b))
+        out += b
+        lengths.append(len(b))
+    return torch.tensor(out, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), cut
+
+
+def greedy(log_probs: torch.Tensor) -> list[str]:
+    """(T, N, 256) -> per sequence the best path with repeats merged and blanks removed."""
+    best = log_probs.argmax(-1).T.tolist()  # (N, T)
+    out = []
+    for seq in best:
+        kept, prev = [], BLANK
+        for c in seq:
+            if c != prev and c != BLANK:
+                kept.append(c)
+            prev = c
+        out.append(bytes(kept).decode("utf-8", errors="replace"))
+    return out
+
+
+def pixels_of(pool: data.Pool, tier: str, pages: list[int]) -> torch.Tensor:
+    """The pages' tier renders as the encoder's input: ink = 1, paper = 0, (b, 1, S, S)."""
+    raw = torch.from_numpy(np.stack([pool.tiers[tier][p] for p in pages]))
+    return 1.0 - raw.float()[:, None] / 255.0
+
+
+def step_loss(model, reader: RowReader, pool: data.Pool, tier: str, pages: list[int]):
+    """Mean CTC loss per target byte over the rows of ``pages``, and the bytes cut."""
+    tokens = model.encode_images(pixels_of(pool, tier, pages), tier)  # (b, g*g, D)
+    log_probs = reader(tokens)  # (T, b*g, 256)
+    g = get_tier(tier).grid
+    texts = [t for p in pages for t in row_targets(pool.words[p], g)]
+    targets, lengths, cut = encode_targets(texts, log_probs.shape[0] // 2)
+    inputs = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
+    loss = F.ctc_loss(log_probs, targets, inputs, lengths, blank=BLANK, reduction="sum")
+    return loss / max(1, int(lengths.sum())), cut
+
+
+@torch.no_grad()
+def evaluate(model, reader: RowReader, pool: data.Pool, tier: str) -> dict[str, Any]:
+    """Held-out pages read row by row: mean character precision of the page (rows joined by a
+    space) against its row targets joined the same way, and one example."""
+    model.eval()
+    reader.eval()
+    g = get_tier(tier).grid
+    scores, example = [], {}
+    for p in range(len(pool.texts)):
+        truth = " ".join(t for t in row_targets(pool.words[p], g) if t)
+        if not truth.strip():
+            continue
+        rows = greedy(reader(model.encode_images(pixels_of(pool, tier, [p]), tier)))
+        read = " ".join(r for r in rows if r)
+        scores.append(precision(read, truth))
+        if not example:
+            example = {"truth": truth[:160], "read": read[:160]}
+    model.train()
+    reader.train()
+    return {"precision": round(float(np.mean(scores)), 4) if scores else None, "example": example}
+
+
+def build(cfg: dict[str, Any], split: str, documents: int) -> data.Pool:
+    spec = data.PoolSpec(
+        split=split, documents=documents, needles=0, fillers=0, cross_sets=0, max_pages=1
+    )
+    return data.build_pool(spec, cfg["cache_dir"], (cfg["tier"],), workers=1, log=lambda m: None)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = parse_config(DEFAULTS, PRESETS, argv, __doc__ or "")
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
+    if cfg["init"] == "shipped":
+        model, _, _ = load_model(DEFAULT_WEIGHTS)
+    elif cfg["init"] == "random":
+        model = random_model(ReferenceConfig(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8,
+                                             enc_conv_blocks=1, enc_layers=1, text_layers=1,
+                                             span_dim=8))  # fmt: skip
+    else:
+        raise SystemExit(f"--init: 'shipped' or 'random', not {cfg['init']!r}")
+    reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
+    encoder = model.vision
+    groups = [
+        {"params": list(encoder.parameters()), "lr": cfg["encoder_lr"]},
+        {"params": list(reader.parameters()), "lr": cfg["lr"]},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+    step, minutes_before = 0, 0.0
+    if cfg["resume"]:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        encoder.load_state_dict(ckpt["encoder"])
+        reader.load_state_dict(ckpt["reader"])
+        opt.load_state_dict(ckpt["opt"])
+        step, minutes_before = ckpt["step"], ckpt["minutes"]
+    train = build(cfg, "train", cfg["train_documents"])
+    heldout = build(cfg, "heldout", cfg["heldout_documents"])
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    base_lrs = [g["lr"] for g in groups]
+    t0 = last_eval = time.time()
+    model.train()
+
+    def minutes() -> float:
+        return minutes_before + (time.time() - t0) / 60
+
+    def log(row: dict[str, Any]) -> None:
+        print(json.dumps(row), flush=True)
+        with log_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def checkpoint() -> None:
+        torch.save(
+            {
+                "encoder": encoder.state_dict(),
+                "reader": reader.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "minutes": minutes(),
+                "cfg": cfg,
+            },
+            ckpt_path,
+        )
+
+    if not cfg["resume"]:
+        log({"step": step, "minutes": 0.0, **evaluate(model, reader, heldout, cfg["tier"])})
+    rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
+    while not stop["now"]:
+        if cfg["max_steps"] and step >= cfg["max_steps"]:
+            break
+        if minutes() - minutes_before >= cfg["max_minutes"]:
+            break
+        warm = min(1.0, (step + 1) / cfg["warmup"])
+        for g, lr in zip(groups, base_lrs, strict=True):
+            g["lr"] = lr * warm
+        pages = [rng.randrange(len(train.texts)) for _ in range(cfg["batch"])]
+        loss, cut = step_loss(model, reader, train, cfg["tier"], pages)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0 or cfg["max_steps"]:
+            log({"step": step, "minutes": round(minutes(), 2), "loss": round(loss.item(), 4),
+                 "cut_bytes": cut})  # fmt: skip
+        if time.time() - last_eval >= cfg["eval_every"] * 60:
+            log({"step": step, "minutes": round(minutes(), 2),
+                 **evaluate(model, reader, heldout, cfg["tier"])})  # fmt: skip
+            checkpoint()
+            last_eval = time.time()
+    final = {"step": step, "minutes": round(minutes(), 2),
+             **evaluate(model, reader, heldout, cfg["tier"])}  # fmt: skip
+    log(final)
+    checkpoint()
+    return final
+
+
+if __name__ == "__main__":
+    main()
