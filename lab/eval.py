@@ -780,19 +780,19 @@ def section_speed(
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     def bucket_precision(bucket: str, tier: str) -> tuple[float | None, float | None]:
-        for b in results["readback"]["buckets"]:
+        for b in results.get("readback", {}).get("buckets", []):
             if b["bucket"] == bucket and tier in b["tiers"]:
                 return b["tiers"][tier]["precision"], b["tiers"][tier]["compression"]
         return None, None
 
     p10, c10 = bucket_precision("600-700", "tiny")
     p20, c20 = bucket_precision("1200-1300", "tiny")
-    needle = results["needle"]["summary"].get("tiny", {}).get("1000", {}).get("accuracy")
-    encode_cell = results["speed"]["encode"].get("tiny", {})
+    needle_summary = results.get("needle", {}).get("summary", {})
+    needle = needle_summary.get("tiny", {}).get("1000", {}).get("accuracy")
+    speed = results.get("speed", {"encode": {}, "latency": []})
+    encode_cell = speed["encode"].get("tiny", {})
     encode = encode_cell.get("pages_per_s")
-    latency_cell: dict[str, Any] = next(
-        (r for r in results["speed"]["latency"] if r["n"] == 1000), {}
-    )
+    latency_cell: dict[str, Any] = next((r for r in speed["latency"] if r["n"] == 1000), {})
     latency = latency_cell.get("median_s")
     thesis = results.get("thesis", {}).get("results", {})
     thesis_row = thesis[max(thesis, key=int)] if thesis else {}
@@ -885,35 +885,56 @@ def loadavg() -> list[float]:
         return []
 
 
-def run(backend: Backend, sizes: Sizes, seed: int, cache_dir: Path, log: Log) -> dict[str, Any]:
-    """Every section; returns the results (everything but the command line and the date)."""
+SECTIONS = ("readback", "needle", "thesis", "cross_document", "speed")
+
+
+def run(
+    backend: Backend,
+    sizes: Sizes,
+    seed: int,
+    cache_dir: Path,
+    log: Log,
+    sections: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Every section (or only ``sections``); returns the results (everything but the command
+    line and the date)."""
+    wanted = set(sections or SECTIONS)
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; expected some of {SECTIONS}")
     started = time.perf_counter()
     load: dict[str, list[float]] = {"start": loadavg()}
     results: dict[str, Any] = {}
 
-    results["readback"] = section_readback(backend, sizes, seed, log)
-    load["after_readback"] = loadavg()
+    if "readback" in wanted:
+        results["readback"] = section_readback(backend, sizes, seed, log)
+        load["after_readback"] = loadavg()
 
-    pool_size = max([*sizes.needle_ns, *sizes.latency_ns])  # > N - 1: subsets differ
-    pool_tiers = [t for t in NEEDLE_TIERS if t in backend.tier_tokens]
-    pool = load_filler_pool(pool_size, seed, pool_tiers, cache_dir, log)
-    encodings = {tier: pool_encodings(backend, pool, tier, cache_dir, log) for tier in pool_tiers}
-    load["after_pool"] = loadavg()
-    results["needle"] = section_needle(backend, sizes, seed, pool, encodings, log)
-    load["after_needle"] = loadavg()
+    if wanted & {"needle", "thesis", "speed"}:
+        pool_size = max([*sizes.needle_ns, *sizes.latency_ns])  # > N - 1: subsets differ
+        pool_tiers = [t for t in NEEDLE_TIERS if t in backend.tier_tokens]
+        pool = load_filler_pool(pool_size, seed, pool_tiers, cache_dir, log)
+        encodings = {t: pool_encodings(backend, pool, t, cache_dir, log) for t in pool_tiers}
+        load["after_pool"] = loadavg()
+    if "needle" in wanted:
+        results["needle"] = section_needle(backend, sizes, seed, pool, encodings, log)
+        load["after_needle"] = loadavg()
 
-    results["thesis"] = section_thesis(backend, sizes, seed, pool, encodings, log)
-    load["after_thesis"] = loadavg()
+    if "thesis" in wanted:
+        results["thesis"] = section_thesis(backend, sizes, seed, pool, encodings, log)
+        load["after_thesis"] = loadavg()
 
-    results["cross_document"] = section_cross(backend, sizes, seed, log)
-    load["after_cross_document"] = loadavg()
+    if "cross_document" in wanted:
+        results["cross_document"] = section_cross(backend, sizes, seed, log)
+        load["after_cross_document"] = loadavg()
 
-    images = [
-        data.filler_page(seed * SEED_STRIDE + SECTION_SEEDS["pool"] + i, SPLIT).image
-        for i in range(4)
-    ]
-    needle = data.needle_page(seed * SEED_STRIDE + SECTION_SEEDS["needle"], SPLIT)
-    results["speed"] = section_speed(backend, sizes, images, encodings["tiny"], needle, log)
+    if "speed" in wanted:
+        images = [
+            data.filler_page(seed * SEED_STRIDE + SECTION_SEEDS["pool"] + i, SPLIT).image
+            for i in range(4)
+        ]
+        needle = data.needle_page(seed * SEED_STRIDE + SECTION_SEEDS["needle"], SPLIT)
+        results["speed"] = section_speed(backend, sizes, images, encodings["tiny"], needle, log)
     load["end"] = loadavg()
 
     results["goals"] = goals(results)
@@ -950,104 +971,111 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f" -> {report['loadavg']['end']}"
     )
 
-    rb = report["readback"]
-    tiers = [t for t in VISION_TIERS if t in model["tier_tokens"]]
-    table = Table(
-        title="a. Read-back precision on held-out pages (DeepSeek-OCR, Fox: 96.5% at 10.5x, "
-        "59.1% at 19.7x)",
-        caption="text tokens = characters / 4 (whitespace collapsed); compression = text tokens / "
-        "vision tokens; precision = max(0, 1 - edit distance / reference length)",
-    )
-    table.add_column("text tokens")
-    table.add_column("pages", justify="right")
-    for tier in tiers:
-        table.add_column(f"{tier} ({model['tier_tokens'][tier]})", justify="right")
-    for b in rb["buckets"]:
-        cells = [
-            f"{_pct(b['tiers'][t]['precision'])} @ {b['tiers'][t]['compression']:.1f}x"
-            for t in tiers
-        ]
-        table.add_row(b["bucket"], str(b["pages"]), *cells)
-    table.add_row("all", "", *[_pct(rb["mean_precision"].get(t)) for t in tiers])
-    head = rb.get("mean_head_precision", {})
-    table.add_row(
-        f"all, first {rb.get('head_chars', HEAD_CHARS)} chars",
-        "",
-        *[_pct(head.get(t)) for t in tiers],
-    )
-    console.print(table)
+    if "readback" in report:
+        rb = report["readback"]
+        tiers = [t for t in VISION_TIERS if t in model["tier_tokens"]]
+        table = Table(
+            title="a. Read-back precision on held-out pages (DeepSeek-OCR, Fox: 96.5% at 10.5x, "
+            "59.1% at 19.7x)",
+            caption="text tokens = characters / 4 (whitespace collapsed); compression = text "
+            "tokens / vision tokens; precision = max(0, 1 - edit distance / reference length)",
+        )
+        table.add_column("text tokens")
+        table.add_column("pages", justify="right")
+        for tier in tiers:
+            table.add_column(f"{tier} ({model['tier_tokens'][tier]})", justify="right")
+        for b in rb["buckets"]:
+            cells = [
+                f"{_pct(b['tiers'][t]['precision'])} @ {b['tiers'][t]['compression']:.1f}x"
+                for t in tiers
+            ]
+            table.add_row(b["bucket"], str(b["pages"]), *cells)
+        table.add_row("all", "", *[_pct(rb["mean_precision"].get(t)) for t in tiers])
+        head = rb.get("mean_head_precision", {})
+        table.add_row(
+            f"all, first {rb.get('head_chars', HEAD_CHARS)} chars",
+            "",
+            *[_pct(head.get(t)) for t in tiers],
+        )
+        console.print(table)
 
-    nd = report["needle"]
-    depths = sorted({r["depth"] for r in nd["results"]})
-    table = Table(
-        title="b. Needle in a haystack (exact answer, whitespace collapsed, case ignored)",
-        caption="cited = the needle page has the top page score",
-    )
-    table.add_column("tier")
-    table.add_column("N", justify="right")
-    for depth in depths:
-        table.add_column(f"depth {depth:.0%}", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("cited", justify="right")
-    for tier, per_n in nd["summary"].items():
-        for n, cell in per_n.items():
-            by_depth = {
-                r["depth"]: r["accuracy"]
-                for r in nd["results"]
-                if r["tier"] == tier and str(r["n"]) == n
-            }
+    if "needle" in report:
+        nd = report["needle"]
+        depths = sorted({r["depth"] for r in nd["results"]})
+        table = Table(
+            title="b. Needle in a haystack (exact answer, whitespace collapsed, case ignored)",
+            caption="cited = the needle page has the top page score",
+        )
+        table.add_column("tier")
+        table.add_column("N", justify="right")
+        for depth in depths:
+            table.add_column(f"depth {depth:.0%}", justify="right")
+        table.add_column("accuracy", justify="right")
+        table.add_column("cited", justify="right")
+        for tier, per_n in nd["summary"].items():
+            for n, cell in per_n.items():
+                by_depth = {
+                    r["depth"]: r["accuracy"]
+                    for r in nd["results"]
+                    if r["tier"] == tier and str(r["n"]) == n
+                }
+                table.add_row(
+                    tier,
+                    n,
+                    *[_pct(by_depth.get(d)) for d in depths],
+                    _pct(cell["accuracy"]),
+                    _pct(cell["citation_accuracy"]),
+                )
+        console.print(table)
+
+    if "cross_document" in report:
+        cd = report["cross_document"]
+        table = Table(
+            title=f"c. Cross-document questions ({cd['sets']} sets of "
+            f"{'/'.join(map(str, sorted(set(cd['documents_per_set']))))} documents)"
+        )
+        table.add_column("tier")
+        table.add_column("questions", justify="right")
+        table.add_column("accuracy", justify="right")
+        table.add_column("single-page facts (baseline)", justify="right")
+        for tier, cell in cd["tiers"].items():
             table.add_row(
                 tier,
-                n,
-                *[_pct(by_depth.get(d)) for d in depths],
+                str(cell["questions"]),
                 _pct(cell["accuracy"]),
-                _pct(cell["citation_accuracy"]),
+                _pct(cell["single_page_accuracy"]),
             )
-    console.print(table)
+        console.print(table)
 
-    cd = report["cross_document"]
-    table = Table(
-        title=f"c. Cross-document questions ({cd['sets']} sets of "
-        f"{'/'.join(map(str, sorted(set(cd['documents_per_set']))))} documents)"
-    )
-    table.add_column("tier")
-    table.add_column("questions", justify="right")
-    table.add_column("accuracy", justify="right")
-    table.add_column("single-page facts (baseline)", justify="right")
-    for tier, cell in cd["tiers"].items():
-        table.add_row(
-            tier, str(cell["questions"]), _pct(cell["accuracy"]), _pct(cell["single_page_accuracy"])
+    if "speed" in report:
+        sp = report["speed"]
+        table = Table(
+            title=f"d. Speed on this CPU ({report['machine']['cpu_count']} cores; torch threads "
+            f"{', '.join(map(str, sp['threads_tried']))}, best shown)"
         )
-    console.print(table)
-
-    sp = report["speed"]
-    table = Table(
-        title=f"d. Speed on this CPU ({report['machine']['cpu_count']} cores; torch threads "
-        f"{', '.join(map(str, sp['threads_tried']))}, best shown)"
-    )
-    table.add_column("encode tier")
-    table.add_column("pages/s", justify="right")
-    table.add_column("by threads", justify="right")
-    for tier, cell in sp["encode"].items():
-        table.add_row(
-            f"{tier} ({cell['vision_tokens']} tokens, batch {cell['batch']})",
-            f"{cell['pages_per_s']:.1f}",
-            ", ".join(f"{t}: {v:.1f}" for t, v in cell["threads"].items()),
-        )
-    console.print(table)
-    table = Table(title="d. Question latency at the tiny tier")
-    for column in ("N pages", "memory tokens", "median s", "of it packing", "answer bytes"):
-        table.add_column(column, justify="right")
-    for r in sp["latency"]:
-        pack = "-" if r["pack_s"] is None else f"{r['pack_s']:.3f}"
-        table.add_row(
-            str(r["n"]),
-            str(r["memory_tokens"]),
-            f"{r['median_s']:.3f} ({r['best_threads']} thr)",
-            pack,
-            str(r["answer_bytes"]),
-        )
-    console.print(table)
+        table.add_column("encode tier")
+        table.add_column("pages/s", justify="right")
+        table.add_column("by threads", justify="right")
+        for tier, cell in sp["encode"].items():
+            table.add_row(
+                f"{tier} ({cell['vision_tokens']} tokens, batch {cell['batch']})",
+                f"{cell['pages_per_s']:.1f}",
+                ", ".join(f"{t}: {v:.1f}" for t, v in cell["threads"].items()),
+            )
+        console.print(table)
+        table = Table(title="d. Question latency at the tiny tier")
+        for column in ("N pages", "memory tokens", "median s", "of it packing", "answer bytes"):
+            table.add_column(column, justify="right")
+        for r in sp["latency"]:
+            pack = "-" if r["pack_s"] is None else f"{r['pack_s']:.3f}"
+            table.add_row(
+                str(r["n"]),
+                str(r["memory_tokens"]),
+                f"{r['median_s']:.3f} ({r['best_threads']} thr)",
+                pack,
+                str(r["answer_bytes"]),
+            )
+        console.print(table)
 
     thesis = report.get("thesis", {}).get("results", {})
     if thesis:
@@ -1100,6 +1128,12 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> d
     )
     parser.add_argument("--out", type=Path, help="JSON path (default data/eval/<version>.json)")
     parser.add_argument(
+        "--sections",
+        nargs="*",
+        choices=SECTIONS,
+        help="only these sections (default: all); goals of the others are not measured",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path("data/eval-cache"),
@@ -1142,7 +1176,7 @@ def _main(args: argparse.Namespace, argv: list[str], backend: Backend | None) ->
         f"{'quick' if args.quick else 'full'} run"
     )
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")  # the start
-    results = run(backend, sizes, args.seed, args.cache_dir, log)
+    results = run(backend, sizes, args.seed, args.cache_dir, log, args.sections)
     report = {
         "model": model_info(backend),
         "machine": machine(),

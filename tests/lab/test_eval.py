@@ -218,6 +218,20 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert len(cached) == 3 * written["needle"]["pool_pages"]
 
 
+def test_a_run_of_some_sections_measures_only_their_goals(config, tmp_path: Path):
+    backend = ReferenceBackend(config=config)
+    argv = ["--quick", "--sections", "thesis", "--out", str(tmp_path / "e.json")]
+    report = kb_eval.main([*argv, "--cache-dir", str(tmp_path / "cache")], backend=backend)
+    assert "thesis" in report and report["thesis"]["results"]["10"]["text"]["questions"] == 3
+    for skipped in ("readback", "needle", "cross_document", "speed"):
+        assert skipped not in report
+    # (a random model answers nothing right at the text tier: no share kept to report either)
+    assert all(g["measured"] is None for g in report["goals"])
+    assert len(report["goals"]) == 6
+    with pytest.raises(SystemExit):
+        kb_eval.main(["--quick", "--sections", "nonsense"], backend=backend)
+
+
 def test_text_eval_quick_run_writes_every_section(config, tmp_path: Path):
     from kb.model.reference.backend import ReferenceBackend
     from lab import eval_text
