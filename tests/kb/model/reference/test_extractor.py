@@ -144,3 +144,31 @@ def test_the_shipped_extractor_is_checked_at_once_and_loaded_only_to_answer():
     assert backend._extractor is None  # a worker encodes without loading it
     answer = backend.answer("Where is the new warehouse?", [page])
     assert backend._extractor is not None and answer.text == "Rotterdam"
+
+
+def test_a_segment_is_scored_with_its_page_so_words_split_over_a_page_still_meet(config):
+    """The meeting's date is in one page's heading and the task in a bullet below it; another
+    page holds the same task at another meeting. Segment by segment the two bullets tie; with
+    their pages' words (PAGE_LEXICAL_WEIGHT) the bullet of the page that names the date wins."""
+    backend = ReferenceBackend(config=config, scorer=False, extractor=False)
+    texts = {
+        "may": "Logistics meeting, 27 April 2020\n\nAttendees: Rosa Ansari.\n\n"
+        "Isabel Olsen to check the visitor log.\n",
+        "june": "Logistics meeting, 3 June 2021\n\nAttendees: Luis Bennett.\n\n"
+        "Hannah Marsh to check the visitor log.\n",
+    }
+    pages = [
+        ContextPage(d, 1, f"{d} p.1", "text", tensors=backend.encode_text([t])[0], text=t)
+        for d, t in texts.items()
+    ]
+    packed = backend.packed(pages)
+    question = "Who was asked to check the visitor log at the logistics meeting of 27 April 2020?"
+    scores = backend.segment_scores(question, packed)
+    bullet = {
+        pages[i].document_id: s
+        for s, (i, k) in enumerate(packed.segment_at)
+        if "visitor log" in (pages[i].text or "")[slice(*packed.page_segments[i][k])]
+    }
+    assert scores[bullet["may"]] > scores[bullet["june"]]
+    assert packed.page_terms[0] >= {"27", "april", "2020", "visitor", "log"}
+    assert packed.segment_page.tolist() == [i for i, _ in packed.segment_at]
