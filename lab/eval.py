@@ -911,8 +911,12 @@ def run(
         load["after_readback"] = loadavg()
 
     if wanted & {"needle", "thesis", "speed"}:
-        pool_size = max([*sizes.needle_ns, *sizes.latency_ns])  # > N - 1: subsets differ
-        pool_tiers = [t for t in NEEDLE_TIERS if t in backend.tier_tokens]
+        if wanted & {"needle", "speed"}:
+            pool_size = max([*sizes.needle_ns, *sizes.latency_ns])  # > N - 1: subsets differ
+            pool_tiers = [t for t in NEEDLE_TIERS if t in backend.tier_tokens]
+        else:  # the thesis alone: its fillers at the tiers it compares
+            pool_size = 2 * max(sizes.thesis_ns, default=0)
+            pool_tiers = [t for t in THESIS_TIERS if t in backend.tier_tokens]
         pool = load_filler_pool(pool_size, seed, pool_tiers, cache_dir, log)
         encodings = {t: pool_encodings(backend, pool, t, cache_dir, log) for t in pool_tiers}
         load["after_pool"] = loadavg()
