@@ -2,6 +2,8 @@
 
     python -m lab.train_rows --max_minutes 60            # from the shipped reference weights
     python -m lab.train_rows --resume                    # go on from out_dir/ckpt.pt
+    python -m lab.train_rows --export lab/weights/rows-base.safetensors   # ckpt -> fp16 file
+    python -m lab.train_rows --init lab/weights/rows-base.safetensors     # a new run from it
     python -m lab.train_rows --config smoke              # the whole loop in seconds
 
 Issue 9, point 1: an ordered, character-level target that reaches the encoder. The vision
@@ -35,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ingest.tiers import CANONICAL, get_tier
@@ -51,7 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "max_minutes": 60.0,
     "max_steps": 0,
     "resume": False,
-    "init": "shipped",  # "shipped" reference weights, or "random" (tests: a tiny config)
+    "model": "shipped",  # the reference weights, or "tiny": a random tiny config (tests)
+    "init": "",  # a file --export wrote (encoder and reader, fp16): a later session goes on from it
+    "export": "",  # write out_dir/ckpt.pt's encoder and reader to this file, then stop
     "train_documents": 400,  # one-page training documents in the pool (rendered once)
     "heldout_documents": 12,
     "batch": 4,  # pages per step
@@ -68,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
 }
 PRESETS = {
     "smoke": {
-        "init": "random",
+        "model": "tiny",
         "tier": "gist",
         "max_steps": 3,
         "train_documents": 2,
@@ -215,28 +221,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
-    if cfg["init"] == "shipped":
-        model, _, _ = load_model(DEFAULT_WEIGHTS)
-    elif cfg["init"] == "random":
+    start: dict[str, torch.Tensor] = {}
+    step, minutes_before = 0, 0.0
+    if cfg["init"]:
+        start = load_file(cfg["init"])
+        with safe_open(cfg["init"], framework="pt") as f:
+            meta = f.metadata() or {}
+        step, minutes_before = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
+    if cfg["model"] not in ("shipped", "tiny"):
+        raise SystemExit(f"--model: 'shipped' or 'tiny', not {cfg['model']!r}")
+    if cfg["model"] == "tiny":
         model = random_model(ReferenceConfig(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8,
                                              enc_conv_blocks=1, enc_layers=1, text_layers=1,
                                              span_dim=8))  # fmt: skip
     else:
-        raise SystemExit(f"--init: 'shipped' or 'random', not {cfg['init']!r}")
+        model, _, _ = load_model(DEFAULT_WEIGHTS)
     reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
     encoder = model.vision
+    if start:
+        encoder.load_state_dict({k[8:]: v.float() for k, v in start.items() if k[:8] == "encoder."})
+        reader.load_state_dict({k[7:]: v.float() for k, v in start.items() if k[:7] == "reader."})
     groups = [
         {"params": list(encoder.parameters()), "lr": cfg["encoder_lr"]},
         {"params": list(reader.parameters()), "lr": cfg["lr"]},
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-    step, minutes_before = 0, 0.0
-    if cfg["resume"]:
+    if cfg["resume"] or cfg["export"]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         encoder.load_state_dict(ckpt["encoder"])
         reader.load_state_dict(ckpt["reader"])
         opt.load_state_dict(ckpt["opt"])
         step, minutes_before = ckpt["step"], ckpt["minutes"]
+    if cfg["export"]:
+        state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+        state |= {f"reader.{k}": v for k, v in reader.state_dict().items()}
+        meta = {"step": str(step), "minutes": f"{minutes_before:.1f}", "tier": cfg["tier"]}
+        save_file({k: v.half().contiguous() for k, v in state.items()}, cfg["export"], meta)
+        return {"step": step, "minutes": minutes_before, "exported": cfg["export"]}
     train = build(cfg, "train", cfg["train_documents"])
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     stop = {"now": False}
@@ -267,7 +288,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     if not cfg["resume"]:
-        log({"step": step, "minutes": 0.0, **evaluate(model, reader, heldout, cfg["tier"])})
+        log(
+            {
+                "step": step,
+                "minutes": round(minutes_before, 2),
+                **evaluate(model, reader, heldout, cfg["tier"]),
+            }
+        )
     rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
     while not stop["now"]:
         if cfg["max_steps"] and step >= cfg["max_steps"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from ingest.tiers import CANONICAL
@@ -58,3 +59,12 @@ def test_the_loop_logs_checkpoints_and_resumes(tmp_path: Path):
     assert all(r["loss"] > 0 for r in rows if "loss" in r)
     again = train_rows.main([*argv, "--resume", "--max_steps", "5"])
     assert again["step"] == 5
+    # a later session: the fp16 file --export writes, and a new run from it
+    saved = tmp_path / "rows.safetensors"
+    assert train_rows.main([*argv, "--export", str(saved)])["step"] == 5
+    other = ["--config", "smoke", "--out_dir", str(tmp_path / "next"), "--cache_dir",
+             str(tmp_path / "pool")]  # fmt: skip
+    later = train_rows.main([*other, "--init", str(saved), "--max_steps", "6"])
+    assert later["step"] == 6
+    first_row = json.loads((tmp_path / "next" / "log.jsonl").read_text().splitlines()[0])
+    assert first_row["step"] == 5 and first_row["precision"] == pytest.approx(again["precision"])
