@@ -399,8 +399,8 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
         if m == cfg["calibrate_memories"]:  # the held-out documents' questions written by people
             docs = qa.documents("heldout")
             texts = [t for d in docs for t in d.pages]
-            asked = [(q.question, q.answer) for d in docs for q in d.questions]
-            questions = held_sample(asked, PEOPLE_CALIBRATE)
+            written = [(q.question, q.answer) for d in docs for q in d.questions]
+            questions = held_sample(written, PEOPLE_CALIBRATE)
         elif m % 2 and cfg["real"]:  # held-out real pages, cloze questions, some on other pages
             held = real_pages("heldout")
             texts = list(rng.sample(held, min(size, len(held) // 2)))

@@ -192,7 +192,8 @@ def evaluate(model, reader: RowReader, pool: data.Pool, tier: str) -> dict[str, 
     model.eval()
     reader.eval()
     g = get_tier(tier).grid
-    scores, example = [], {}
+    scores: list[float] = []
+    example: dict[str, str] = {}
     for p in range(len(pool.texts)):
         truth = " ".join(t for t in row_targets(pool.words[p], g) if t)
         if not truth.strip():
