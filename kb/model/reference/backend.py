@@ -173,6 +173,7 @@ def weights_digest(model: ReferenceModel, config: ReferenceConfig) -> str:
 
 _WORD_BYTE = re.compile(rb"[\w\x80-\xff]")
 _JOINERS = b"-.,:/'"  # inside a word or number when a word character follows: QZ-4410, 4.2, 8,210
+_BRACKETS = ((b"(", b")"), (b"[", b"]"), (b"<", b">"), (b"{", b"}"))
 
 
 def whole_words(data: bytes, a: int, b: int) -> tuple[int, int]:
@@ -192,6 +193,14 @@ def whole_words(data: bytes, a: int, b: int) -> tuple[int, int]:
         a -= 1
     while word(b) or joined(b):
         b += 1
+    # A bracket the span opens or closes takes its partner where it is next to the span:
+    # "pidfd_send_signal(2" -> "pidfd_send_signal(2)", "pattern>" -> "<pattern>".
+    for opener, closer in _BRACKETS:
+        span = data[a:b]
+        if span.count(opener) > span.count(closer) and data[b : b + 1] == closer:
+            b += 1
+        elif span.count(closer) > span.count(opener) and a > 0 and data[a - 1 : a] == opener:
+            a -= 1
     return a, b
 
 

@@ -248,6 +248,20 @@ def test_answers_are_whole_words(piece, word):
     assert data[a:b].decode() == word
 
 
+@pytest.mark.parametrize(
+    "piece,span",
+    [("signal(2", "pidfd_send_signal(2)"), ("pattern>", "<pattern>"), ("(ZLIB", "(ZLIB)")],
+)
+def test_answers_take_the_bracket_they_open_or_close(piece, span):
+    data = b"See pidfd_send_signal(2) and --exclude=<pattern>; it uses (ZLIB) and [x]."
+    i = data.index(piece.encode())
+    a, b = whole_words(data, i, i + len(piece))
+    assert data[a:b].decode() == span
+    # a span whose brackets match is left as it is
+    i = data.index(b"[x]")
+    assert whole_words(data, i, i + 3) == (i, i + 3)
+
+
 def test_the_byte_decoder_streams_its_answer_as_it_generates_it(config):
     """Weights without the copy path decode byte by byte: answer_stream yields each character
     as it is produced, and its pieces and its Answer are what answer() gives."""
