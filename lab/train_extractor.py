@@ -18,7 +18,11 @@ the answer's segment or a neighbour's (the answer then sits anywhere in the wind
 that hold no answer, the hardest first: the segments whose words overlap the question most
 (kb.embed.lexical_scores, the coarse stage's lexical half) and, for questions about pages not in the
 memory, the best-scoring windows of the memory. Loss: cross-entropy of the answer's start and end
-token among the window's tokens, [CLS] for "no answer" (SQuAD 2.0). Held-out: every fact of unseen
+token among the window's tokens, [CLS] for "no answer" (SQuAD 2.0). With ``--shared K``, each
+answered question also brings K of its hardest windows without the answer, and a second term
+normalises the start and end over all of that question's windows together (Clark & Gardner's
+shared normalisation): the reader then learns which window answers, not only where in a window
+the answer would sit, as inference picks the best window among 16. Held-out: every fact of unseen
 memories answered end to end (coarse stage by lexical score, the reader over the top windows), and
 absent questions said absent.
 """
@@ -60,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
     "pages": 4,  # pages per training memory
     "questions": 12,  # questions per step (each one answering window and a share of negatives)
     "negatives": 12,  # windows without the answer per step
+    "shared": 0,  # per answered question, this many of its own hard negatives, normalised with it
+    "shared_weight": 1.0,  # weight of that shared-normalisation term in the loss
     "real": 0.6,  # share of questions that are cloze questions over real pages (lab.realtext)
     "people": 0.5,  # share of questions written by people over real documents (lab.qa)
     "layers": 0,  # MiniLM's top layers trained: 0 = as the file it starts from (3 for "minilm")
@@ -130,6 +136,7 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
     memories and, a ``real`` share of the questions, from real pages with cloze questions."""
     out: list[Example] = []
     negatives: list[Example] = []
+    shared: list[tuple[int, Example]] = []  # (its positive's index in out, the window)
     while len(out) < cfg["questions"]:
         draw = rng.random()
         if cfg["people"] and draw < cfg["people"] and qa.documents(split):
@@ -164,11 +171,16 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
                     k = rng.choice(holders)  # the answer's segment or a neighbour's
                     out.append((question, wins[k].text, locate(wins[k], *span)))
             hard = [k for k in order[:TOP] if k not in holders]
+            if cfg["shared"] and holders:
+                taken = {wins[k].text for k in holders}
+                own = [k for k in hard if wins[k].text not in taken][: cfg["shared"]]
+                shared += [(len(out) - 1, (question, wins[k].text, None)) for k in own]
             if hard:
                 k = hard[min(int(rng.expovariate(0.5)), len(hard) - 1)]
                 negatives.append((question, wins[k].text, None))
     rng.shuffle(negatives)
-    return out[: cfg["questions"]] + negatives[: cfg["negatives"]]
+    kept = [e for at, e in shared if at < cfg["questions"]]
+    return out[: cfg["questions"]] + negatives[: cfg["negatives"]] + kept
 
 
 def real_pages(split: str = "train") -> tuple[str, ...]:
@@ -197,16 +209,42 @@ def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> tor
     return out
 
 
-def loss_of(model: SpanExtractor, batch: list[Example]):
+def loss_of(model: SpanExtractor, batch: list[Example], shared_weight: float = 0.0):
     b = model.batch([q for q, _, _ in batch], [w for _, w, _ in batch])
     logits = model.logits(b["enc"])  # (B, L, 2)
     allowed = b["context"].clone()
     allowed[:, 0] = True  # [CLS]: no answer
-    logits = logits.masked_fill(~allowed[..., None], -1e4)
     target = token_targets(b, [s for _, _, s in batch])
-    return F.cross_entropy(logits[..., 0], target[:, 0]) + F.cross_entropy(
-        logits[..., 1], target[:, 1]
-    )
+    loss = F.cross_entropy(
+        logits[..., 0].masked_fill(~allowed, -1e4), target[:, 0]
+    ) + F.cross_entropy(logits[..., 1].masked_fill(~allowed, -1e4), target[:, 1])
+    if shared_weight:
+        loss = loss + shared_weight * shared_loss(logits, b["context"], target, batch)
+    return loss
+
+
+def shared_loss(
+    logits: torch.Tensor, context: torch.Tensor, target: torch.Tensor, batch: list[Example]
+) -> torch.Tensor:
+    """Cross-entropy of each answered question's start and end token among the context tokens
+    of all its windows in the batch together (those that share its wording), so that the
+    answering window's span outscores every span of the others."""
+    rows_of: dict[str, list[int]] = {}
+    for r, (question, _, _) in enumerate(batch):
+        rows_of.setdefault(question, []).append(r)
+    n = logits.shape[1]
+    terms = []
+    for rows in rows_of.values():
+        answered = [r for r in rows if target[r, 0] > 0]
+        if len(rows) < 2 or not answered:
+            continue
+        at = rows.index(answered[0]) * n
+        group = logits[rows].masked_fill(~context[rows][..., None], -1e4)  # (G, L, 2)
+        for k in (0, 1):
+            flat = group[..., k].reshape(1, -1)
+            want = torch.tensor([at + int(target[answered[0], k])])
+            terms.append(F.cross_entropy(flat, want))
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
 
 
 def answer(model: SpanExtractor, question: str, texts: list[str], wins, segs) -> str | None:
@@ -364,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
         for g, lr in zip(groups, base_lrs, strict=True):
             g["lr"] = lr * warm
         batch = examples(next(rngs), "train", cfg)
-        loss = loss_of(model, batch)
+        loss = loss_of(model, batch, cfg["shared_weight"] if cfg["shared"] else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([params[n] for n in names], 1.0)

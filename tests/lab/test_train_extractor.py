@@ -30,6 +30,35 @@ def test_examples_hold_their_answers_and_hard_negatives_do_not():
         assert w[int(offsets[r, s, 0]) : int(offsets[r, e, 1])] == w[a:z]
 
 
+def test_shared_normalisation_brings_each_question_its_own_negatives_and_scores_them_together():
+    import torch
+
+    cfg = {**T.DEFAULTS, "questions": 4, "negatives": 2, "shared": 2, "people": 1.0}
+    batch = T.examples(random.Random(1), "train", cfg)
+    positives = [(q, w, s) for q, w, s in batch if s is not None]
+    assert len(positives) == 4
+    own = [(q, w) for q, w, s in batch[4 + 2 :]]
+    assert own and all(s is None for _, _, s in batch[4 + 2 :])
+    asked = {q for q, _, _ in positives}
+    assert {q for q, _ in own} <= asked  # each shared negative is an answered question's
+    for q, w in own:
+        assert w not in {pw for pq, pw, _ in positives if pq == q}
+    # the term: lower when the answering window's span outscores the other window's tokens
+    two = [("q?", "alpha beta gamma", (6, 10)), ("q?", "delta epsilon", None)]
+    context = torch.tensor([[False, True, True, True, False], [False, True, True, False, False]])
+    target = torch.tensor([[2, 2], [0, 0]])
+    logits = torch.zeros(2, 5, 2, requires_grad=True)
+    flat = T.shared_loss(logits, context, target, two)
+    assert abs(flat.item() - torch.log(torch.tensor(5.0)).item()) < 1e-5  # uniform over 5 tokens
+    better = torch.zeros(2, 5, 2)
+    better[0, 2] = 3.0
+    assert T.shared_loss(better, context, target, two) < flat
+    flat.backward()
+    assert logits.grad is not None and logits.grad[1, 1:3].abs().sum() > 0  # the negative learns
+    # a question without a second window, or without an answer, adds nothing
+    assert T.shared_loss(logits, context[:1], target[:1], two[:1]).item() == 0.0
+
+
 def test_smoke_run_trains_resumes_and_exports_a_loadable_file(tmp_path):
     out = tmp_path / "run"
     T.main(["--config", "smoke", "--out_dir", str(out)])
