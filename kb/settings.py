@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     # Questions (and vision read-backs) running or waiting for the model at once; one more is
     # answered 429 with Retry-After instead of queueing behind the model lock without bound.
     max_asks_in_flight: int = Field(4, ge=1)
-    render_chunk_pages: int = Field(16, ge=1)  # pages rendered and encoded per task
+    # Pages rendered and encoded per task: one encoder batch (kb.pipeline.ENCODE_BATCH), so a
+    # document's encode tasks spread evenly over the worker processes.
+    render_chunk_pages: int = Field(8, ge=1)
     # Hard limit of one task (the soft one, which fails the document with a message, is 30 s
     # less, workers.celery_app). It bounds how long a frozen task holds its message (the
     # broker's visibility timeout follows it). A render task stops at KB_RENDER_BUDGET_S and
@@ -82,7 +84,9 @@ class Settings(BaseSettings):
     # Ctrl-C on `make run`: running tasks get this long to finish, then they are handed back
     # to the broker (a chunk is seconds of work; a render resumes after its pages stored).
     shutdown_grace_s: float = Field(10.0, ge=0)
-    worker_concurrency: int = Field(1, ge=1)
+    # Celery worker processes: one per core, each with one torch thread (workers.tasks), so no
+    # core waits on another; the encode chunks of one document spread over them.
+    worker_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # A worker is alive when heard from within this many seconds: it writes a heartbeat to
     # Redis every third of it, and /healthz answers 503 when no worker is alive. 30 s: three
     # beats missed, yet a dead worker shows within half a minute.

@@ -37,6 +37,7 @@ class Stack:
             "KB_API_KEY": API_KEY,
             "KB_ADMIN_KEY": ADMIN_KEY,
             "KB_RENDER_CHUNK_PAGES": "4",
+            "KB_WORKER_CONCURRENCY": "1",  # one worker process (the default is one per core)
             **(env or {}),
         }
         self.url = f"http://127.0.0.1:{self.port}"
