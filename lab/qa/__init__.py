@@ -12,7 +12,8 @@ About one document in five is held out: its questions calibrate the "no answer" 
 give the trainer's ``people`` curve; the other documents' are trained on. Documents that repeat
 each other (scp and sftp share their option list) are held out or trained on together: the
 split is by the hash of the first name in each group of documents sharing more than
-``SHARED_RUNS`` 8-word runs.
+``SHARED_RUNS`` 8-word runs; a document that shares more than that with the held-out documents
+together (man pages of one suite repeat boilerplate a few runs at a time) is held out too.
 """
 
 from __future__ import annotations
@@ -70,6 +71,22 @@ def groups(texts: dict[str, str]) -> dict[str, str]:
     return {n: find(n) for n in names}
 
 
+def held_out_names(texts: dict[str, str]) -> set[str]:
+    """The held-out documents: each group's by the hash of its first name, then, until none is
+    left, every other document that shares more than SHARED_RUNS 8-word runs with them all."""
+    from lab.realtext import shingles
+
+    group = groups(texts)
+    held = {n for n in texts if held_out(group[n])}
+    runs = {n: shingles(t) for n, t in texts.items()}
+    while True:
+        held_runs = set().union(*(runs[n] for n in held))
+        more = {n for n in texts if n not in held and len(runs[n] & held_runs) > SHARED_RUNS}
+        if not more:
+            return held
+        held |= more
+
+
 def _pattern(text: str) -> str:
     return r"\s+".join(re.escape(w) for w in text.split())
 
@@ -97,11 +114,11 @@ def documents(split: str = "train") -> tuple[Document, ...]:
     for q in load_questions(HERE):
         by_doc.setdefault(q["doc"], []).append(q)
     paths = {p.name: p for p in sorted((HERE / "docs").glob("*.txt"))}
-    group = groups({n: p.read_text(encoding="utf-8") for n, p in paths.items()})
+    held = held_out_names({n: p.read_text(encoding="utf-8") for n, p in paths.items()})
     out = []
     for name in sorted(by_doc):
         path = paths.get(name)
-        if path is None or held_out(group[name]) != (split == "heldout"):
+        if path is None or (name in held) != (split == "heldout"):
             continue
         pages = tuple(page_texts(path))
         asked = []
