@@ -299,9 +299,13 @@ def tier_image(image: Image.Image, tier: str) -> Image.Image:
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """Encode an image as PNG (lossless: the page images are what the encoder sees)."""
+    """Encode an image as PNG (lossless: the page images are what the encoder sees).
+
+    zlib level 1, not Pillow's 6: a rendered page (flat paper, few grays) comes out no larger
+    (116 KB against 124 KB) in half the time (27 against 60 ms on this CPU), and every page of
+    every upload goes through here once."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -202,7 +202,7 @@ def _encode_missing(
     def image(p: Page) -> Image.Image:
         if p.content_hash not in images:
             with stage("load"), Image.open(BytesIO(ctx.store.get(p.image_key))) as im:
-                images[p.content_hash] = im.convert("RGB")
+                images[p.content_hash] = im.convert(backend.image_mode)
         return images[p.content_hash]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kb-tensor-put") as writer:

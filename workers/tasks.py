@@ -100,7 +100,7 @@ def _load_once(**_: object) -> None:
     # task, so its `finally` clauses run and unless_it_killed_its_worker does not count it as
     # a worker lost; SIGKILL (out of memory, the hard time limit) still cannot be caught.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    ctx().backend  # noqa: B018 - load the weights now, not inside the first task's time limit
+    ctx().backend.warm_up()  # load the weights now, not inside the first task's time limit
     ctx().ocr  # noqa: B018 - and the OCR engine, once per process
     try:
         serving.claim(ctx())  # an empty catalog serves the version of the first process

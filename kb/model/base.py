@@ -57,6 +57,9 @@ class Backend(Protocol):
     # the reader never exceeds it, whatever budget a question asks for.
     context_limit: int | None
     tier_tokens: dict[str, int]  # vision tokens per page per tier this backend supports
+    # The PIL mode its encoder reads ("L", "RGB"): ingest converts each page render once and
+    # downscales it to the tiers in that mode (a grayscale resize is a third of a colour one).
+    image_mode: str
 
     def encode(self, images: list[Image.Image], tier: str) -> list[PageTensors]:
         """Encode a batch of page renders (already at the tier's size) into one dict per page."""
@@ -91,6 +94,12 @@ class Backend(Protocol):
         if answer.text:
             yield answer.text
         return answer
+
+    def warm_up(self) -> None:
+        """Encode one short page's text, so that what loads on first use (a sentence embedder)
+        and the kernels' first-call set-up are paid when a worker starts, not by the first
+        document it encodes (~4 s on this CPU: docs/benchmarks.md, "Ingest end to end")."""
+        self.encode_text(["Warm-up page. It has two sentences."])
 
 
 def drain(stream: Generator[Any, None, T]) -> T:

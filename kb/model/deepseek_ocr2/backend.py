@@ -214,6 +214,7 @@ class DeepseekOcr2Backend(Backend):
     """The Backend of base.py for DeepSeek-OCR 2 (``from_pretrained`` loads a local directory)."""
 
     name = "deepseek-ocr2"
+    image_mode = "RGB"  # its SAM and CLIP views read colour
 
     def __init__(
         self,

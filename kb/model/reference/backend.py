@@ -224,6 +224,15 @@ class Packed:
     segment_page: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively (on a CPU: oneDNN's AVX512-BF16 / AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 class ReferenceBackend(Backend):
     """The Backend of base.py for the reference model.
 
@@ -248,12 +257,18 @@ class ReferenceBackend(Backend):
         scorer: SentenceEmbedder | bool | None = None,
         extractor: fine.SpanExtractor | bool | None = None,
         answer_threshold: float | None = None,
+        bf16: bool | None = None,
     ):
         if path is None and config is None and DEFAULT_WEIGHTS.is_file():
             path = DEFAULT_WEIGHTS
         self.device = torch.device(device)
         self.answer_threshold = answer_threshold  # None: the extractor file's calibrated one
         self.batch_size = batch_size  # pages per encoder call: bounds activation memory at base
+        # Encoding (ingest's work: every page at every tier, its text and its segments) under
+        # bfloat16 autocast where the CPU multiplies bf16 natively (AMX / AVX512-BF16): 1.8x the
+        # pages per second (docs/benchmarks.md, "Ingest end to end"). What is stored is fp16
+        # either way; questions are answered in fp32.
+        self.bf16 = bf16 if bf16 is not None else native_bf16(self.device)
         if path is not None:
             if config is not None:
                 raise ValueError("a weights file brings its own config; pass path or config")
@@ -280,9 +295,10 @@ class ReferenceBackend(Backend):
             )
         # channels_last: the convolutional encoder runs 1.4x faster on this CPU (docs/benchmarks.md,
         # "Ingest end to end"); only 4-d weights change layout, the values are the same.
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.config = config
         self.tier_tokens = {tier: config.tier_tokens(tier) for tier in config.tier_sizes}
+        self.image_mode = "L" if config.in_channels == 1 else "RGB"
         # The question scorer (kb.embed): a pretrained sentence embedder whose question-to-segment
         # cosines bias the copy path towards the sentences that answer (SEGMENT_WEIGHT). On by
         # default for trained weights; a random initialisation (tests) goes without unless given.
@@ -318,7 +334,7 @@ class ReferenceBackend(Backend):
             )
         size = self.config.tier_sizes[tier]
         pages: list[PageTensors] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(images), self.batch_size):
                 batch = images[start : start + self.batch_size]
                 pixels = images_to_batch(batch, size, self.config.in_channels).to(self.device)
@@ -333,6 +349,9 @@ class ReferenceBackend(Backend):
                 )
         return pages
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def text_tokens(self, text: str) -> int:
         return text_token_count(text, self.config.text_bytes_per_token)
 
@@ -342,7 +361,7 @@ class ReferenceBackend(Backend):
         transformer layers; a question over 1,000 pages could not afford to run it)."""
         pages: list[PageTensors] = []
         k = self.config.text_bytes_per_token
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for text in texts:  # one at a time: pages differ in length, padding would cost more
                 ids = text_to_ids(text, k).to(self.device)[None]  # (1, n)
                 tokens = self.model.encode_text(ids)  # (1, T, D)
@@ -361,7 +380,8 @@ class ReferenceBackend(Backend):
                 for data, page_bounds in zip(datas, bounds, strict=True)
                 for a, b in page_bounds
             ]
-            vectors = self.scorer.embed(sentences).to(torch.float16)  # (all segments, 384)
+            with self._autocast():
+                vectors = self.scorer.embed(sentences).to(torch.float16)  # (all segments, 384)
             for out, page_bounds, page_vectors in zip(
                 pages, bounds, vectors.split([len(b) for b in bounds]), strict=True
             ):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
+from kb.embed import SentenceEmbedder
 from kb.model import load_backend
 from kb.model.base import NOT_FOUND, Answer, Backend, ContextPage
 from kb.model.reference.backend import (
@@ -237,6 +238,13 @@ def test_question_scorer_biases_the_copy_path_towards_the_answering_sentence(con
     assert ReferenceBackend(config=config).scorer is None
 
 
+def test_warm_up_loads_the_sentence_embedder_before_the_first_page(config):
+    backend = ReferenceBackend(config=config, scorer=SentenceEmbedder())
+    assert backend.scorer is not None and backend.scorer._model is None  # loaded on first use
+    backend.warm_up()  # what a worker process does when it starts (workers.tasks)
+    assert backend.scorer._model is not None
+
+
 @pytest.mark.parametrize(
     "piece,word",
     [("Osa", "Osaka"), ("QZ-", "QZ-4410"), ("210", "8,210,896"), ("EU", "EUR"), ("37", "37")],
@@ -291,3 +299,21 @@ def test_the_copy_path_streams_its_span_once(backend):
     with pytest.raises(StopIteration) as done:
         next(stream)
     assert done.value.value == backend.answer("Which code?", [page])
+
+
+def test_bf16_encoding_stays_close_to_fp32(config):
+    """Ingest encodes under bf16 autocast where the CPU has it; what it stores stays fp16 and
+    within bf16's rounding of the fp32 encoding, at a vision tier and at the text tier."""
+    fp32 = ReferenceBackend(config=config, bf16=False)
+    bf16 = ReferenceBackend(config=config, bf16=True)
+    assert fp32.version == bf16.version  # the same weights: the same tensors' key
+    images = [page_image(256, f"page {i}") for i in range(2)]
+    for a, b in zip(fp32.encode(images, "gist"), bf16.encode(images, "gist"), strict=True):
+        assert b["kv"].dtype == torch.float16
+        assert (a["kv"].float() - b["kv"].float()).norm() <= 0.02 * a["kv"].float().norm()
+    a, b = (
+        fp32.encode_text(["Lisbon has 37 engineers."])[0],
+        bf16.encode_text(["Lisbon has 37 engineers."])[0],
+    )
+    assert b["kv"].dtype == torch.float16
+    assert (a["kv"].float() - b["kv"].float()).norm() <= 0.02 * a["kv"].float().norm()
