@@ -222,6 +222,28 @@ def terms(text: str) -> list[str]:
     return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
 
+_CODE = re.compile(r"[^\W_]+(?:[-_./:][^\W_]+)*")
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
+def identifiers(question: str) -> list[str]:
+    """The question's codes and numbers ("INV-53350", "LH3304", "2020", "3.8"): its tokens of
+    three characters or more that hold a digit, as ``identifier_key`` writes them. A page that
+    answers a question naming one names it too; no paraphrase rewrites a number."""
+    keys = {
+        identifier_key(m.group())
+        for m in _CODE.finditer(question)
+        if len(m.group()) >= 3 and any(c.isdigit() for c in m.group())
+    }
+    return sorted(k for k in keys if k)
+
+
+def identifier_key(text: str) -> str:
+    """Lower case, letters and digits only: "INV-53350" and "inv 53350" match, "4 GB" and
+    "4GB" too (a page's key holds a question's identifier when the page names it)."""
+    return _NOT_ALNUM.sub("", text.lower())
+
+
 def lexical_scores(question: str, texts: list[str]) -> torch.Tensor:
     """How much of the question's content each text (a segment) contains, in [0, 1]: the sum of
     the IDF weights of the question's terms present in it over the sum for all of them (IDF over

@@ -19,6 +19,11 @@ not found, page scores) and the model's batched greedy decoder for read-back. Se
     cross      held-out cross-document sets (counts, comparisons): the honest figure
     natural    natural questions over real documents the project did not write
                (lab/natural: licences, manuals, specifications): answer span and page cited
+    people     the held-out questions people wrote over real documents (lab.qa's held-out
+               split, which training never reads): a fixed sample of answered ones, each asked
+               over its own document's pages, answer span and page cited; and a sample of the
+               unanswerable ones: invented answers. Ten times natural's questions, so a change of
+               a few points is a signal, not one question
     speed      one question over 100 and 1,000 pages at the text tier and at tiny: context
                tokens, kv bytes, seconds
 
@@ -50,7 +55,7 @@ from kb.model.reference import extractor
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.extractor import SpanExtractor
 from kb.model.reference.processing_reference import decode, read_prompt
-from lab import data, textdata
+from lab import data, qa, textdata
 from lab.metrics import answer_matches as exact
 from lab.metrics import collapse_whitespace as squash
 from lab.metrics import precision, span_right, token_f1
@@ -70,10 +75,13 @@ class Sizes:
     cross_sets: int
     natural: bool
     speed: tuple[int, ...]
+    people: tuple[int, int] = (0, 0)  # held-out questions people wrote: answered, unanswerable
 
 
-FULL = Sizes(24, 60, {10: 40, 100: 25, 1000: 10}, {10: 20, 100: 10}, 12, True, (100, 1000))
-QUICK = Sizes(2, 3, {10: 2}, {10: 2}, 1, False, (10,))
+FULL = Sizes(
+    24, 60, {10: 40, 100: 25, 1000: 10}, {10: 20, 100: 10}, 12, True, (100, 1000), (300, 100)
+)
+QUICK = Sizes(2, 3, {10: 2}, {10: 2}, 1, False, (10,), (2, 1))
 
 
 class Pages:
@@ -257,6 +265,49 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
     }
 
 
+def section_people(backend, pages: Pages, answered: int, absent: int) -> dict[str, Any]:
+    """lab.qa's held-out questions, each over the pages of the document it was written about."""
+    docs = qa.documents("heldout")
+    asked = [(d, q) for d in docs for q in d.questions if q.answer is not None]
+    unanswerable = [(d, q) for d in docs for q in d.questions if q.answer is None]
+    pick = random.Random("kb-eval-text/people")  # the same questions on every run
+    asked = [asked[i] for i in sorted(pick.sample(range(len(asked)), min(answered, len(asked))))]
+    unanswerable = [
+        unanswerable[i]
+        for i in sorted(pick.sample(range(len(unanswerable)), min(absent, len(unanswerable))))
+    ]
+    rows, invented = [], []
+    for doc, q in asked + unanswerable:
+        ctx = [pages.page(text, doc.name, n) for n, text in enumerate(doc.pages, start=1)]
+        answer, top = ask(backend, q.question, ctx)
+        if q.answer is None:
+            invented.append(answer.found)
+            continue
+        rows.append(
+            {
+                "exact": exact(answer.text, q.answer),
+                "span": span_right(answer.text, q.answer),
+                "f1": token_f1(answer.text, q.answer) if answer.found else 0.0,
+                "cited": answer.found and top == q.page,
+                "question": q.question,
+                "expected": q.answer,
+                "answer": answer.text,
+            }
+        )
+    n = max(1, len(rows))
+    return {
+        "documents": len({d.name for d, _ in asked + unanswerable}),
+        "questions": len(rows),
+        "span_right": sum(r["span"] for r in rows) / n,
+        "exact": sum(r["exact"] for r in rows) / n,
+        "f1": sum(r["f1"] for r in rows) / n,
+        "cited_first": sum(r["cited"] for r in rows) / n,
+        "absent_questions": len(invented),
+        "invented": sum(invented) / max(1, len(invented)),
+        "examples": rows[:8],
+    }
+
+
 def section_speed(backend, pages: Pages, sizes: Sequence[int], rng: random.Random):
     """One question over N pages at the text tier and at tiny. The tiny tier's kv are the right
     shape filled with random values: cost depends on shapes only, not on values."""
@@ -295,6 +346,8 @@ GOALS = [
     ("needle page cited first, N=100", ("needle", "100", "cited_first"), 0.95),
     ("natural questions: span right", ("natural", "span_right"), 0.80),
     ("natural questions: page cited", ("natural", "cited_first"), 0.80),
+    ("people's held-out questions: span right", ("people", "span_right"), 0.80),
+    ("people's held-out questions: page cited", ("people", "cited_first"), 0.80),
 ]
 
 
@@ -326,6 +379,8 @@ def run(
     ]
     if sizes.natural:
         steps.insert(5, ("natural", lambda r: section_natural(backend, pages)))
+    if any(sizes.people):
+        steps.insert(5, ("people", lambda r: section_people(backend, pages, *sizes.people)))
     for name, fn in steps:
         if sections and name not in sections:
             continue
@@ -356,6 +411,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("natural: invented when absent", f"{report['natural']['invented']:.1%}", "")
         table.add_row("natural: exact", f"{report['natural']['exact']:.1%}", "")
         table.add_row("natural: token F1 (SQuAD)", f"{report['natural']['f1']:.1%}", "")
+    if "people" in report:
+        table.add_row("people's: invented when absent", f"{report['people']['invented']:.1%}", "")
+        table.add_row("people's: exact", f"{report['people']['exact']:.1%}", "")
+        table.add_row("people's: token F1 (SQuAD)", f"{report['people']['f1']:.1%}", "")
     if "cross" in report:
         table.add_row("cross-document", f"{report['cross']['accuracy']:.1%}", "(honest)")
     for n, row in report.get("speed", {}).items():
@@ -389,6 +448,13 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
         help="the copy path's fine stage: a weights file, or 'off' for the one-stage copy path "
         "(default: the shipped extractor, where there is one)",
     )
+    parser.add_argument(
+        "--identifiers",
+        choices=("on", "off"),
+        default="on",
+        help="the copy path's identifier step: read only pages naming the question's codes and "
+        "numbers (default on, as the service)",
+    )
     args = parser.parse_args(argv)
     if backend is None:
         reader: SpanExtractor | bool | None = None
@@ -396,13 +462,16 @@ def main(argv: Sequence[str] | None = None, backend: ReferenceBackend | None = N
             reader = False
         elif args.extractor:
             reader = SpanExtractor(Path(args.extractor))
-        backend = ReferenceBackend(args.weights, extractor=reader)
+        backend = ReferenceBackend(
+            args.weights, extractor=reader, identifiers=args.identifiers == "on"
+        )
     if args.scorer:
         reference_backend.SEGMENT_WEIGHT, reference_backend.SEGMENT_FLOOR = args.scorer
     sizes = QUICK if args.quick else FULL
     if args.ns:
         sizes = replace(sizes, needle={n: sizes.needle.get(n, 10) for n in args.ns})
     report = run(backend, sizes, args.seed, sections=args.sections)
+    report["identifiers"] = backend.identifiers
     out = args.out or Path("data/eval") / f"text-{backend.version}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str))

@@ -110,3 +110,13 @@ def test_batching_and_order_do_not_change_vectors(embedder: SentenceEmbedder) ->
     one_batch = embedder.embed(sentences)
     singles = torch.cat([embedder.embed([s]) for s in sentences])
     assert torch.allclose(one_batch, singles, atol=1e-5)
+
+
+def test_identifiers_are_the_question_codes_and_numbers():
+    from kb.embed import identifier_key, identifiers
+
+    q = "How many lamps are billed on invoice INV-53350 for flight LH3304 in 2020, version 3.8?"
+    assert identifiers(q) == ["2020", "38", "inv53350", "lh3304"]
+    assert identifiers("What does the -z option do?") == []  # no digit: nothing to check
+    assert identifiers("On 22 May, 4 GB") == []  # shorter than three characters
+    assert identifier_key("Invoice INV 53350, 4 GB") == "invoiceinv533504gb"

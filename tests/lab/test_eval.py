@@ -240,9 +240,14 @@ def test_text_eval_quick_run_writes_every_section(config, tmp_path: Path):
     out = tmp_path / "text.json"
     report = eval_text.main(["--quick", "--out", str(out)], backend=backend)
     saved = json.loads(out.read_text())
-    for section in ("readback", "one_page", "needle", "absent", "cross", "speed", "goals"):
+    for section in ("readback", "one_page", "needle", "absent", "cross", "people", "speed"):
         assert section in report and section in saved
     assert 0 <= report["readback"]["precision"] <= 1
+    # held-out questions people wrote, asked over their own documents: 2 answered, 1 not
+    people = report["people"]
+    assert (people["questions"], people["absent_questions"]) == (2, 1)
+    assert all(row["expected"] for row in people["examples"])
+    assert {g["goal"] for g in report["goals"]} >= {"people's held-out questions: span right"}
     assert report["speed"]["10"]["text"]["tokens"] > report["speed"]["10"]["tiny"]["tokens"] > 0
 
 

@@ -31,6 +31,8 @@ from kb.embed import (
     EMBED_DIM,
     SentenceEmbedder,
     char_segments,
+    identifier_key,
+    identifiers,
     lexical_scores_of_sets,
     segments,
     terms,
@@ -222,6 +224,8 @@ class Packed:
     # per text page (in page order): its content words; per segment: its page's index there
     page_terms: list[set[str]] = field(default_factory=list)
     segment_page: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    # per text page (page index ->): its text as embed.identifier_key writes it
+    page_keys: dict[int, str] = field(default_factory=dict)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -258,6 +262,7 @@ class ReferenceBackend(Backend):
         extractor: fine.SpanExtractor | bool | None = None,
         answer_threshold: float | None = None,
         bf16: bool | None = None,
+        identifiers: bool = True,
     ):
         if path is None and config is None and DEFAULT_WEIGHTS.is_file():
             path = DEFAULT_WEIGHTS
@@ -269,6 +274,9 @@ class ReferenceBackend(Backend):
         # pages per second (docs/benchmarks.md, "Ingest end to end"). What is stored is fp16
         # either way; questions are answered in fp32.
         self.bf16 = bf16 if bf16 is not None else native_bf16(self.device)
+        # The copy path reads only pages that name the question's codes and numbers, and says
+        # not found where none does (_extract; docs/benchmarks.md measures it both ways).
+        self.identifiers = identifiers
         if path is not None:
             if config is not None:
                 raise ValueError("a weights file brings its own config; pass path or config")
@@ -469,7 +477,18 @@ class ReferenceBackend(Backend):
         with no window that answers, so it is not cited), the answer's page first."""
         assert self.extractor is not None
         scores = self.segment_scores(question, packed)
-        top = torch.argsort(scores, descending=True)[: fine.TOP].tolist()
+        read = fine.TOP
+        if self.identifiers and (wanted := identifiers(question)):
+            # The question's codes and numbers: only the pages that name the most of them are
+            # read, and where no page names any, the memory does not hold the answer.
+            named = {i: sum(k in key for k in wanted) for i, key in packed.page_keys.items()}
+            most = max(named.values(), default=0)
+            if most == 0:
+                return Answer(NOT_FOUND, [0.0] * len(pages), found=False)
+            keep = torch.tensor([named[i] == most for i, _ in packed.segment_at])
+            scores = scores.masked_fill(~keep, float("-inf"))
+            read = min(read, int(keep.sum()))
+        top = torch.argsort(scores, descending=True)[:read].tolist()
         windows = []
         for s in top:
             i, k = packed.segment_at[s]
@@ -515,6 +534,7 @@ class ReferenceBackend(Backend):
         byte_seg: list[torch.Tensor] = []
         segment_at: list[tuple[int, int]] = []
         page_segments: dict[int, list[tuple[int, int]]] = {}
+        page_keys: dict[int, str] = {}
         page_terms: list[set[str]] = []
         segment_page: list[int] = []
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
@@ -528,6 +548,7 @@ class ReferenceBackend(Backend):
             data = text.encode("utf-8")
             bounds = segments(text)
             page_segments[i] = char_segments(text)
+            page_keys[i] = identifier_key(text)
             index = torch.full((n,), -1, dtype=torch.long)
             for k, (a, b) in enumerate(bounds):
                 segment_at.append((i, k))
@@ -554,6 +575,7 @@ class ReferenceBackend(Backend):
             page_segments=page_segments,
             page_terms=page_terms,
             segment_page=torch.tensor(segment_page, dtype=torch.long),
+            page_keys=page_keys,
         )
         with self._packed_lock:
             self._last_packed = packed

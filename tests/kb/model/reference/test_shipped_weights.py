@@ -71,6 +71,26 @@ def test_an_absent_answer_is_said_to_be_absent(backend: ReferenceBackend) -> Non
     assert not answer.found and answer.text == NOT_FOUND
 
 
+def test_a_code_no_page_names_is_not_answered_from_a_page_like_it(
+    backend: ReferenceBackend,
+) -> None:
+    """Two invoices in memory, a question about a third: without the identifier step the reader
+    copies a quantity from an invoice that looks right; with it, no page names INV-55318, so
+    the memory does not hold the answer. Asked about an invoice that is there, it reads that
+    one and cites it."""
+    pages = [
+        text_page(backend, "Invoice INV-10009\n\nDesk lamps: 55\nChairs: 12\n", "a"),
+        text_page(backend, "Invoice INV-53350\n\nDesk lamps: 340\nChairs: 9\n", "b"),
+    ]
+    absent = backend.answer("How many desk lamps are billed on invoice INV-55318?", pages)
+    assert not absent.found and absent.page_scores == [0.0, 0.0]
+    there = backend.answer("How many desk lamps are billed on invoice INV-53350?", pages)
+    assert there.found and there.text == "340" and there.page_scores[1] > there.page_scores[0]
+    blind = ReferenceBackend(identifiers=False)
+    blind._extractor = backend.extractor  # the same reader, without the identifier step
+    assert blind.answer("How many desk lamps are billed on invoice INV-55318?", pages).found
+
+
 def test_the_readme_walk_through(backend: ReferenceBackend) -> None:
     pages = [
         text_page(backend, "Revenue in Q3 was 4.2 million euros.", "report"),
