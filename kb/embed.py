@@ -222,20 +222,21 @@ def terms(text: str) -> list[str]:
     return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
 
-_CODE = re.compile(r"[^\W_]+(?:[-_./:][^\W_]+)*")
+_PART = re.compile(r"[^\W_]+")
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 def identifiers(question: str) -> list[str]:
-    """The question's codes and numbers ("INV-53350", "LH3304", "2020", "3.8"): its tokens of
-    three characters or more that hold a digit, as ``identifier_key`` writes them. A page that
-    answers a question naming one names it too; no paraphrase rewrites a number."""
+    """The question's codes and numbers ("INV-53350" -> "53350", "LH3304", "2020", "tune2fs"):
+    its runs of letters and digits, three characters or more, that hold a digit, lower-cased.
+    A page that answers a question naming one names it too; no paraphrase rewrites a number.
+    ("2.0", "0-based" or "non-7-bit-safe" name nothing: their digits are too short to tell.)"""
     keys = {
-        identifier_key(m.group())
-        for m in _CODE.finditer(question)
+        m.group().lower()
+        for m in _PART.finditer(question)
         if len(m.group()) >= 3 and any(c.isdigit() for c in m.group())
     }
-    return sorted(k for k in keys if k)
+    return sorted(keys)
 
 
 def identifier_key(text: str) -> str:
