@@ -265,8 +265,13 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
     }
 
 
+CURVE = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # thresholds the people's section also reports
+
+
 def section_people(backend, pages: Pages, answered: int, absent: int) -> dict[str, Any]:
-    """lab.qa's held-out questions, each over the pages of the document it was written about."""
+    """lab.qa's held-out questions, each over the pages of the document it was written about.
+    Every answer's score is kept (the reader runs with no threshold), so the figures are given
+    at the calibrated threshold and, as a curve, at others (``CURVE``)."""
     docs = qa.documents("heldout")
     asked = [(d, q) for d in docs for q in d.questions if q.answer is not None]
     unanswerable = [(d, q) for d in docs for q in d.questions if q.answer is None]
@@ -276,35 +281,50 @@ def section_people(backend, pages: Pages, answered: int, absent: int) -> dict[st
         unanswerable[i]
         for i in sorted(pick.sample(range(len(unanswerable)), min(absent, len(unanswerable))))
     ]
-    rows, invented = [], []
-    for doc, q in asked + unanswerable:
-        ctx = [pages.page(text, doc.name, n) for n, text in enumerate(doc.pages, start=1)]
-        answer, top = ask(backend, q.question, ctx)
-        if q.answer is None:
-            invented.append(answer.found)
-            continue
-        rows.append(
-            {
-                "exact": exact(answer.text, q.answer),
-                "span": span_right(answer.text, q.answer),
-                "f1": token_f1(answer.text, q.answer) if answer.found else 0.0,
-                "cited": answer.found and top == q.page,
-                "question": q.question,
-                "expected": q.answer,
-                "answer": answer.text,
-            }
-        )
-    n = max(1, len(rows))
+    reader = backend.extractor
+    threshold = reader.threshold if reader is not None else None
+    rows: list[dict[str, Any]] = []
+    try:
+        if reader is not None:
+            reader.threshold = float("-inf")  # every best span, with its score
+        for doc, q in asked + unanswerable:
+            ctx = [pages.page(text, doc.name, n) for n, text in enumerate(doc.pages, start=1)]
+            answer, top = ask(backend, q.question, ctx)
+            row = {"question": q.question, "expected": q.answer, "answer": answer.text}
+            row["found"], row["score"] = answer.found, answer.score
+            if q.answer is not None:
+                row["span"] = span_right(answer.text, q.answer)
+                row["exact"] = exact(answer.text, q.answer)
+                row["f1"] = token_f1(answer.text, q.answer) if answer.found else 0.0
+                row["cited"] = answer.found and top == q.page
+            rows.append(row)
+    finally:
+        if reader is not None:
+            reader.threshold = threshold
+
+    def at(t: float | None) -> dict[str, float]:
+        def found(r: dict[str, Any]) -> bool:
+            return r["found"] and (t is None or (r["score"] is not None and r["score"] > t))
+
+        got = [r for r in rows if r["expected"] is not None]
+        none = [r for r in rows if r["expected"] is None]
+        n = max(1, len(got))
+        return {
+            "span_right": sum(r["span"] and found(r) for r in got) / n,
+            "exact": sum(r["exact"] and found(r) for r in got) / n,
+            "f1": sum(r["f1"] * found(r) for r in got) / n,
+            "cited_first": sum(r["cited"] and found(r) for r in got) / n,
+            "invented": sum(found(r) for r in none) / max(1, len(none)),
+        }
+
     return {
         "documents": len({d.name for d, _ in asked + unanswerable}),
-        "questions": len(rows),
-        "span_right": sum(r["span"] for r in rows) / n,
-        "exact": sum(r["exact"] for r in rows) / n,
-        "f1": sum(r["f1"] for r in rows) / n,
-        "cited_first": sum(r["cited"] for r in rows) / n,
-        "absent_questions": len(invented),
-        "invented": sum(invented) / max(1, len(invented)),
-        "examples": rows[:8],
+        "questions": len(asked),
+        "absent_questions": len(unanswerable),
+        "threshold": threshold,
+        **at(threshold),
+        "curve": {str(t): at(t) for t in CURVE} if reader is not None else {},
+        "examples": [r for r in rows if r["expected"] is not None][:8],
     }
 
 
@@ -415,6 +435,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("people's: invented when absent", f"{report['people']['invented']:.1%}", "")
         table.add_row("people's: exact", f"{report['people']['exact']:.1%}", "")
         table.add_row("people's: token F1 (SQuAD)", f"{report['people']['f1']:.1%}", "")
+        for t, row in report["people"]["curve"].items():
+            table.add_row(
+                f"people's at threshold {t}: span / cited / invented",
+                f"{row['span_right']:.1%}",
+                f"{row['cited_first']:.1%} / {row['invented']:.1%}",
+            )
     if "cross" in report:
         table.add_row("cross-document", f"{report['cross']['accuracy']:.1%}", "(honest)")
     for n, row in report.get("speed", {}).items():
