@@ -18,7 +18,7 @@ from kb.settings import Settings
 from lab import textdata
 
 PINNED_VERSION = "reference-f08d13544978"
-PINNED_EXTRACTOR = "84892b0383bc"  # kb/model/reference/weights/extractor.safetensors
+PINNED_EXTRACTOR = "83aacca089b8"  # kb/model/reference/weights/extractor.safetensors
 
 
 @pytest.fixture(scope="module")
