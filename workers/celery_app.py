@@ -40,6 +40,10 @@ app.conf.update(
     # fills the one slot, so the next task is chosen when a process is free, by priority.
     worker_prefetch_multiplier=1,
     worker_max_tasks_per_child=200,  # recycle processes: bounds leaks in native libraries
+    # A new worker process loads the model and warms it up (workers.tasks._load_once) before it
+    # reports ready: several seconds on a busy 2-core machine, past Celery's 4 s default, after
+    # which the pool would kill the process and fork another, again and again.
+    worker_proc_alive_timeout=120,
     task_ignore_result=True,  # progress lives in the catalog, not in a result backend
     task_default_queue="kb",
     broker_connection_retry_on_startup=True,
