@@ -270,8 +270,8 @@ class ReferenceBackend(Backend):
         self.answer_threshold = answer_threshold  # None: the extractor file's calibrated one
         self.batch_size = batch_size  # pages per encoder call: bounds activation memory at base
         # Encoding (ingest's work: every page at every tier, its text and its segments) under
-        # bfloat16 autocast where the CPU multiplies bf16 natively (AMX / AVX512-BF16): 1.8x the
-        # pages per second (docs/benchmarks.md, "Ingest end to end"). What is stored is fp16
+        # bfloat16 autocast where the CPU multiplies bf16 natively (AMX / AVX512-BF16): MiniLM 2.9x,
+        # base 2.0x in-process (docs/benchmarks.md, "Ingest end to end"). What is stored is fp16
         # either way; questions are answered in fp32.
         self.bf16 = bf16 if bf16 is not None else native_bf16(self.device)
         # The copy path reads only pages that name the question's codes and numbers, and says
