@@ -67,7 +67,10 @@ _before = set(globals())
 out_dir = "data/train/text"
 init_from = str(DEFAULT_WEIGHTS)  # "" = random initialisation
 # ReferenceConfig overrides of the init's config
-model = '{"text_encoder": "slots", "text_layers": 2, "span_head": true, "span_lexical": 4.0}'
+model = (
+    '{"text_encoder": "slots", "text_layers": 2, "span_head": true, "span_lexical": 4.0, '
+    '"copy_head": true}'
+)
 threads = 2
 seed = 1337
 batch_read = 6  # read-back samples per step
@@ -85,6 +88,7 @@ page_bytes = 1600  # training pages are cut here (compute); eval pages are whole
 grad_pages = 3  # pages per question encoded with gradient (the answer's page always is)
 align = 1.0  # weight of the alignment loss
 span = 1.0  # weight of the copy path's loss
+pointer = 1.0  # weight of the read pointer's loss (config copy_head)
 lr = 1e-3
 min_lr = 1e-4
 warmup_steps = 50
@@ -106,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         init_from="",
         model=json.dumps(
             dict(enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1, d_model=32, n_heads=2,
-                 mlp_ratio=2, n_layers=2, text_layers=1, span_dim=8)
+                 mlp_ratio=2, n_layers=2, text_layers=1, span_dim=8, copy_head=True)
         ),
         batch_read=2, batch_ask=2, questions=4, read_bytes=32, haystack=3, haystack_start=2,
         page_bytes=400,
@@ -125,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def encode_pages(model: ReferenceModel, texts: list[str], grad: bool):
-    """Text pages -> per page (kv (L, 2, T, D), span keys (2, 4T, Ds), real-byte mask (4T,))."""
+    """Text pages -> per page (kv (L, 2, T, D), span keys (K, 4T, Ds), real-byte mask (4T,),
+    byte ids (4T,))."""
     if not texts:
         return []
     k = model.config.text_bytes_per_token
@@ -139,11 +144,12 @@ def encode_pages(model: ReferenceModel, texts: list[str], grad: bool):
     with torch.set_grad_enabled(grad):
         tokens = model.encode_text(batch, tmask)  # (N, T, D)
         kv = model.page_kv(tokens, tmask)  # (N, L, 2, T, D)
-        spans = model.page_span(tokens, batch)  # (N, 2, 4T, Ds)
+        spans = model.page_span(tokens, batch)  # (N, K, 4T, Ds)
     out = []
     for row, i in enumerate(ids):
         T = len(i) // k
-        out.append((kv[row, :, :, :T], spans[row, :, : len(i)], batch[row, : len(i)] != PAD))
+        real = batch[row, : len(i)] != PAD
+        out.append((kv[row, :, :, :T], spans[row, :, : len(i)], real, batch[row, : len(i)]))
     return out
 
 
@@ -157,7 +163,7 @@ def memory_of(model: ReferenceModel, per_sample: list[list[tuple]]):
     lengths = [sum(p[0].shape[2] for p in pages) for pages in per_sample]
     blens = [sum(p[1].shape[1] for p in pages) for pages in per_sample]
     M, P = max(lengths), max(blens)
-    kvs, spans, masks, smasks, tok_off, byte_off = [], [], [], [], [], []
+    kvs, spans, masks, smasks, sids, tok_off, byte_off = [], [], [], [], [], [], []
     for pages, m, n in zip(per_sample, lengths, blens, strict=True):
         kv = torch.cat([p[0] for p in pages], dim=2)  # (L, 2, m, D)
         span = torch.cat([p[1] for p in pages], dim=1)  # (2, n, Ds)
@@ -165,12 +171,14 @@ def memory_of(model: ReferenceModel, per_sample: list[list[tuple]]):
         spans.append(F.pad(span, (0, 0, 0, P - n)))
         masks.append(torch.arange(M) < m)
         smasks.append(F.pad(torch.cat([p[2] for p in pages]), (0, P - n)))
+        sids.append(F.pad(torch.cat([p[3] for p in pages]), (0, P - n), value=PAD))
         offsets = torch.tensor([0] + [p[0].shape[2] for p in pages]).cumsum(0)
         tok_off.append(offsets.tolist())
         offsets = torch.tensor([0] + [p[1].shape[1] for p in pages]).cumsum(0)
         byte_off.append(offsets.tolist())
     memory = model.memory(torch.stack(kvs), [M], torch.stack(masks))
     memory.span, memory.span_mask = torch.stack(spans), torch.stack(smasks)
+    memory.span_ids = torch.stack(sids)
     return memory, tok_off, byte_off
 
 
@@ -183,9 +191,9 @@ def read_batch(model, samples: list[textdata.Sample], cfg):
         others = encode_pages(model, [t for i, t in enumerate(texts) if i != s.page], grad=False)
         others.insert(s.page, enc[0])
         per_sample.append(others)
-    memory, tok_off, _ = memory_of(model, per_sample)
+    memory, tok_off, byte_off = memory_of(model, per_sample)
     R = cfg["read_bytes"]
-    rows, tgts, aligns = [], [], []
+    rows, tgts, aligns, copies = [], [], [], []
     for b, s in enumerate(samples):
         body = encode_text(s.pages[s.page])[:R]
         ids = [BOS, READ, *body]
@@ -195,10 +203,14 @@ def read_batch(model, samples: list[textdata.Sample], cfg):
             tok_off[b][s.page] + j // model.config.text_bytes_per_token for j in range(len(body))
         ]
         al = al[: len(ids)]
+        # the read pointer's target: the memory byte that position j + 1 writes
+        copies.append(([-1] + [byte_off[b][s.page] + j for j in range(len(body))])[: len(ids)])
         rows.append(ids)
         tgts.append(tgt)
         aligns.append(al)
-    return memory, *pad_rows(rows, tgts, aligns)
+    idx, tgt, al = pad_rows(rows, tgts, aligns)
+    _, _, copy_to = pad_rows(rows, tgts, copies)
+    return memory, idx, tgt, al, copy_to
 
 
 def pad_rows(rows, tgts, aligns):
@@ -284,9 +296,10 @@ def losses(model, cfg, rng, minutes: float):
         )
         for _ in range(cfg["batch_ask"])
     ]
-    memory, idx, tgt, al = read_batch(model, reads, cfg)
-    _, read_loss, _ = model(idx, memory, targets=tgt, align=al)
+    memory, idx, tgt, al, copy_to = read_batch(model, reads, cfg)
+    _, read_loss, _ = model(idx, memory, targets=tgt, align=al, copy_to=copy_to)
     read_align = model.align_loss
+    pointer = model.copy_loss if model.config.copy_head else read_loss.new_zeros(())
     span_sum, align_sum, count = idx.new_zeros((), dtype=torch.float), 0.0, 0
     for sample in memories:
         if not sample.questions:
@@ -296,7 +309,9 @@ def losses(model, cfg, rng, minutes: float):
     span_loss = span_sum / max(count, 1)
     ask_align = align_sum / max(count, 1)
     total = read_loss + cfg["span"] * span_loss + cfg["align"] * (read_align + ask_align)
-    parts = {"read": read_loss, "span": span_loss, "align": read_align + ask_align}
+    total = total + cfg["pointer"] * pointer
+    parts = {"read": read_loss, "span": span_loss, "align": read_align + ask_align,
+             "pointer": pointer}  # fmt: skip
     out = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
     return total, out | {"haystack": n_max, "questions": count}
 
@@ -311,8 +326,8 @@ def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
     prec = []
     for _ in range(cfg["eval_reads"]):
         s = textdata.read_sample(rng, "heldout", 0)
-        kv, sp, real = encode_pages(model, s.pages, grad=False)[0]
-        memory = model.pack([kv], [(sp, real)])
+        kv, *span = encode_pages(model, s.pages, grad=False)[0]
+        memory = model.pack([kv], [tuple(span)])
         n = min(len(s.pages[0].encode()), cfg["read_bytes"])
         ids, _ = model.generate([BOS, READ], memory, n)
         ref = s.pages[0].encode()[:n].decode("utf-8", "ignore")
@@ -321,7 +336,7 @@ def quick_eval(model: ReferenceModel, cfg) -> dict[str, float]:
     for _ in range(cfg["eval_asks"]):
         s = textdata.ask_sample(rng, "heldout", cfg["haystack"], 0.15)
         enc = encode_pages(model, s.pages, grad=False)
-        memory = model.pack([e[0] for e in enc], [(e[1], e[2]) for e in enc])
+        memory = model.pack([e[0] for e in enc], [e[1:] for e in enc])
         prompt = [BOS, ASK, *encode_text(s.question), SEP]
         lengths = [len(text_to_ids(t)) for t in s.pages]
         lex = model.config.span_lexical * lexical_bias(s.question, s.pages, lengths)

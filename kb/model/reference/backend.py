@@ -40,8 +40,9 @@ from kb.embed import (
 from kb.model.base import NOT_FOUND, Answer, Backend, ContextPage, PageTensors, drain
 from kb.model.reference import extractor as fine
 from kb.model.reference.configuration_reference import ReferenceConfig
-from kb.model.reference.modeling_reference import Memory, ReferenceModel
+from kb.model.reference.modeling_reference import Memory, ReferenceModel, SpanKeysOf
 from kb.model.reference.processing_reference import (
+    PAD,
     ask_prompt,
     decode,
     images_to_batch,
@@ -364,7 +365,7 @@ class ReferenceBackend(Backend):
         return text_token_count(text, self.config.text_bytes_per_token)
 
     def encode_text(self, texts: list[str]) -> list[PageTensors]:
-        """Pages' text -> per page the text tier's {"kv": (L, 2, T, D), "span": (2, 4T, Ds)},
+        """Pages' text -> per page the text tier's {"kv": (L, 2, T, D), "span": (K, 4T, Ds)},
         fp16: computed once at ingest and cached like a vision tier (the text encoder has
         transformer layers; a question over 1,000 pages could not afford to run it)."""
         pages: list[PageTensors] = []
@@ -375,7 +376,7 @@ class ReferenceBackend(Backend):
                 tokens = self.model.encode_text(ids)  # (1, T, D)
                 out = {"kv": self.model.page_kv(tokens)[0].to("cpu", torch.float16).clone()}
                 if self.config.span_head:
-                    span = self.model.page_span(tokens, ids)[0]  # (2, n, Ds)
+                    span = self.model.page_span(tokens, ids)[0]  # (K, n, Ds)
                     out["span"] = span.to("cpu", torch.float16).clone()
                 pages.append(out)
         if self.scorer is not None and self.config.span_head:
@@ -400,7 +401,7 @@ class ReferenceBackend(Backend):
 
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
         with torch.inference_mode():
-            memory = self.model.pack([self.page_kv(page)])
+            memory = self.model.pack([self.page_kv(page)], [self.page_span(page)])
             ids, _ = self.model.generate(read_prompt(), memory, max_new_tokens)
         return decode(ids)
 
@@ -608,8 +609,9 @@ class ReferenceBackend(Backend):
             score = score + SEGMENT_WEIGHT * torch.nan_to_num(cos - SEGMENT_FLOOR, nan=0.0)
         return score
 
-    def page_span(self, page: ContextPage) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """A text-tier page's span keys (2, n, Ds) and real-byte mask (n,); None for vision."""
+    def page_span(self, page: ContextPage) -> SpanKeysOf | None:
+        """A text-tier page's span keys (K, n, Ds), real-byte mask (n,) and byte ids (n,);
+        None for a vision tier."""
         if page.tier != "text" or not self.config.span_head:
             return None
         if page.text is None:
@@ -620,8 +622,11 @@ class ReferenceBackend(Backend):
             page.tensors = tensors  # page_kv reuses it
         span = tensors["span"]
         n = span.shape[1]
-        real = torch.arange(n) < len(page.text.encode("utf-8"))
-        return span, real
+        data = page.text.encode("utf-8")
+        ids = torch.full((n,), PAD, dtype=torch.long)
+        if data:
+            ids[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return span, ids != PAD, ids
 
     def page_kv(self, page: ContextPage) -> torch.Tensor:
         """The page's cross-attention kv (L, 2, T, D): cached, or (text tier) computed."""

@@ -265,9 +265,31 @@ class SpanKeys(nn.Module):
         return keys + own
 
 
+class CopyKeys(nn.Module):
+    """The read pointer's memory: one key per byte of a text page, from its token (one
+    projection per byte slot, so a key knows its byte's place) plus the byte itself.
+    (B, T, D) tokens, (B, 4T) ids -> (B, 1, 4T, span_dim)."""
+
+    def __init__(self, config: ReferenceConfig):
+        super().__init__()
+        self.k, self.dim = config.text_bytes_per_token, config.span_dim
+        self.ln = nn.LayerNorm(config.d_model)
+        self.proj = nn.Linear(config.d_model, self.k * self.dim, bias=False)
+        self.byte = nn.Embedding(config.vocab_size, self.dim)
+
+    def forward(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        B, T, _ = tokens.shape
+        keys = self.proj(self.ln(tokens)).view(B, 1, T * self.k, self.dim)  # (B, 1, 4T, Ds)
+        return keys + self.byte(ids)[:, None]
+
+
 # ---------------------------------------------------------------------------------------------
 # The reader's memory and its self-attention cache
 # ---------------------------------------------------------------------------------------------
+
+
+# One text page's copy-path tensors: keys (K, n, Ds), real bytes (n,) bool, byte ids (n,)
+SpanKeysOf = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -279,11 +301,13 @@ class Memory:
     page_index: torch.Tensor  # (M,) int64: the page of each memory token
     n_pages: int
     mask: torch.Tensor | None = None  # (B, M) bool, True = real token (padded training batches)
-    # The copy path (text-tier pages only): start/end keys per byte, which page each byte is of,
-    # and which are real (not PAD, not padding): (B, 2, P, Ds), (P,), (B, P)
+    # The copy path (text-tier pages only): start/end keys per byte (and the read pointer's,
+    # third, with config.copy_head), which page each byte is of, which are real (not PAD, not
+    # padding), and the bytes themselves: (B, 2 or 3, P, Ds), (P,), (B, P), (B, P)
     span: torch.Tensor | None = None
     span_page: torch.Tensor | None = None
     span_mask: torch.Tensor | None = None
+    span_ids: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -502,6 +526,11 @@ class ReferenceModel(nn.Module):
             self.span_keys = SpanKeys(config)
             self.span_query = nn.Linear(D, 2 * config.span_dim, bias=False)
             self.span_null = nn.Linear(D, 2)
+        if config.copy_head:  # the read pointer (configuration_reference)
+            self.copy_keys = CopyKeys(config)
+            self.copy_query = nn.Linear(D, config.span_dim, bias=False)
+            self.copy_gate = nn.Linear(D, 1)  # logit of "copy the byte pointed at"
+        self.copy_loss = torch.zeros(())  # set by forward when given copy_to
         hd = D // config.n_heads
         inv_freq = 1.0 / config.rope_base ** (torch.arange(0, hd, 2).float() / hd)  # (hd/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
@@ -536,10 +565,14 @@ class ReferenceModel(nn.Module):
         return self.text(ids, mask)
 
     def page_span(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Text-tier tokens (B, T, D) and their ids (B, 4T) -> span keys (B, 2, 4T, span_dim)."""
+        """Text-tier tokens (B, T, D) and their ids (B, 4T) -> span keys (B, K, 4T, span_dim):
+        start and end, and with config.copy_head the read pointer's (K = 3)."""
         if not self.config.span_head:
             raise ValueError("this model has no span head (config.span_head is False)")
-        return self.span_keys(tokens, ids)
+        keys = self.span_keys(tokens, ids)
+        if self.config.copy_head:
+            keys = torch.cat([keys, self.copy_keys(tokens, ids)], dim=1)
+        return keys
 
     def page_kv(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens (T, D) of one page -> (L, 2, T, D); or (B, T, D) pages -> (B, L, 2, T, D).
@@ -610,27 +643,31 @@ class ReferenceModel(nn.Module):
     def pack(
         self,
         page_kvs: list[torch.Tensor],
-        spans: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+        spans: list[SpanKeysOf | None] | None = None,
     ) -> Memory:
         """Cached kv of many pages, each (L, 2, T_i, D) -> one Memory (batch 1). ``spans``: per
-        page, None (a vision tier) or the text tier's span keys (2, n_i, Ds) and a (n_i,) bool
-        of the bytes that are real text."""
+        page, None (a vision tier) or the text tier's span keys (K, n_i, Ds), a (n_i,) bool of
+        the bytes that are real text and the (n_i,) byte ids (the read pointer copies them)."""
         memory = self._pack_kv(page_kvs)
         keys = [(i, sp) for i, sp in enumerate(spans or []) if sp is not None]
         if keys:
-            span = torch.cat([sp[0] for _, sp in keys], dim=1)  # (2, P, Ds)
+            span = torch.cat([sp[0] for _, sp in keys], dim=1)  # (K, P, Ds)
             device, dtype = self.wte.weight.device, self.wte.weight.dtype
-            memory.span = span[None].to(device, dtype)  # (1, 2, P, Ds)
+            memory.span = span[None].to(device, dtype)  # (1, K, P, Ds)
             memory.span_mask = torch.cat([sp[1] for _, sp in keys])[None].to(device)  # (1, P)
+            memory.span_ids = torch.cat([sp[2] for _, sp in keys])[None].to(device)  # (1, P)
             memory.span_page = torch.repeat_interleave(
                 torch.tensor([i for i, _ in keys], device=device),
                 torch.tensor([sp[0].shape[1] for _, sp in keys], device=device),
             )  # (P,)
         return memory
 
-    def pack_batch(self, page_kvs: list[torch.Tensor]) -> Memory:
+    def pack_batch(
+        self, page_kvs: list[torch.Tensor], spans: list[SpanKeysOf] | None = None
+    ) -> Memory:
         """One page per batch row, each (L, 2, T_i, D) -> a Memory of batch B, padded to the
-        longest page with a mask (text pages differ in length): batched read-backs."""
+        longest page with a mask (text pages differ in length): batched read-backs. ``spans``
+        (text pages, as for ``pack``) give the rows their copy path and read pointer."""
         T = max(kv.shape[2] for kv in page_kvs)
         L, _, _, D = page_kvs[0].shape
         kv = page_kvs[0].new_zeros(len(page_kvs), L, 2, T, D)
@@ -638,7 +675,16 @@ class ReferenceModel(nn.Module):
         for b, page in enumerate(page_kvs):
             kv[b, :, :, : page.shape[2]] = page
             mask[b, : page.shape[2]] = True
-        return self.memory(kv, [T], None if bool(mask.all()) else mask)
+        memory = self.memory(kv, [T], None if bool(mask.all()) else mask)
+        if spans:
+            P = max(sp[0].shape[1] for sp in spans)
+            dtype = self.wte.weight.dtype
+            memory.span = torch.stack([F.pad(sp[0], (0, 0, 0, P - sp[0].shape[1])) for sp in spans])
+            memory.span = memory.span.to(kv.device, dtype)  # (B, K, P, Ds)
+            memory.span_mask = torch.stack([F.pad(sp[1], (0, P - len(sp[1]))) for sp in spans])
+            memory.span_ids = torch.stack([F.pad(sp[2], (0, P - len(sp[2]))) for sp in spans])
+            memory.span_page = torch.zeros(P, dtype=torch.long)  # one page per row
+        return memory
 
     def _pack_kv(self, page_kvs: list[torch.Tensor]) -> Memory:
         L, D = self.config.n_layers, self.config.d_model
@@ -662,12 +708,18 @@ class ReferenceModel(nn.Module):
         cache: KVCache | None = None,
         need_page_mass: bool = False,
         align: torch.Tensor | None = None,
+        copy_to: torch.Tensor | None = None,
     ):
         """idx (B, t) byte ids -> logits (B, t, V), loss (targets (B, t), -100 = ignore),
         and with need_page_mass the last position's cross-attention mass per page (B, P),
         averaged over heads and layers. ``align`` (B, t): see CrossAttention; the mean
         alignment loss is then in ``self.align_loss``. The final states (B, t, D) are kept in
-        ``self.last_hidden`` for the span head."""
+        ``self.last_hidden`` for the span head.
+
+        With config.copy_head and a memory holding text bytes (``span_ids``), the logits are
+        the log-probabilities of the read pointer's mix (``copy_mix``); ``copy_to`` (B, t),
+        -1 = none, gives the memory byte each position copies, and the mean -log pointer weight
+        on it is then in ``self.copy_loss``."""
         B, t = idx.shape
         if memory.k[0].shape[0] not in (1, B):
             raise ValueError(f"memory batch {memory.k[0].shape[0]} is neither 1 nor {B}")
@@ -691,6 +743,8 @@ class ReferenceModel(nn.Module):
         self.align_loss = align_total / max(align_count, 1)
         self.last_hidden = self.ln_f(x)  # (B, t, D)
         logits = F.linear(self.last_hidden, self.wte.weight)  # (B, t, V)
+        if self.config.copy_head and memory.span_ids is not None and memory.span is not None:
+            logits = self.copy_mix(self.last_hidden, logits, memory, copy_to)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -698,6 +752,32 @@ class ReferenceModel(nn.Module):
         if need_page_mass:
             page_mass = mass.new_zeros(B, memory.n_pages).index_add_(1, memory.page_index, mass)
         return logits, loss, page_mass
+
+    # --- the read pointer ---
+
+    def copy_mix(self, h, logits, memory: Memory, copy_to: torch.Tensor | None = None):
+        """Reader states (B, t, D) and byte logits (B, t, V) -> log p(next byte) (B, t, V):
+        g * p(generated) + (1 - g) * the pointer's weight on each byte value, g a learned gate.
+        The pointer scores every text byte of the memory (its key, the third in memory.span)."""
+        assert memory.span is not None and memory.span_ids is not None
+        assert memory.span_mask is not None
+        B, t, V = logits.shape
+        keys = memory.span[:, 2]  # (Bm, P, Ds), Bm = 1 or B
+        P = keys.shape[1]
+        q = self.copy_query(h)  # (B, t, Ds)
+        ptr = q @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1])  # (B, t, P)
+        ptr = ptr.masked_fill(~memory.span_mask[:, None, :], float("-inf"))
+        ptr = ptr.log_softmax(-1)
+        if copy_to is not None:
+            want = copy_to >= 0
+            picked = ptr.gather(-1, copy_to.clamp(min=0)[..., None])[..., 0]  # (B, t)
+            self.copy_loss = -(picked * want).sum() / want.sum().clamp(min=1)
+        ids = memory.span_ids[:, None, :].expand(B, t, P)
+        copied = ptr.new_zeros(B, t, V).scatter_add_(-1, ids, ptr.exp())  # (B, t, V)
+        gate = self.copy_gate(h)  # (B, t, 1)
+        generated = logits.log_softmax(-1) + F.logsigmoid(-gate)
+        copied = copied.clamp(min=1e-30).log() + F.logsigmoid(gate)
+        return torch.logaddexp(generated, copied)
 
     # --- the copy path ---
 
@@ -710,7 +790,7 @@ class ReferenceModel(nn.Module):
             return null[:, :, None]  # (B, 2, 1): only "no answer" is possible
         Ds = self.config.span_dim
         q = self.span_query(h).view(B, 2, 1, Ds)  # (B, 2, 1, Ds)
-        scores = (q * memory.span).sum(-1) / math.sqrt(Ds)  # (B, 2, P)
+        scores = (q * memory.span[:, :2]).sum(-1) / math.sqrt(Ds)  # (B, 2, P)
         scores = scores.masked_fill(~memory.span_mask[:, None, :], float("-inf"))
         return torch.cat([scores, null[:, :, None]], dim=-1)  # (B, 2, P + 1)
 
@@ -825,6 +905,10 @@ class ReferenceModel(nn.Module):
                 page_index=memory.page_index,
                 n_pages=memory.n_pages,
                 mask=None if memory.mask is None else memory.mask.expand(B, -1),
+                span=memory.span,  # the copy path's tensors broadcast over the rows
+                span_page=memory.span_page,
+                span_mask=memory.span_mask,
+                span_ids=memory.span_ids,
             )
         device = self.wte.weight.device
         config = self.config

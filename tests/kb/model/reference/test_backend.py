@@ -125,7 +125,7 @@ def test_answer_scores_every_page(backend):
 def test_answer_copies_the_best_span_byte_for_byte(backend):
     """With the span query forced to match one byte's keys, the answer is that page's span."""
     page = ContextPage("notes", 1, "notes.txt p.1", "text", text="Code: QZ-4410 (new)")
-    span, real = backend.page_span(page)
+    span, real, _ = backend.page_span(page)
     model = backend.model
     with torch.no_grad():
         # queries = 0 except through the null score: make "no answer" lose, and pick by keys
