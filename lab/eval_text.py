@@ -20,7 +20,8 @@ not found, page scores) and the model's batched greedy decoder for read-back. Se
     natural    natural questions over real documents the project did not write
                (lab/natural: licences, manuals, specifications): answer span and page cited
     people     the held-out questions people wrote over real documents (lab.qa's held-out
-               split, which training never reads): a fixed sample of answered ones, each asked
+               split, which training never reads, less the third that calibrates the "no
+               answer" threshold, qa.calibrates): a fixed sample of answered ones, each asked
                over its own document's pages, answer span and page cited; and a sample of the
                unanswerable ones: invented answers. Ten times natural's questions, so a change of
                a few points is a signal, not one question
@@ -276,8 +277,9 @@ def section_people(backend, pages: Pages, answered: int, absent: int) -> dict[st
     Every answer's score is kept (the reader runs with no threshold), so the figures are given
     at the calibrated threshold and, as a curve, at others (``CURVE``)."""
     docs = qa.documents("heldout")
-    asked = [(d, q) for d in docs for q in d.questions if q.answer is not None]
-    unanswerable = [(d, q) for d in docs for q in d.questions if q.answer is None]
+    measured = [(d, q) for d in docs for q in d.questions if not qa.calibrates(q.question)]
+    asked = [(d, q) for d, q in measured if q.answer is not None]
+    unanswerable = [(d, q) for d, q in measured if q.answer is None]
     pick = random.Random("kb-eval-text/people")  # the same questions on every run
     asked = [asked[i] for i in sorted(pick.sample(range(len(asked)), min(answered, len(asked))))]
     unanswerable = [

@@ -316,7 +316,12 @@ def people_span(model: SpanExtractor) -> float:
     """span_share over the held-out lab.qa documents and ``PEOPLE_EVAL`` of their answered
     questions (always the same ones)."""
     docs = qa.documents("heldout")
-    asked = [(q.question, q.answer) for d in docs for q in d.questions if q.answer]
+    asked = [
+        (q.question, q.answer)
+        for d in docs
+        for q in d.questions
+        if q.answer and not qa.calibrates(q.question)
+    ]
     return span_share(model, [t for d in docs for t in d.pages], held_sample(asked))
 
 
@@ -443,7 +448,12 @@ def calibrate(model: SpanExtractor, cfg: dict[str, Any]) -> tuple[float, dict[st
         if m == cfg["calibrate_memories"]:  # the held-out documents' questions written by people
             docs = qa.documents("heldout")
             texts = [t for d in docs for t in d.pages]
-            written = [(q.question, q.answer) for d in docs for q in d.questions]
+            written = [
+                (q.question, q.answer)
+                for d in docs
+                for q in d.questions
+                if qa.calibrates(q.question)
+            ]
             questions = held_sample(written, PEOPLE_CALIBRATE)
         elif m % 2 and cfg["real"]:  # held-out real pages, cloze questions, some on other pages
             held = real_pages("heldout")

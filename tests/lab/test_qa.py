@@ -61,3 +61,14 @@ def test_people_questions_reach_the_reader_with_their_answer_in_the_window():
     known = {q.question: q.answer for d in qa.documents("train") for q in d.questions}
     for question, window, (a, b) in positives:
         assert window[a:b].split() == (known[question] or "").split()
+
+
+def test_the_threshold_is_calibrated_on_questions_the_eval_does_not_read():
+    """qa.calibrates splits the held-out questions: the calibration reads a third of them,
+    make eval's people section and the trainer's curve only the rest."""
+    held = [q for d in qa.documents("heldout") for q in d.questions]
+    calibrating = {q.question for q in held if qa.calibrates(q.question)}
+    measured = {q.question for q in held if not qa.calibrates(q.question)}
+    assert calibrating and measured and not calibrating & measured
+    assert 0.25 < len(calibrating) / len(held) < 0.42
+    assert any(q.answer is None for q in held if q.question in measured)  # both kinds measured

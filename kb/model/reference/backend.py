@@ -527,7 +527,10 @@ class ReferenceBackend(Backend):
             if self._last_packed is not None and self._last_packed.key == key:
                 return self._last_packed
         spans = [self.page_span(page) for page in pages]
-        memory = self.model.pack([self.page_kv(page) for page in pages], spans)
+        # Questions copy spans (start and end keys); the read pointer's keys serve read-backs
+        # (read_page), so they stay out of a question's pack: a third less to copy.
+        starts_ends = [None if sp is None else (sp[0][:2], *sp[1:]) for sp in spans]
+        memory = self.model.pack([self.page_kv(page) for page in pages], starts_ends)
         first_byte: dict[int, int] = {}
         offset = 0
         sets: list[set[str]] = []  # per segment of every text page: its content words

@@ -56,7 +56,8 @@ class ReferenceConfig:
     # (end - start < max_answer_bytes) is the answer, copied byte for byte: names, codes and
     # amounts come out exact. A learned "null" score says the memory holds no answer.
     span_head: bool = True
-    span_dim: int = 32  # per byte, fp16: 2 * 32 * 2 B = 128 B per byte of text, 0.25 MB per page
+    # per byte, fp16: 2 * 32 * 2 B = 128 B per byte of text (192 B with copy_head), 0.25 MB a page
+    span_dim: int = 32
     max_answer_bytes: int = 96  # longer answers than that are sentences, not spans
     # Added to every byte's start and end logits, times the lexical score of its sentence
     # (kb.embed.lexical_bias: the IDF share of the question's words it contains), in training

@@ -743,7 +743,12 @@ class ReferenceModel(nn.Module):
         self.align_loss = align_total / max(align_count, 1)
         self.last_hidden = self.ln_f(x)  # (B, t, D)
         logits = F.linear(self.last_hidden, self.wte.weight)  # (B, t, V)
-        if self.config.copy_head and memory.span_ids is not None and memory.span is not None:
+        if (
+            self.config.copy_head
+            and memory.span is not None
+            and memory.span.shape[1] > 2  # a question's pack leaves the pointer's keys out
+            and memory.span_ids is not None
+        ):
             logits = self.copy_mix(self.last_hidden, logits, memory, copy_to)
         loss = None
         if targets is not None:
