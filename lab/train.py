@@ -69,7 +69,7 @@ init_from = str(DEFAULT_WEIGHTS)  # "" = random initialisation
 # ReferenceConfig overrides of the init's config
 model = (
     '{"text_encoder": "slots", "text_layers": 2, "span_head": true, "span_lexical": 4.0, '
-    '"copy_head": true}'
+    '"copy_head": true, "copy_offsets": 8}'
 )
 threads = 2
 seed = 1337
@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         init_from="",
         model=json.dumps(
             dict(enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1, d_model=32, n_heads=2,
-                 mlp_ratio=2, n_layers=2, text_layers=1, span_dim=8, copy_head=True)
+                 mlp_ratio=2, n_layers=2, text_layers=1, span_dim=8, copy_head=True, copy_offsets=4)
         ),
         batch_read=2, batch_ask=2, questions=4, read_bytes=32, haystack=3, haystack_start=2,
         page_bytes=400,

@@ -79,6 +79,10 @@ class ReferenceConfig:
     # every byte it writes lives). Without it the reader learnt to attend to the right token
     # but not to use its value: read-back stayed at the language prior's 20% (docs/benchmarks.md).
     copy_head: bool = False
+    # The pointer's location prior: a learned bonus for pointing at the byte o after the one it
+    # pointed at one step before, o in -1 .. copy_offsets - 2 (0 = none). Reading goes on where
+    # it left off, so the query only has to find where to start (modeling_reference._follow).
+    copy_offsets: int = 0
 
     # --- shared width of memory tokens and reader ---
     d_model: int = 256  # wide enough for 4 bytes per text token; fp16 weights stay ~15 MB

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import (
+    OFFSET_SCALE,
     KVCache,
     ReferenceModel,
     alignment_nll,
@@ -391,6 +392,28 @@ def test_copy_mix_is_a_distribution_and_copies_only_the_pages_bytes():
     assert support <= allowed
 
 
+def test_location_prior_adds_its_bonus_after_the_previous_pointer():
+    """copy_offsets: position j's pointer scores get bonus[o] on byte prev + o - 1, prev the
+    previous position's target in training; decoding carries the last pointer in the cache."""
+    model = copy_model(copy_offsets=3).eval()
+    with torch.no_grad():
+        model.copy_offset_bonus.copy_(torch.tensor([1.0, 2.0, 4.0]) / OFFSET_SCALE)
+    ptr = torch.zeros(1, 3, 6)
+    copy_to = torch.tensor([[2, 4, -1]])
+    out = model._follow(ptr, copy_to, None)
+    assert out[0, 0].tolist() == [0.0] * 6  # nothing before the first position
+    assert out[0, 1].tolist() == pytest.approx(
+        [0, 1, 2, 4, 0, 0]
+    )  # after byte 2: 1 on 1, 2 on 2, 4 on 3
+    assert out[0, 2].tolist() == pytest.approx([0, 0, 0, 1, 2, 4])  # after byte 4
+    cache = KVCache(model.config.n_layers)
+    cache.pointer = torch.tensor([5])
+    out = model._follow(torch.zeros(1, 1, 6), None, cache)
+    assert out[0, 0].tolist() == pytest.approx(
+        [0, 0, 0, 0, 1, 2]
+    )  # 5 + 1 is past the memory: no bonus
+
+
 def test_a_reader_without_text_bytes_in_memory_is_not_mixed():
     """Vision tiers have no bytes to copy: the logits are the generator's alone."""
     model = copy_model().eval()
@@ -403,7 +426,7 @@ def test_read_pointer_learns_to_copy_unseen_strings():
     """Trained on the pointer and byte losses over random codes (no language prior helps), the
     reader reads back codes it never saw (greedy, batched over pages of different lengths):
     >= 85% of their bytes right, where a reader that does not copy gets ~3% (1 in 35)."""
-    model = copy_model(1, d_model=64, span_dim=16)
+    model = copy_model(1, d_model=64, span_dim=16, copy_offsets=4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     alphabet = b"ABCDEFGHJKLMNPQRSTUVWXYZ0123456789-"
@@ -420,7 +443,7 @@ def test_read_pointer_learns_to_copy_unseen_strings():
             spans.append(span_of(model, tokens, ids, t.decode()))
         return model.pack_batch(kvs, spans)
 
-    for step in range(250):
+    for step in range(150):
         n = 8 + step % 5  # 8 to 12 bytes
         texts = [page(n) for _ in range(8)]
         memory = batch(texts)
