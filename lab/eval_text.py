@@ -104,19 +104,26 @@ def ask(backend: ReferenceBackend, question: str, pages: list[ContextPage]):
     return answer, top
 
 
-def section_readback(backend: ReferenceBackend, n: int, rng: random.Random) -> dict[str, Any]:
-    texts = [textdata.make_page(rng, "heldout").text for _ in range(n)]
+def read_text_pages(backend: ReferenceBackend, texts: list[str], extra: int = 8) -> list[str]:
+    """Text-tier pages read back by the model's batched greedy decoder, 8 pages at a time,
+    each up to its length + ``extra`` bytes: what ``read_page`` reads, page by page."""
     pages = [ContextPage("readback", i, f"p.{i}", "text", text=t) for i, t in enumerate(texts)]
     kvs = [backend.page_kv(p).float() for p in pages]
     spans = [backend.page_span(p) for p in pages]
     model = backend.model
     got: list[str] = []
-    for i in range(0, n, 8):  # the model's batched greedy decoder, 8 pages at a time
+    for i in range(0, len(texts), 8):
         batch = kvs[i : i + 8]
-        lens = [len(t.encode()) + 8 for t in texts[i : i + 8]]
+        lens = [len(t.encode()) + extra for t in texts[i : i + 8]]
         memory = model.pack_batch(batch, [sp for sp in spans[i : i + 8] if sp is not None])
         ids, _ = model.generate_batch([read_prompt()] * len(batch), memory, lens)
         got.extend(decode(row) for row in ids)
+    return got
+
+
+def section_readback(backend: ReferenceBackend, n: int, rng: random.Random) -> dict[str, Any]:
+    texts = [textdata.make_page(rng, "heldout").text for _ in range(n)]
+    got = read_text_pages(backend, texts)
     whole = [precision(g, t) for g, t in zip(got, texts, strict=True)]
     head = [precision(squash(g)[:256], squash(t)[:256]) for g, t in zip(got, texts, strict=True)]
     return {

@@ -139,6 +139,23 @@ def test_batched_read_back_is_read_page(config):
     assert len(batched[2].encode()) <= 7
 
 
+def test_batched_text_read_back_is_read_page(config):
+    """make eval's text read-back (batched, pages of different lengths, the read pointer over
+    each row's own bytes) reads exactly what read_page reads, page by page."""
+    from dataclasses import replace
+
+    from lab import eval_text
+
+    backend = ReferenceBackend(config=replace(config, copy_head=True, copy_offsets=4))
+    texts = ["Invoice INV-20931 total 4,200 EUR", "Memo", "Room B412 is booked.\nFrom 9:00."]
+    batched = eval_text.read_text_pages(backend, texts, extra=4)
+    one_by_one = [
+        backend.read_page(ContextPage("d", 1, "", "text", text=t), len(t.encode()) + 4)
+        for t in texts
+    ]
+    assert batched == one_by_one
+
+
 def test_quick_run_writes_every_section(config, tmp_path: Path):
     backend = ReferenceBackend(config=config)
     out = tmp_path / "eval.json"

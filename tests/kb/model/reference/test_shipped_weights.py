@@ -13,7 +13,6 @@ import torch
 from kb.model import load_backend
 from kb.model.base import NOT_FOUND, ContextPage
 from kb.model.reference.backend import DEFAULT_WEIGHTS, ReferenceBackend
-from kb.model.reference.processing_reference import decode, read_prompt
 from kb.settings import Settings
 from lab import textdata
 
@@ -38,14 +37,14 @@ def text_page(backend: ReferenceBackend, text: str, doc: str = "doc", n: int = 1
     return ContextPage(doc, n, f"{doc} p.{n}", "text", tensors=tensors, text=text)
 
 
-def test_read_back_from_the_text_tier_is_pinned(backend: ReferenceBackend) -> None:
-    """Not yet right beyond the page's title: these weights read the kind of page and then
-    write a language prior (docs/benchmarks.md, "text tier"). Pinned so a change shows."""
+def test_a_page_is_read_back_right_from_the_text_tier(backend: ReferenceBackend) -> None:
+    """A held-out page read back through the service's path (read_page: the read pointer over
+    the page's text bytes), byte for byte, its first 512 bytes: names, codes and amounts too
+    (past the 640 bytes training reads, these weights drift: docs/benchmarks.md)."""
     text = textdata.make_page(random.Random(0), "heldout").text
     page = text_page(backend, text)
-    ids, _ = backend.model.generate(read_prompt(), backend.model.pack([backend.page_kv(page)]), 64)
-    assert text.startswith("Expense claim\n\n")
-    assert decode(ids) == PINNED_READ_BACK
+    assert text.startswith("Expense claim\n\n") and len(text.encode()) > 512
+    assert backend.read_page(page, 512) == text.encode()[:512].decode("utf-8", "replace")
 
 
 def test_a_needle_is_answered_from_the_text_tier_and_its_page_cited(
@@ -117,7 +116,6 @@ def test_a_stricter_answer_threshold_is_a_setting(backend: ReferenceBackend) -> 
     assert Settings(answer_threshold=6.29).answer_threshold == 6.29
 
 
-PINNED_READ_BACK = "Expense claim\n\nThe next review of the research policy is expecte"
 # The README's pages and questions: every answer found on its page, the absent one said to be
 # absent.
 PINNED_WALK_THROUGH: dict[str, tuple[str, str | None]] = {
