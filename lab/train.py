@@ -78,7 +78,8 @@ batch_ask = 4  # memories per step, each asked every fact it states (up to ``que
 questions = 12  # questions per memory: the memory is encoded once, the reader is cheap
 absent = 2  # questions per memory whose answer no page holds
 read_bytes = 320  # read-back targets: the first read_bytes of a page (positions generalise on)
-read_distractors = 1  # other pages in a read-back's memory (0..this)
+read_distractors = 0  # other pages in a read-back's memory (0..this): the READ prompt cannot say
+# which page to read, so a distractor makes the target a guess (the pointer did not learn with 1)
 haystack = 8  # pages per question, log-uniform 1..haystack (the eval goes to 1,000): a start
 # or end key depends on its own page alone, so more pages only add competitors, which the pages
 # here already bring (every page states facts of the same kinds)
