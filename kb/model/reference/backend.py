@@ -624,11 +624,7 @@ class ReferenceBackend(Backend):
             tensors = self.encode_text([page.text])[0]
             page.tensors = tensors  # page_kv reuses it
         span = tensors["span"]
-        n = span.shape[1]
-        data = page.text.encode("utf-8")
-        ids = torch.full((n,), PAD, dtype=torch.long)
-        if data:
-            ids[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        ids = text_to_ids(page.text, self.config.text_bytes_per_token)  # what span was keyed from
         return span, ids != PAD, ids
 
     def page_kv(self, page: ContextPage) -> torch.Tensor:

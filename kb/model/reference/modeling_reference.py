@@ -243,44 +243,28 @@ class TextEncoder(nn.Module):
 
 
 class SpanKeys(nn.Module):
-    """The copy path's memory: a start key and an end key for every byte of a text page.
+    """Keys for every byte of a text page: the copy path's start and end keys (``kinds`` 2) or
+    the read pointer's one key (``kinds`` 1, ``ReferenceModel.copy_keys``).
 
     Key of byte p = a projection of its token, one per byte slot (so each of the 4 bytes gets its
     own key from its context), plus an embedding of the byte itself (a span starts at a digit or
-    a capital, ends before a full stop). (B, T, D) tokens, (B, 4T) ids -> (B, 2, 4T, span_dim).
+    a capital, ends before a full stop). (B, T, D) tokens, (B, 4T) ids -> (B, kinds, 4T, span_dim).
     """
 
-    def __init__(self, config: ReferenceConfig):
+    def __init__(self, config: ReferenceConfig, kinds: int = 2):
         super().__init__()
-        self.k, self.dim = config.text_bytes_per_token, config.span_dim
+        self.k, self.dim, self.kinds = config.text_bytes_per_token, config.span_dim, kinds
         self.ln = nn.LayerNorm(config.d_model)
-        self.proj = nn.Linear(config.d_model, 2 * self.k * self.dim, bias=False)
-        self.byte = nn.Embedding(config.vocab_size, 2 * self.dim)
+        self.proj = nn.Linear(config.d_model, kinds * self.k * self.dim, bias=False)
+        self.byte = nn.Embedding(config.vocab_size, kinds * self.dim)
 
     def forward(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         B, T, _ = tokens.shape
-        keys = self.proj(self.ln(tokens)).view(B, T, 2, self.k, self.dim)  # (B, T, 2, 4, Ds)
-        keys = keys.permute(0, 2, 1, 3, 4).reshape(B, 2, T * self.k, self.dim)  # (B, 2, 4T, Ds)
-        own = self.byte(ids).view(B, T * self.k, 2, self.dim).transpose(1, 2)  # (B, 2, 4T, Ds)
+        n, K = self.kinds, T * self.k
+        keys = self.proj(self.ln(tokens)).view(B, T, n, self.k, self.dim)  # (B, T, n, 4, Ds)
+        keys = keys.permute(0, 2, 1, 3, 4).reshape(B, n, K, self.dim)  # (B, n, 4T, Ds)
+        own = self.byte(ids).view(B, K, n, self.dim).transpose(1, 2)  # (B, n, 4T, Ds)
         return keys + own
-
-
-class CopyKeys(nn.Module):
-    """The read pointer's memory: one key per byte of a text page, from its token (one
-    projection per byte slot, so a key knows its byte's place) plus the byte itself.
-    (B, T, D) tokens, (B, 4T) ids -> (B, 1, 4T, span_dim)."""
-
-    def __init__(self, config: ReferenceConfig):
-        super().__init__()
-        self.k, self.dim = config.text_bytes_per_token, config.span_dim
-        self.ln = nn.LayerNorm(config.d_model)
-        self.proj = nn.Linear(config.d_model, self.k * self.dim, bias=False)
-        self.byte = nn.Embedding(config.vocab_size, self.dim)
-
-    def forward(self, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        B, T, _ = tokens.shape
-        keys = self.proj(self.ln(tokens)).view(B, 1, T * self.k, self.dim)  # (B, 1, 4T, Ds)
-        return keys + self.byte(ids)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +519,7 @@ class ReferenceModel(nn.Module):
             self.span_query = nn.Linear(D, 2 * config.span_dim, bias=False)
             self.span_null = nn.Linear(D, 2)
         if config.copy_head:  # the read pointer (configuration_reference)
-            self.copy_keys = CopyKeys(config)
+            self.copy_keys = SpanKeys(config, kinds=1)
             self.copy_query = nn.Linear(D, config.span_dim, bias=False)
             self.copy_gate = nn.Linear(D, 1)  # logit of "copy the byte pointed at"
             if config.copy_offsets:  # the location prior's bonus per offset (copy_mix)
