@@ -143,8 +143,17 @@ def section_one_page(backend, pages: Pages, n: int, rng: random.Random) -> dict[
     return {"questions": n, "accuracy": right / n}
 
 
-def fillers(rng: random.Random, n: int) -> list[str]:
-    return [textdata.make_page(rng, "heldout", max_bytes=2500).text for _ in range(n)]
+def fillers(rng: random.Random, n: int) -> list[textdata.TextPage]:
+    return [textdata.make_page(rng, "heldout", max_bytes=2500) for _ in range(n)]
+
+
+def haystack(pool: list[textdata.TextPage], n: int, s: textdata.Sample) -> list[str]:
+    """Up to ``n`` pool pages around a question: none that holds its answer string or states its
+    fact with another answer (textdata.conflicts), so that the question has one right answer,
+    its needle's, or none."""
+    return [
+        p.text for p in pool[:n] if s.answer not in p.text and not textdata.conflicts(p, s.key)
+    ]
 
 
 def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
@@ -156,7 +165,7 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
         seconds = []
         for q in range(questions):
             s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0, max_bytes=2500)
-            others = [t for t in pool[: n - 1] if s.answer not in t]
+            others = haystack(pool, n - 1, s)
             depth = DEPTHS[q % len(DEPTHS)]
             at = round(depth * len(others))
             texts = others[:at] + [s.pages[0]] + others[at:]
@@ -205,7 +214,7 @@ def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
         examples: list[dict[str, str]] = []
         for _ in range(questions):
             s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0)
-            texts = [t for t in pool[:n] if s.answer not in t]
+            texts = haystack(pool, n, s)
             ctx = [pages.page(t, f"a{i}", 1) for i, t in enumerate(texts)]
             answer, _ = ask(backend, s.question, ctx)
             invented += answer.found
@@ -345,7 +354,7 @@ def section_speed(backend, pages: Pages, sizes: Sequence[int], rng: random.Rando
     shape filled with random values: cost depends on shapes only, not on values."""
     out: dict[str, Any] = {}
     cfg = backend.config
-    texts = fillers(rng, max(sizes))
+    texts = [p.text for p in fillers(rng, max(sizes))]
     for n in sizes:
         ctx_text = [pages.page(t, f"s{i}", 1) for i, t in enumerate(texts[:n])]
         T = backend.tier_tokens["tiny"]

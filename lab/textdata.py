@@ -218,6 +218,16 @@ class Sample:
     page: int = -1  # index into pages of the page that holds the answer (or is read back)
     start: int = -1  # byte span of the answer in that page
     end: int = -1
+    key: str = ""  # the fact's own question, before paraphrase: what another page may answer too
+
+
+def conflicts(page: TextPage, key: str) -> bool:
+    """Whether ``page`` states a fact asked as ``key`` (the same question, so the same subject:
+    "When did Nadia Olsen start?", "What is the destination of shipment SHP-64333?"). Value
+    pools are finite, so among a thousand pages another may state the fact with another answer:
+    beside a needle it makes the question ambiguous, and where the needle is absent it makes the
+    question answerable."""
+    return any(f.question == key for f in page.facts)
 
 
 def stream(seed: int, split: str = "train"):
@@ -251,10 +261,10 @@ def ask_sample(
     if rng.random() < p_absent:
         pages = others + [make_page(rng, split, max_bytes).text]
         rng.shuffle(pages)
-        return Sample("ask", pages, question=question)
+        return Sample("ask", pages, question=question, key=fact.question)
     at = rng.randint(0, len(others))
     pages = others[:at] + [holder.text] + others[at:]
-    return Sample("ask", pages, question, fact.answer, at, fact.start, fact.end)
+    return Sample("ask", pages, question, fact.answer, at, fact.start, fact.end, fact.question)
 
 
 @dataclass

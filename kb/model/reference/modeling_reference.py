@@ -796,18 +796,23 @@ class ReferenceModel(nn.Module):
         previous step's pointer made one-hot): position j's scores (B, t, P) get bonus[o] on
         byte prev_j + o, o in -1 .. copy_offsets - 2, where prev_j is the byte position j - 1
         pointed at: its target in training (``copy_to``), else its own argmax, and for the first
-        position the cache's last pointer (none at the start of a prompt)."""
+        position the cache's last pointer. Where position j - 1 pointed at nothing (a prompt,
+        -1 in ``copy_to``), prev_j is -1: "before the memory's first byte", so the first byte
+        written gets the bonus for the byte after the one pointed at, as every later one does.
+        A prompt decoded into an empty cache points at nothing, as in training."""
         B, t, P = ptr.shape
         none = torch.full((B, 1), -1, dtype=torch.long, device=ptr.device)
         if copy_to is not None:
             prev = torch.cat([none, copy_to[:, :-1]], dim=1)  # (B, t)
+        elif cache is not None and cache.pointer is None:  # a prompt: nothing pointed at yet
+            prev = none.expand(B, t)
         else:
             first = none if cache is None or cache.pointer is None else cache.pointer[:, None]
             prev = torch.cat([first, ptr[:, :-1].argmax(-1)], dim=1)  # (B, t)
         bonus = torch.zeros_like(ptr)
         for k, w in enumerate(self.copy_offset_bonus * OFFSET_SCALE):
-            at = prev + k - 1
-            ok = (prev >= 0) & (at >= 0) & (at < P)
+            at = prev.clamp(min=-1) + k - 1
+            ok = (at >= 0) & (at < P)
             bonus = bonus.scatter_add(-1, at.clamp(0, P - 1)[..., None], (w * ok)[..., None])
         return ptr + bonus
 

@@ -394,14 +394,16 @@ def test_copy_mix_is_a_distribution_and_copies_only_the_pages_bytes():
 
 def test_location_prior_adds_its_bonus_after_the_previous_pointer():
     """copy_offsets: position j's pointer scores get bonus[o] on byte prev + o - 1, prev the
-    previous position's target in training; decoding carries the last pointer in the cache."""
+    previous position's target in training; decoding carries the last pointer in the cache.
+    Where nothing was pointed at before (a prompt), prev is "before byte 0": the first byte
+    written gets the bonus for "the next byte", as every later one does."""
     model = copy_model(copy_offsets=3).eval()
     with torch.no_grad():
         model.copy_offset_bonus.copy_(torch.tensor([1.0, 2.0, 4.0]) / OFFSET_SCALE)
     ptr = torch.zeros(1, 3, 6)
     copy_to = torch.tensor([[2, 4, -1]])
     out = model._follow(ptr, copy_to, None)
-    assert out[0, 0].tolist() == [0.0] * 6  # nothing before the first position
+    assert out[0, 0].tolist() == pytest.approx([4, 0, 0, 0, 0, 0])  # before byte 0: 4 on 0
     assert out[0, 1].tolist() == pytest.approx(
         [0, 1, 2, 4, 0, 0]
     )  # after byte 2: 1 on 1, 2 on 2, 4 on 3
@@ -412,6 +414,12 @@ def test_location_prior_adds_its_bonus_after_the_previous_pointer():
     assert out[0, 0].tolist() == pytest.approx(
         [0, 0, 0, 0, 1, 2]
     )  # 5 + 1 is past the memory: no bonus
+    # a prompt decoded into an empty cache: every position points at nothing yet, as in
+    # training (its own argmax over the prompt is not a place in the page)
+    cache = KVCache(model.config.n_layers)
+    ptr = torch.tensor([[[0.0, 0, 0, 9, 0, 0], [0.0] * 6]])
+    out = model._follow(ptr, None, cache)
+    assert out[0, 1].tolist() == pytest.approx([4, 0, 0, 0, 0, 0])
 
 
 def test_a_reader_without_text_bytes_in_memory_is_not_mixed():
