@@ -59,3 +59,19 @@ def test_a_how_long_question_is_answered_by_a_duration():
     assert durations
     for _, answer in durations:
         assert answer.split()[-1] in textdata._DURATIONS, answer
+
+
+def test_a_page_that_states_the_questions_fact_conflicts_and_leaves_the_haystack():
+    """The needle sections' haystacks (lab.eval_text.haystack) leave out a page that states the
+    question's fact with another answer: two shipments SHP-64333 with two destinations among a
+    thousand pages make the question ambiguous, not a needle."""
+    from lab.eval_text import haystack
+
+    rng = random.Random(5)
+    s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0)
+    assert s.key  # the fact's own question, before paraphrase
+    twin = textdata.make_page(random.Random(6), "heldout")
+    twin.facts.append(textdata.TextFact(s.key, "another answer", 0, 1))
+    other = textdata.make_page(random.Random(7), "heldout")
+    assert textdata.conflicts(twin, s.key) and not textdata.conflicts(other, s.key)
+    assert haystack([twin, other], 2, s) == [other.text]
