@@ -282,6 +282,7 @@ def section_natural(backend, pages: Pages) -> dict[str, Any]:
         "absent_questions": len(absent),
         "invented": sum(r["invented"] for r in absent) / max(1, len(absent)),
         "examples": answered[:8],
+        "misses": [r for r in answered if not r["span"]],  # where to look next
     }
 
 
