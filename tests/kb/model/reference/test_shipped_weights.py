@@ -16,7 +16,7 @@ from kb.model.reference.backend import DEFAULT_WEIGHTS, ReferenceBackend
 from kb.settings import Settings
 from lab import textdata
 
-PINNED_VERSION = "reference-c24db14f05e0"
+PINNED_VERSION = "reference-5c42faa4a4a0"
 PINNED_EXTRACTOR = "83aacca089b8"  # kb/model/reference/weights/extractor.safetensors
 
 
