@@ -80,7 +80,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    24, 60, {10: 40, 100: 25, 1000: 10}, {10: 20, 100: 10}, 12, True, (100, 1000), (300, 100)
+    24, 60, {10: 40, 100: 25, 1000: 40}, {10: 20, 100: 10}, 12, True, (100, 1000), (300, 100)
 )
 QUICK = Sizes(2, 3, {10: 2}, {10: 2}, 1, False, (10,), (2, 1))
 
@@ -163,6 +163,7 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
         right = cited = read = 0
         per_depth: dict[str, list[int]] = {}
         seconds = []
+        outcomes = []  # per question, in order: 1 = answered right
         for q in range(questions):
             s = textdata.ask_sample(rng, "heldout", 1, p_absent=0.0, max_bytes=2500)
             others = haystack(pool, n - 1, s)
@@ -174,6 +175,7 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
             answer, top = ask(backend, s.question, ctx)
             seconds.append(time.perf_counter() - started)
             ok = exact(answer.text, s.answer)
+            outcomes.append(int(ok))
             right += ok
             cited += top == at
             read += read_by_reader(backend, s.question, s.answer, ctx, at)
@@ -185,6 +187,7 @@ def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Ran
             # two-stage copy path: the answer was among the windows stage 1 gave the reader
             "answer_in_read_windows": read / questions if backend.extractor else None,
             "by_depth": {d: sum(v) / len(v) for d, v in per_depth.items()},
+            "outcomes": outcomes,
             "seconds_median": statistics.median(seconds),
         }
     return out
