@@ -151,9 +151,7 @@ def haystack(pool: list[textdata.TextPage], n: int, s: textdata.Sample) -> list[
     """Up to ``n`` pool pages around a question: none that holds its answer string or states its
     fact with another answer (textdata.conflicts), so that the question has one right answer,
     its needle's, or none."""
-    return [
-        p.text for p in pool[:n] if s.answer not in p.text and not textdata.conflicts(p, s.key)
-    ]
+    return [p.text for p in pool[:n] if s.answer not in p.text and not textdata.conflicts(p, s.key)]
 
 
 def section_needle(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):
