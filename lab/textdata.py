@@ -255,9 +255,10 @@ def ask_sample(
             break
     fact = rng.choice(holder.facts)
     question = paraphrase(rng, fact.question)
-    others = [make_page(rng, split, max_bytes).text for _ in range(n_pages - 1)]
-    # a distractor that happens to hold the same answer string would make two right spans
-    others = [t for t in others if fact.answer not in t and fact.question not in t]
+    made = [make_page(rng, split, max_bytes) for _ in range(n_pages - 1)]
+    # a distractor that holds the same answer string, or states the fact with another answer,
+    # would make two right spans
+    others = [p.text for p in made if fact.answer not in p.text and not conflicts(p, fact.question)]
     if rng.random() < p_absent:
         pages = others + [make_page(rng, split, max_bytes).text]
         rng.shuffle(pages)

@@ -811,7 +811,7 @@ class ReferenceModel(nn.Module):
             prev = torch.cat([first, ptr[:, :-1].argmax(-1)], dim=1)  # (B, t)
         bonus = torch.zeros_like(ptr)
         for k, w in enumerate(self.copy_offset_bonus * OFFSET_SCALE):
-            at = prev.clamp(min=-1) + k - 1
+            at = prev + k - 1  # prev >= -1
             ok = (at >= 0) & (at < P)
             bonus = bonus.scatter_add(-1, at.clamp(0, P - 1)[..., None], (w * ok)[..., None])
         return ptr + bonus
