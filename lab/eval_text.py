@@ -52,7 +52,6 @@ from rich.table import Table
 
 from kb.model.base import ContextPage, PageTensors
 from kb.model.reference import backend as reference_backend
-from kb.model.reference import extractor
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.extractor import SpanExtractor
 from kb.model.reference.processing_reference import decode, read_prompt
@@ -196,14 +195,8 @@ def read_by_reader(backend, question: str, answer: str, ctx: list[ContextPage], 
     windows the extractive reader reads: a miss is then stage 1's, not the reader's."""
     if backend.extractor is None:
         return False
-    packed = backend.packed(ctx)
-    scores = backend.segment_scores(question, packed)
-    for k in torch.argsort(scores, descending=True)[: extractor.TOP].tolist():
-        i, j = packed.segment_at[k]
-        held = extractor.window(i, ctx[i].text or "", packed.page_segments[i], j).text
-        if i == at and squash(answer) in squash(held):
-            return True
-    return False
+    windows = backend.reading_windows(question, ctx, backend.packed(ctx))
+    return any(w.page == at and squash(answer) in squash(w.text) for w in windows)
 
 
 def section_absent(backend, pages: Pages, sizes: dict[int, int], rng: random.Random):

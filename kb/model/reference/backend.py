@@ -27,6 +27,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kb import aggregate
 from kb.embed import (
     EMBED_DIM,
     SentenceEmbedder,
@@ -68,6 +69,9 @@ SEGMENT_FLOOR = 0.45
 # reader for 89.9 -> 93.0% of the 922 held-out people's questions (0.5: 92.5%, 2: 92.1%), for 6 -> 9
 # of 10 needles among 1,000 pages; span right end to end 87 -> 90 of 308 of those questions.
 PAGE_LEXICAL_WEIGHT = 1.0
+# Windows read beyond the TOP best segments: the best ones of the page whose words match the
+# question best (reading_windows). Chosen on the held-out needles and lab.qa's questions.
+PAGE_FIRST = 4
 
 
 class WeightsIntegrityError(RuntimeError):
@@ -416,6 +420,9 @@ class ReferenceBackend(Backend):
             packed = self.packed(pages)
             memory = packed.memory
             if self.extractor is not None and packed.segment_at:
+                if (query := aggregate.parse(question)) is not None:
+                    if (combined := self._aggregate(query, pages, packed)) is not None:
+                        return combined
                 return self._extract(question, pages, packed)
             bias = self.segment_bias(question, packed)
             found, prob, scores = self.model.best_span(ask_prompt(question), memory, bias=bias)
@@ -458,6 +465,26 @@ class ReferenceBackend(Backend):
             yield tail
         return Answer(text=decode(ids[0]), page_scores=[float(s) for s in scores[0]])
 
+    def _aggregate(
+        self, query: aggregate.Query, pages: list[ContextPage], packed: Packed
+    ) -> Answer | None:
+        """A count, comparison, superlative or sum over per-page facts (kb.aggregate), each fact
+        copied by the reader from its own page. None where the memory does not hold what it
+        needs: the ordinary copy path answers instead."""
+
+        def ask(question: str, page: int) -> str | None:
+            got = self._extract(question, pages, packed, only=page)
+            return got.text if got.found else None
+
+        texts = [p.text if p.tier == "text" else None for p in pages]
+        result = aggregate.answer(query, texts, ask)
+        if result is None:
+            return None
+        page_scores = [0.0] * len(pages)
+        for rank, i in enumerate(result.pages):  # the deciding page first, then the others
+            page_scores[i] = max(page_scores[i], 2.0 if rank == 0 else 1.0)
+        return Answer(result.text, page_scores, found=True)
+
     @property
     def extractor(self) -> fine.SpanExtractor | None:
         """The copy path's fine stage, loaded on first use; None where there is none."""
@@ -470,30 +497,19 @@ class ReferenceBackend(Backend):
                     self._extractor = reader
         return self._extractor
 
-    def _extract(self, question: str, pages: list[ContextPage], packed: Packed) -> Answer:
+    def _extract(
+        self, question: str, pages: list[ContextPage], packed: Packed, only: int | None = None
+    ) -> Answer:
         """The two-stage copy path: every segment of the memory's text pages scored against the
         question (segment_scores), the reader (extractor.py) over the windows of the TOP best,
         the answer copied from the window whose best span beats "no answer" by most. Page
         scores: per page, how far its best window clears the threshold (a sigmoid; 0 for a page
-        with no window that answers, so it is not cited), the answer's page first."""
+        with no window that answers, so it is not cited), the answer's page first. ``only``:
+        page ``only`` alone is read."""
         assert self.extractor is not None
-        scores = self.segment_scores(question, packed)
-        read = fine.TOP
-        if self.identifiers and (wanted := identifiers(question)):
-            # The question's codes and numbers: only the pages that name the most of them are
-            # read, and where no page names any, the memory does not hold the answer.
-            named = {i: sum(k in key for k in wanted) for i, key in packed.page_keys.items()}
-            most = max(named.values(), default=0)
-            if most == 0:
-                return Answer(NOT_FOUND, [0.0] * len(pages), found=False)
-            keep = torch.tensor([named[i] == most for i, _ in packed.segment_at])
-            scores = scores.masked_fill(~keep, float("-inf"))
-            read = min(read, int(keep.sum()))
-        top = torch.argsort(scores, descending=True)[:read].tolist()
-        windows = []
-        for s in top:
-            i, k = packed.segment_at[s]
-            windows.append(fine.window(i, pages[i].text or "", packed.page_segments[i], k))
+        windows = self.reading_windows(question, pages, packed, only=only)
+        if not windows:  # the question names codes or numbers that no page names
+            return Answer(NOT_FOUND, [0.0] * len(pages), found=False)
         got = self.extractor.extract(question, [w.text for w in windows])
         threshold = self.extractor.threshold
         page_scores = [0.0] * len(pages)  # only pages with a window that answers are cited
@@ -512,6 +528,55 @@ class ReferenceBackend(Backend):
         span = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
         page_scores[w.page] += 1.0  # the page the answer was copied from
         return Answer(" ".join(span.split()), page_scores, found=True, score=best.score)
+
+    def reading_windows(
+        self,
+        question: str,
+        pages: list[ContextPage],
+        packed: Packed,
+        top: int = fine.TOP,
+        only: int | None = None,
+    ) -> list[fine.Window]:
+        """Stage 1 of the two-stage copy path: the windows (extractor.window) of the ``top``
+        best-scoring segments (segment_scores), best first, each window once (the lines of a
+        memo's header share one). Where the question names codes or numbers (embed.identifiers),
+        only the pages that name the most of them are read, and none where no page names any.
+        ``only``: read page ``only`` alone (the symbolic step's one-page questions)."""
+        scores = self.segment_scores(question, packed)
+        if only is not None:
+            on_page = torch.tensor([i == only for i, _ in packed.segment_at], dtype=torch.bool)
+            scores = scores.masked_fill(~on_page, float("-inf"))
+        if self.identifiers and (wanted := identifiers(question)):
+            named = {i: sum(k in key for k in wanted) for i, key in packed.page_keys.items()}
+            most = max(named.values(), default=0)
+            if most == 0:
+                return []
+            keep = torch.tensor([named[i] == most for i, _ in packed.segment_at])
+            scores = scores.masked_fill(~keep, float("-inf"))
+        order = torch.argsort(scores, descending=True).tolist()
+        windows: list[fine.Window] = []
+        seen: set[tuple[int, str]] = set()
+
+        def take(candidates: list[int], n: int) -> None:
+            for s in candidates:
+                if len(windows) >= n or scores[s] == float("-inf"):
+                    break
+                i, k = packed.segment_at[s]
+                w = fine.window(i, pages[i].text or "", packed.page_segments[i], k)
+                if (i, w.text) not in seen:
+                    seen.add((i, w.text))
+                    windows.append(w)
+
+        take(order, top)
+        if PAGE_FIRST and len(packed.page_terms) > 1 and only is None:
+            # The page that holds the most of the question's rare words, read at its best
+            # windows too: a memo's sender is named in its header, the words that pick the memo
+            # are in its subject, and the sentence that answers is one that hundreds of pages
+            # share (docs/benchmarks.md, "Stage 1 reads the best page").
+            page = lexical_scores_of_sets(question, packed.page_terms)
+            best = int(torch.argmax(page))
+            take([s for s in order if int(packed.segment_page[s]) == best], top + PAGE_FIRST)
+        return windows
 
     # --- helpers ---
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,44 @@ class Window:
         raise ValueError(f"offset {a} is outside the window's pieces")
 
 
+# A line that is one "Label: value" field (a memo's From / To / Date / Subject, a form's rows):
+# a label of a few words, a colon, a value.
+_FIELD = re.compile(r"[^\S\n]*[A-Z][\w'/&()-]*(?: [\w'/&()-]+){0,3}:[^\S\n]+\S[^\n]*")
+FIELD_BLOCK = 8  # at most this many fields of a block around the segment share its window
+
+
+def _field_block(text: str, bounds: list[tuple[int, int]], i: int) -> tuple[int, int] | None:
+    """The run of segments around segment ``i`` that are each one field line and follow each
+    other line after line (a memo's header, a form): (first, last) segment indices, or None
+    where segment ``i`` is not such a line."""
+
+    def field(k: int) -> bool:
+        a, b = bounds[k]
+        return "\n" not in text[a:b] and bool(_FIELD.fullmatch(text[a:b]))
+
+    def adjacent(k: int) -> bool:  # segment k + 1 starts on the line after segment k ends
+        return text[bounds[k][1] : bounds[k + 1][0]].count("\n") == 1
+
+    if not field(i):
+        return None
+    lo = hi = i
+    while lo > 0 and i - lo < FIELD_BLOCK // 2 and field(lo - 1) and adjacent(lo - 1):
+        lo -= 1
+    while hi + 1 < len(bounds) and hi - lo + 1 < FIELD_BLOCK and field(hi + 1) and adjacent(hi):
+        hi += 1
+    return (lo, hi) if hi > lo else None
+
+
 def window(page: int, text: str, bounds: list[tuple[int, int]], i: int) -> Window:
     """Segment ``i`` of a page (``bounds``: char offsets of its segments) in its window: the
     page's first segment (its title, if not already in), the segment before, the segment and the
-    segment after, as one contiguous run of the page."""
+    segment after, as one contiguous run of the page. A segment that is one line of a block of
+    "Label: value" lines (a memo's header: From, To, Date, Subject) has the block as its window
+    instead, up to FIELD_BLOCK lines: the date that matches the question and the sender it asks
+    for are one line apart, and each line is a segment of its own."""
     lo, hi = max(0, i - 1), min(len(bounds) - 1, i + 1)
+    if block := _field_block(text, bounds, i):
+        lo, hi = block
     parts: list[tuple[int, int]] = []
     if lo > 0:
         parts.append(bounds[0])

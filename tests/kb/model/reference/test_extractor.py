@@ -172,3 +172,66 @@ def test_a_segment_is_scored_with_its_page_so_words_split_over_a_page_still_meet
     assert scores[bullet["may"]] > scores[bullet["june"]]
     assert packed.page_terms[0] >= {"27", "april", "2020", "visitor", "log"}
     assert packed.segment_page.tolist() == [i for i, _ in packed.segment_at]
+
+
+MEMO = (
+    "Memo: printer replacement\n\n"
+    "The new printers arrive in March. Questions should be directed to Hannah Weber.\n\n"
+    "From: Alice Fischer\n"
+    "To: All marketing staff\n"
+    "Date: 6 October 2019\n"
+    "Subject: printer replacement\n\n"
+    "The access code is 4410.\n"
+)
+
+
+def test_a_line_of_a_memo_header_has_the_whole_header_as_its_window():
+    """Who sent the memo dated 6 October 2019? The date's line picks the memo, the sender is on
+    the line two above; each line is a segment, so the window of either is the header."""
+    bounds = char_segments(MEMO)
+    lines = [MEMO[a:b] for a, b in bounds]
+    header = (
+        "From: Alice Fischer\nTo: All marketing staff\nDate: 6 October 2019\n"
+        "Subject: printer replacement"
+    )
+    for line in ("From: Alice Fischer", "Date: 6 October 2019", "Subject: printer replacement"):
+        w = window(0, MEMO, bounds, lines.index(line))
+        assert w.text == "Memo: printer replacement\n" + header
+        i = w.text.index("Alice")
+        a, b = w.to_page(i, i + len("Alice Fischer"))
+        assert MEMO[a:b] == "Alice Fischer"
+    # A sentence keeps its usual window; the title (one field line on its own) too.
+    body = lines.index("The access code is 4410.")
+    assert window(0, MEMO, bounds, body).text == (
+        "Memo: printer replacement\nSubject: printer replacement\n\nThe access code is 4410."
+    )
+    assert window(0, MEMO, bounds, 0).text.startswith("Memo: printer replacement\n\nThe new")
+
+
+def test_stage_one_reads_each_window_once_the_best_page_too_and_one_page_when_asked(config):
+    backend = ReferenceBackend(config=config, scorer=False, extractor=False)
+    others = [
+        f"Memo: printer replacement\n\nQuestions should be directed to Person {k}.\n\n"
+        f"From: Someone {k}\nDate: {k + 1} May 2018\nSubject: printer replacement\n"
+        for k in range(30)
+    ]
+    texts = others + [MEMO]
+    pages = [
+        ContextPage(f"d{i}", 1, f"d{i} p.1", "text", tensors=backend.encode_text([t])[0], text=t)
+        for i, t in enumerate(texts)
+    ]
+    packed = backend.packed(pages)
+    question = "Who sent the memo about the printer replacement dated 6 October 2019?"
+    windows = backend.reading_windows(question, pages, packed, top=2)
+    keys = [(w.page, w.text) for w in windows]
+    assert len(keys) == len(set(keys))  # a header's lines share one window, read once
+    memo = len(texts) - 1
+    assert any(w.page == memo and "Alice Fischer" in w.text for w in windows)
+    # The question's numbers name the memo's page alone: no other page is read (identifiers).
+    assert {w.page for w in windows} == {memo}
+    question = "Who sent the memo about the printer replacement to all marketing staff?"
+    windows = backend.reading_windows(question, pages, packed, top=2)
+    assert len(windows) > 2  # the two best, and the best page's best windows beside them
+    assert any(w.page == memo and "Alice Fischer" in w.text for w in windows)
+    only = backend.reading_windows(question, pages, packed, only=3)
+    assert only and {w.page for w in only} == {3}
