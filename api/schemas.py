@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from kb import apikeys
 from kb.catalog.repo import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
@@ -48,7 +48,7 @@ class DocumentOut(BaseModel):
 class DocumentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pinned: bool
+    pinned: StrictBool  # true or false: "yes", 1 or "false" are refused, not guessed at
 
 
 class DocumentList(BaseModel):

@@ -104,8 +104,9 @@ def test_422s(client: TestClient, pdf: bytes) -> None:
     assert r.status_code == 422 and "question" in r.json()["detail"]
     r = client.get(f"/v1/documents/{MISSING}/pages/0/image", headers=USER)
     assert r.status_code == 422
-    r = client.patch(f"/v1/documents/{MISSING}", headers=USER, json={"pinned": "maybe"})
-    assert r.status_code == 422
+    for wrong in ("maybe", "yes", "false", 1, None):  # JSON true or false, nothing guessed
+        r = client.patch(f"/v1/documents/{MISSING}", headers=USER, json={"pinned": wrong})
+        assert r.status_code == 422, wrong
 
 
 def test_an_upload_is_queued_once(client: TestClient, queue: RecordingQueue, pdf: bytes) -> None:
