@@ -162,6 +162,16 @@ def _locate(text: str, answer: str, after: int = 0) -> tuple[int, int] | None:
     return len(text[:a].encode()), len(text[:b].encode())
 
 
+_NAME = re.compile(r"[A-Z][\w-]*|[\w-]*\d[\w-]*")
+
+
+def _names(question: str) -> list[str]:
+    """What a question names that its page must state: its capitalised words (after the first)
+    and its words with digits ("Mei", "Richter", "INC-29185", "2019")."""
+    words = re.findall(r"[\w-]+", question)[1:]
+    return [w for w in words if _NAME.fullmatch(w)]
+
+
 def make_page(rng: random.Random, split: str, max_bytes: int = 4000) -> TextPage:
     """A page of a synthetic document (any kind and layout of lab.data) as text, with its facts
     and, one time in three, extra technical facts and a project needle; up to ``max_bytes``."""
@@ -196,6 +206,8 @@ def make_page(rng: random.Random, split: str, max_bytes: int = 4000) -> TextPage
         span = _locate(cut, answer)
         if span is None or question in seen:
             continue
+        if len(cut) < len(text) and any(name not in cut for name in _names(question)):
+            continue  # the cut took what the question names ("Mei Richter's memo": its header)
         # an answer stated twice on the page is ambiguous as a copy target: keep unique ones
         if _locate(cut, answer, after=len(cut.encode()[: span[1]].decode(errors="ignore"))):
             continue

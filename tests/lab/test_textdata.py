@@ -75,3 +75,22 @@ def test_a_page_that_states_the_questions_fact_conflicts_and_leaves_the_haystack
     other = textdata.make_page(random.Random(7), "heldout")
     assert textdata.conflicts(twin, s.key) and not textdata.conflicts(other, s.key)
     assert haystack([twin, other], 2, s) == [other.text]
+
+
+def test_a_page_cut_short_keeps_no_question_about_what_the_cut_took():
+    """A memo cut before its header loses its sender: "Which extension is given in Mei Richter's
+    memo?" can then not be told from any other memo's extension, so it is not asked."""
+    cut = 0
+    for i in range(400):
+        page = textdata.make_page(random.Random(f"cut/{i}"), "heldout", max_bytes=700)
+        if len(page.text.encode()) < 690:
+            continue  # not cut
+        cut += 1
+        for fact in page.facts:
+            assert all(name in page.text for name in textdata._names(fact.question)), fact
+    assert cut > 100
+    assert textdata._names("Which extension is given in Mei Richter's memo on INC-7?") == [
+        "Mei",
+        "Richter",
+        "INC-7",
+    ]
