@@ -117,6 +117,39 @@ def test_a_stricter_answer_threshold_is_a_setting(backend: ReferenceBackend) -> 
     assert Settings(answer_threshold=6.29).answer_threshold == 6.29
 
 
+def test_questions_across_pages_are_answered_from_each_page_s_fact(backend: ReferenceBackend):
+    """The symbolic step (kb.aggregate) with the shipped reader copying each office's figure
+    from its own page, among pages about other things; a comparison whose office no page names
+    falls back to the reader, which finds nothing."""
+    offices = {
+        "Ghent": "Acme: Ghent office, annual summary\nThe Ghent office has 106 staff and is "
+        "managed by Rosa Ansari. It opened in 1999 and had revenue of EUR 1,936,000 last year.\n",
+        "Porto": "Acme: Porto office, annual summary\nStaff: 379\nManager: Henrik Fischer\n"
+        "Opened: 1990\nRevenue last year: EUR 6,598,000\n",
+        "Lyon": "Acme: Lyon office, annual summary\nThe Lyon office has 237 staff and is "
+        "managed by Joao Berg. It opened in 1972 and had revenue of EUR 8,544,000 last year.\n",
+    }
+    pages = [text_page(backend, t, city) for city, t in offices.items()]
+    pages.insert(1, text_page(backend, "Minutes of the safety meeting. Fire drills are held "
+                              "twice a year in the Lisbon office.\n", "minutes"))  # fmt: skip
+    expected = {
+        "Which Acme office has the most staff?": ("Porto", "Porto p.1"),
+        "Which Acme office has the fewest staff?": ("Ghent", "Ghent p.1"),
+        "Which Acme office had the highest revenue last year?": ("Lyon", "Lyon p.1"),
+        "Which Acme office has more staff, Ghent or Lyon?": ("Lyon", "Lyon p.1"),
+        "How many Acme offices have more than 200 staff?": ("2", "Porto p.1"),
+        "What is the combined staff of the Acme offices in Ghent and Lyon?": ("343", "Ghent p.1"),
+        "How many offices does Acme have?": ("3", "Ghent p.1"),
+    }
+    for question, (text, cited) in expected.items():
+        answer = backend.answer(question, pages)
+        top = max(range(len(pages)), key=lambda i: answer.page_scores[i])
+        assert (answer.text, pages[top].label) == (text, cited), question
+        assert answer.page_scores[1] == 0.0  # the minutes are about no Acme office
+    answer = backend.answer("Which Acme office has more staff, Ghent or Berlin?", pages)
+    assert answer.text != "Ghent"  # Berlin's staff is on no page: no comparison is made up
+
+
 # The README's pages and questions: every answer found on its page, the absent one said to be
 # absent.
 PINNED_WALK_THROUGH: dict[str, tuple[str, str | None]] = {
