@@ -179,6 +179,7 @@ def weights_digest(model: ReferenceModel, config: ReferenceConfig) -> str:
 
 
 _WORD_BYTE = re.compile(rb"[\w\x80-\xff]")
+_SCHEME = re.compile(rb"(?<![\w.+-])[A-Za-z][A-Za-z0-9+.-]*://$")
 _JOINERS = b"-.,:/'"  # inside a word or number when a word character follows: QZ-4410, 4.2, 8,210
 _BRACKETS = ((b"(", b")"), (b"[", b"]"), (b"<", b">"), (b"{", b"}"))
 
@@ -200,6 +201,12 @@ def whole_words(data: bytes, a: int, b: int) -> tuple[int, int]:
         a -= 1
     while word(b) or joined(b):
         b += 1
+    # A URL keeps its scheme ("https://www.gnu.org/..."), an extension or a dotfile its dot
+    # (".tgz", "~/.bashrc": a dot after a space or a slash, before a word).
+    if scheme := _SCHEME.search(data[max(0, a - 16) : a]):
+        a -= len(scheme.group())
+    elif word(a) and data[a - 1 : a] == b"." and (a == 1 or data[a - 2] in b" \t\n/(\"'"):
+        a -= 1
     # A bracket the span opens or closes takes its partner where it is next to the span:
     # "pidfd_send_signal(2" -> "pidfd_send_signal(2)", "pattern>" -> "<pattern>".
     for opener, closer in _BRACKETS:

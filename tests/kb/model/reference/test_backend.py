@@ -258,6 +258,18 @@ def test_answers_are_whole_words(piece, word):
 
 @pytest.mark.parametrize(
     "piece,span",
+    [("www.gnu", "https://www.gnu.org/licenses/why-not-lgpl.html"), ("tgz", ".tgz"),
+     ("taz", ".taz"), ("bashrc", ".bashrc"), ("end", "end")],
+)  # fmt: skip
+def test_a_url_keeps_its_scheme_and_an_extension_its_dot(piece, span):
+    data = b"See https://www.gnu.org/licenses/why-not-lgpl.html: .tgz and .taz, ~/.bashrc. The end."
+    i = data.index(piece.encode())
+    a, b = whole_words(data, i, i + len(piece))
+    assert data[a:b].decode() == span
+
+
+@pytest.mark.parametrize(
+    "piece,span",
     [("signal(2", "pidfd_send_signal(2)"), ("pattern>", "<pattern>"), ("(ZLIB", "(ZLIB)")],
 )
 def test_answers_take_the_bracket_they_open_or_close(piece, span):
