@@ -235,3 +235,39 @@ def test_stage_one_reads_each_window_once_the_best_page_too_and_one_page_when_as
     assert any(w.page == memo and "Alice Fischer" in w.text for w in windows)
     only = backend.reading_windows(question, pages, packed, only=3)
     assert only and {w.page for w in only} == {3}
+
+
+def test_among_windows_that_answer_the_page_that_matches_the_question_weighs_in(
+    config, reader, monkeypatch
+):
+    """PAGE_PRIOR: the reader's score plus a share of its page's (the question's rare words the
+    page holds). With a large weight the page that names the question's sender is chosen,
+    whatever the reader's scores (reversed, the other one); with none, the reader's best alone."""
+    from kb.model.reference import backend as reference_backend
+
+    backend = ReferenceBackend(config=config, scorer=False, extractor=reader)
+    texts = [
+        f"Memo: parking\n\nQuestions should be directed to {contact}.\n\nFrom: {sender}\n"
+        for sender, contact in (("Carlos Diaz", "Isabel Strand"), ("Emma Fischer", "Nadia Petrova"))
+    ]
+    pages = [
+        ContextPage(f"m{i}", 1, f"m{i} p.1", "text", tensors=backend.encode_text([t])[0], text=t)
+        for i, t in enumerate(texts)
+    ]
+    question = "Who should questions about Carlos Diaz's parking memo go to?"
+    reader.threshold = float("-inf")  # every window answers: only the choice among them counts
+    try:
+        monkeypatch.setattr(reference_backend, "PAGE_PRIOR", 1e6)
+        prior = backend.answer(question, pages)
+        monkeypatch.setattr(reference_backend, "PAGE_PRIOR", -1e6)  # the mechanism, reversed
+        reverse = backend.answer(question, pages)
+        monkeypatch.setattr(reference_backend, "PAGE_PRIOR", 0.0)
+        plain = backend.answer(question, pages)
+        got = reader.extract(question, [w.text for w in backend.reading_windows(
+            question, pages, backend.packed(pages))])  # fmt: skip
+    finally:
+        reader.threshold = 0.0
+    assert max(range(2), key=lambda i: prior.page_scores[i]) == 0  # Carlos Diaz's memo
+    assert prior.text in " ".join(texts[0].split())
+    assert max(range(2), key=lambda i: reverse.page_scores[i]) == 1
+    assert plain.score == max(e.score for e in got)  # no prior: the reader's best
