@@ -74,8 +74,9 @@ PAGE_LEXICAL_WEIGHT = 1.0
 PAGE_FIRST = 4
 # The weight of a page's share of the question's rare words (0..1) beside the reader's score
 # (logits; the windows that answer score about 1-15) when choosing among windows that answer
-# (_extract). Chosen on the held-out needles and lab.qa's questions: 6-12 alike, 0-4 alike.
-PAGE_PRIOR = 8.0
+# (_extract). Chosen on the held-out needles and lab.qa's questions (offline over the windows
+# read): 0-4 change nothing, 6-16 win a needle and a people's question, 24-32 one more of those.
+PAGE_PRIOR = 24.0
 
 
 class WeightsIntegrityError(RuntimeError):
