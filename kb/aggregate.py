@@ -14,7 +14,7 @@ the reader copies out one page at a time:
    qualifier.
 3. ``fact_question`` asks for the attribute of that one entity ("How many staff does the Curitiba
    office have?"), which the backend answers from that page alone; ``number`` reads the value.
-4. ``combine`` answers from the values: the entity with the most, the count over a threshold, the
+4. ``answer`` combines the values: the entity with the most, the count over a threshold, the
    sum, the count of entities.
 
 Nothing here knows a model or a page store: the backend gives it texts and a way to ask a page.
@@ -65,6 +65,8 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]  # fmt: skip
 
 
+# Attributes that are amounts, not counts: asked "What was the revenue of ...?"
+_AMOUNTS = {"revenue", "turnover", "profit", "sales", "income", "budget", "cost", "costs", "price"}
 MAX_ENTITIES = 64  # the most one-page questions one question may ask (each reads one page)
 
 
@@ -165,9 +167,7 @@ def entity_of(text: str, query: Query) -> str | None:
 def fact_question(query: Query, entity: str) -> str:
     """The one-page question whose answer is the entity's value of the attribute."""
     subject = f"the {entity} {query.noun}"
-    if query.kind in ("extreme", "compare") and query.attribute.split()[0].lower() in {
-        "revenue", "turnover", "profit", "sales", "income", "budget", "cost", "costs", "price",
-    }:  # fmt: skip
+    if query.attribute.split()[0].lower() in _AMOUNTS:  # "What was the revenue of ...?"
         return f"What was the {query.attribute} of {subject}?"
     return f"How many {query.attribute} does {subject} have?"
 

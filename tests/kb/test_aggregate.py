@@ -87,6 +87,7 @@ def test_a_page_is_about_the_first_named_thing_of_the_question_s_kind():
         ("How many offices does Acme have?", "3", 0),
         ("Which Acme office had the highest revenue last year?", "Faro", 3),
         ("Which office has the most staff?", "Madrid", 2),  # no qualifier: every office
+        ("What is the total revenue of the Acme offices in Lisbon and Porto?", "2000000", 0),
     ],
 )
 def test_answers_are_combined_from_one_page_answers(question, expected, first_page):
