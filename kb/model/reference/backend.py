@@ -532,7 +532,7 @@ class ReferenceBackend(Backend):
         best = max(got, key=lambda e: e.score)
         if best.score <= threshold:
             return Answer(NOT_FOUND, page_scores, found=False, score=best.score)
-        if PAGE_PRIOR and len(packed.page_terms) > 1:
+        if PAGE_PRIOR and len(packed.page_terms) > 1 and only is None:
             # Among the windows that answer, the reader's score plus a share of the page's: the
             # share of the question's rare words its page holds (as BERTserini adds its
             # retriever's score to its reader's). Hundreds of memos say "Questions should be
@@ -599,7 +599,8 @@ class ReferenceBackend(Backend):
             # share (docs/benchmarks.md, "Stage 1 reads the best page").
             page = lexical_scores_of_sets(question, packed.page_terms)
             best = int(torch.argmax(page))
-            take([s for s in order if int(packed.segment_page[s]) == best], top + PAGE_FIRST)
+            on_best = (packed.segment_page == best).tolist()  # one list, not a tensor per segment
+            take([s for s in order if on_best[s]], top + PAGE_FIRST)
         return windows
 
     # --- helpers ---
