@@ -55,7 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "max_minutes": 60.0,
     "max_steps": 0,
     "resume": False,
-    "model": "shipped",  # the reference weights, or "tiny": a random tiny config (tests)
+    # "shipped": the reference weights; "fresh": their architecture, randomly initialised (the
+    # encoder then learns from the ordered target only, not from the bag-of-words it was trained
+    # with); "tiny": a random tiny config (tests)
+    "model": "shipped",
     "init": "",  # a file --export wrote (encoder and reader, fp16): a later session goes on from it
     "export": "",  # write out_dir/ckpt.pt's encoder and reader to this file, then stop
     "train_documents": 400,  # one-page training documents in the pool (rendered once)
@@ -64,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "strips": 8,  # bands per cell: at base 8 px of the canonical render, under a line's height
     "slots": 8,  # CTC positions per strip and cell: a cell line holds ~5-9 characters at base
     "hidden": 96,
+    # "row": one CTC sequence per row of cells (strip by strip, then cell by cell); "cell": one
+    # per token, its own characters (cell_targets; strips x slots positions, e.g. 1 x 48)
+    "layout": "row",
     "lr": 3e-4,  # the reader
     "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
     "warmup": 50,
@@ -103,22 +109,28 @@ class RowReader(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, 256)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, g*g, D) -> log-probs (T, B*g, 256), T = strips * g * slots, rows in raster order."""
+    def forward(self, tokens: torch.Tensor, cells: bool = False) -> torch.Tensor:
+        """(B, g*g, D) -> log-probs (T, B*g, 256), T = strips * g * slots, rows in raster order;
+        with ``cells``, one sequence per token instead: (strips * slots, B*g*g, 256)."""
         B, n, _ = tokens.shape
         g = int(round(n**0.5))
         if g * g != n:
             raise ValueError(f"{n} tokens are not a square grid")
-        x = self.expand(tokens).view(B, g, g, self.strips, self.slots, self.hidden)
-        x = x.permute(0, 1, 3, 2, 4, 5).reshape(B * g, self.strips * g * self.slots, self.hidden)
+        if cells:
+            x = self.expand(tokens).view(B * n, self.strips * self.slots, self.hidden)
+        else:
+            x = self.expand(tokens).view(B, g, g, self.strips, self.slots, self.hidden)
+            x = x.permute(0, 1, 3, 2, 4, 5).reshape(
+                B * g, self.strips * g * self.slots, self.hidden
+            )
         x = x + F.gelu(self.mix(x.transpose(1, 2))).transpose(1, 2)  # (B*g, T, h)
         logits = self.out(self.norm(x))  # (B*g, T, 256)
         return F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B*g, 256)
 
 
-def lines_of(words: list) -> list[tuple[float, str]]:
-    """Word boxes (x0, y0, x1, y1, word) -> lines (vertical centre, text), top to bottom: words
-    whose centres lie within half a word height of a line's first word join it, left to right."""
+def line_groups(words: list) -> list[tuple[float, list]]:
+    """Word boxes (x0, y0, x1, y1, word) -> lines (vertical centre, words left to right), top to
+    bottom: words whose centres lie within half a word height of a line's first word join it."""
     boxes = sorted(words, key=lambda w: ((w[1] + w[3]) / 2, w[0]))
     lines: list[tuple[float, float, list]] = []  # (centre, height, words)
     for w in boxes:
@@ -127,9 +139,12 @@ def lines_of(words: list) -> list[tuple[float, str]]:
             lines[-1][2].append(w)
         else:
             lines.append((cy, h, [w]))
-    return [
-        (cy, " ".join(str(w[4]) for w in sorted(ws, key=lambda w: w[0]))) for cy, _, ws in lines
-    ]
+    return [(cy, sorted(ws, key=lambda w: w[0])) for cy, _, ws in lines]
+
+
+def lines_of(words: list) -> list[tuple[float, str]]:
+    """Word boxes -> lines (vertical centre, text), top to bottom (``line_groups``)."""
+    return [(cy, " ".join(str(w[4]) for w in ws)) for cy, ws in line_groups(words)]
 
 
 def row_targets(words: list, grid: int) -> list[str]:
@@ -139,6 +154,45 @@ def row_targets(words: list, grid: int) -> list[str]:
     for cy, text in lines_of(words):
         rows[min(grid - 1, max(0, int(cy * grid / CANONICAL.size)))].append(text)
     return [" ".join(r) for r in rows]
+
+
+def cell_targets(words: list, grid: int) -> list[str]:
+    """Per token of a grid x grid layout (raster order), the characters that lie in its cell:
+    the lines whose vertical centre lies in its row (as ``row_targets``), each cut to the
+    characters whose horizontal centre lies in its column, joined by a newline. Every cell of a
+    row holds as many newlines as the row has lines, so ``assemble`` can put the lines back
+    together. A character's centre is interpolated within its word's box; the space between two
+    words lies half-way between them."""
+    size = CANONICAL.size
+
+    def at(v: float) -> int:
+        return min(grid - 1, max(0, int(v * grid / size)))
+
+    cells: list[list[list[str]]] = [[[] for _ in range(grid)] for _ in range(grid)]
+    for cy, line in line_groups(words):
+        pieces = [""] * grid
+        for i, w in enumerate(line):
+            x0, x1, text = float(w[0]), float(w[2]), str(w[4])
+            if i:
+                pieces[at((float(line[i - 1][2]) + x0) / 2)] += " "
+            for j, ch in enumerate(text):
+                pieces[at(x0 + (j + 0.5) * (x1 - x0) / max(1, len(text)))] += ch
+        for c in range(grid):
+            cells[at(cy)][c].append(pieces[c])
+    return ["\n".join(cells[r][c]) for r in range(grid) for c in range(grid)]
+
+
+def assemble(cells: list[str], grid: int) -> str:
+    """Cell read-backs (raster order) -> the page's text: per row of cells, line j is the cells'
+    j-th pieces left to right; lines and rows joined by a space (``cell_targets``' inverse)."""
+    lines: list[str] = []
+    for r in range(grid):
+        parts = [cells[r * grid + c].split("\n") for c in range(grid)]
+        for j in range(max(len(p) for p in parts)):
+            line = "".join(p[j] for p in parts if j < len(p)).strip()
+            if line:
+                lines.append(line)
+    return " ".join(lines)
 
 
 def encode_targets(texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -173,20 +227,28 @@ def pixels_of(pool: data.Pool, tier: str, pages: list[int]) -> torch.Tensor:
     return 1.0 - raw.float()[:, None] / 255.0
 
 
-def step_loss(model, reader: RowReader, pool: data.Pool, tier: str, pages: list[int]):
-    """Mean CTC loss per target byte over the rows of ``pages``, and the bytes cut."""
+def step_loss(
+    model, reader: RowReader, pool: data.Pool, tier: str, pages: list[int], layout: str = "row"
+):
+    """Mean CTC loss per target byte over the rows (or cells) of ``pages``, and the bytes cut."""
     tokens = model.encode_images(pixels_of(pool, tier, pages), tier)  # (b, g*g, D)
-    log_probs = reader(tokens)  # (T, b*g, 256)
+    cells = layout == "cell"
+    log_probs = reader(tokens, cells=cells)  # (T, b*g or b*g*g, 256)
     g = get_tier(tier).grid
-    texts = [t for p in pages for t in row_targets(pool.words[p], g)]
+    targets_of = cell_targets if cells else row_targets
+    texts = [t for p in pages for t in targets_of(pool.words[p], g)]
     targets, lengths, cut = encode_targets(texts, log_probs.shape[0] // 2)
     inputs = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
-    loss = F.ctc_loss(log_probs, targets, inputs, lengths, blank=BLANK, reduction="sum")
+    loss = F.ctc_loss(
+        log_probs, targets, inputs, lengths, blank=BLANK, reduction="sum", zero_infinity=True
+    )
     return loss / max(1, int(lengths.sum())), cut
 
 
 @torch.no_grad()
-def evaluate(model, reader: RowReader, pool: data.Pool, tier: str) -> dict[str, Any]:
+def evaluate(
+    model, reader: RowReader, pool: data.Pool, tier: str, layout: str = "row"
+) -> dict[str, Any]:
     """Held-out pages read row by row: mean character precision of the page (rows joined by a
     space) against its row targets joined the same way, and one example."""
     model.eval()
@@ -198,8 +260,11 @@ def evaluate(model, reader: RowReader, pool: data.Pool, tier: str) -> dict[str, 
         truth = " ".join(t for t in row_targets(pool.words[p], g) if t)
         if not truth.strip():
             continue
-        rows = greedy(reader(model.encode_images(pixels_of(pool, tier, [p]), tier)))
-        read = " ".join(r for r in rows if r)
+        tokens = model.encode_images(pixels_of(pool, tier, [p]), tier)
+        if layout == "cell":
+            read = assemble(greedy(reader(tokens, cells=True)), g)
+        else:
+            read = " ".join(r for r in greedy(reader(tokens)) if r)
         scores.append(precision(read, truth))
         if not example:
             example = {"truth": truth[:160], "read": read[:160]}
@@ -229,14 +294,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with safe_open(cfg["init"], framework="pt") as f:
             meta = f.metadata() or {}
         step, minutes_before = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
-    if cfg["model"] not in ("shipped", "tiny"):
-        raise SystemExit(f"--model: 'shipped' or 'tiny', not {cfg['model']!r}")
+    if cfg["layout"] not in ("row", "cell"):
+        raise SystemExit(f"--layout: 'row' or 'cell', not {cfg['layout']!r}")
+    if cfg["model"] not in ("shipped", "fresh", "tiny"):
+        raise SystemExit(f"--model: 'shipped', 'fresh' or 'tiny', not {cfg['model']!r}")
     if cfg["model"] == "tiny":
         model = random_model(ReferenceConfig(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8,
                                              enc_conv_blocks=1, enc_layers=1, text_layers=1,
                                              span_dim=8))  # fmt: skip
     else:
         model, _, _ = load_model(DEFAULT_WEIGHTS)
+        if cfg["model"] == "fresh":
+            model = random_model(model.config)
     reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
     encoder = model.vision
     if start:
@@ -293,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "step": step,
                 "minutes": round(minutes_before, 2),
-                **evaluate(model, reader, heldout, cfg["tier"]),
+                **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"]),
             }
         )
     rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
@@ -306,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for g, lr in zip(groups, base_lrs, strict=True):
             g["lr"] = lr * warm
         pages = [rng.randrange(len(train.texts)) for _ in range(cfg["batch"])]
-        loss, cut = step_loss(model, reader, train, cfg["tier"], pages)
+        loss, cut = step_loss(model, reader, train, cfg["tier"], pages, cfg["layout"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -317,11 +386,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "cut_bytes": cut})  # fmt: skip
         if time.time() - last_eval >= cfg["eval_every"] * 60:
             log({"step": step, "minutes": round(minutes(), 2),
-                 **evaluate(model, reader, heldout, cfg["tier"])})  # fmt: skip
+                 **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"])})  # fmt: skip
             checkpoint()
             last_eval = time.time()
     final = {"step": step, "minutes": round(minutes(), 2),
-             **evaluate(model, reader, heldout, cfg["tier"])}  # fmt: skip
+             **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"])}  # fmt: skip
     log(final)
     checkpoint()
     return final

@@ -10,7 +10,15 @@ import torch
 
 from ingest.tiers import CANONICAL
 from lab import train_rows
-from lab.train_rows import BLANK, RowReader, greedy, lines_of, row_targets
+from lab.train_rows import (
+    BLANK,
+    RowReader,
+    assemble,
+    cell_targets,
+    greedy,
+    lines_of,
+    row_targets,
+)
 
 
 def test_words_make_lines_and_lines_make_rows():
@@ -23,6 +31,35 @@ def test_words_make_lines_and_lines_make_rows():
     ]
     assert [t for _, t in lines_of(words)] == ["Hello world", "second", "third"]
     assert row_targets(words, 4) == ["Hello world second", "", "third", ""]
+
+
+def test_cells_hold_their_own_characters_and_put_the_page_back_together():
+    cell = CANONICAL.size / 4  # a 4 x 4 grid
+    words = [
+        (300, 10, 360, 24, "world"),
+        (10, 12, 80, 26, "Hello"),
+        (10, 40, 90, 54, "second"),  # a second line in the same row of cells
+        (10, 2 * cell + 5, 70, 2 * cell + 19, "third"),
+        (200, 2 * cell + 5, 300, 2 * cell + 19, "crossing"),  # "cros" in cell 0, "sing" in 1
+    ]
+    cells = cell_targets(words, 4)
+    assert cells[0] == "Hello \nsecond" and cells[1] == "world\n"  # every cell of row 0: 2 lines
+    assert cells[2] == cells[3] == "\n" and cells[4:8] == ["", "", "", ""]
+    assert cells[8] + cells[9] == "third crossing" and cells[8].endswith(" cros")
+    truth = " ".join(t for t in row_targets(words, 4) if t)
+    assert assemble(cells, 4) == truth == "Hello world second third crossing"
+
+
+def test_a_cell_layout_reads_each_token_on_its_own():
+    torch.manual_seed(0)
+    reader = RowReader(d_model=8, strips=1, slots=5, hidden=4).eval()
+    tokens = torch.randn(2, 9, 8)  # two pages of 3 x 3 cells
+    base = reader(tokens, cells=True)
+    assert base.shape == (5, 18, 256)
+    changed = tokens.clone()
+    changed[1, 4] += 1.0  # page 1, cell 4: sequence 9 + 4
+    moved = ((reader(changed, cells=True) - base).abs().sum(-1) > 1e-6).any(0)  # (sequences,)
+    assert moved.nonzero().flatten().tolist() == [13]
 
 
 def test_a_row_is_read_strip_by_strip_then_cell_by_cell():
@@ -68,3 +105,14 @@ def test_the_loop_logs_checkpoints_and_resumes(tmp_path: Path):
     assert later["step"] == 6
     first_row = json.loads((tmp_path / "next" / "log.jsonl").read_text().splitlines()[0])
     assert first_row["step"] == 5 and first_row["precision"] == pytest.approx(again["precision"])
+
+
+def test_the_cell_layout_trains_a_fresh_encoder(tmp_path: Path):
+    argv = ["--config", "smoke", "--layout", "cell", "--strips", "1", "--slots", "8",
+            "--out_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "pool")]  # fmt: skip
+    first = train_rows.main(argv)
+    assert first["step"] == 3 and 0.0 <= first["precision"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 0 for r in rows if "loss" in r)
+    with pytest.raises(SystemExit):
+        train_rows.main([*argv, "--layout", "diagonal"])
