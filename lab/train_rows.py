@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # "row": one CTC sequence per row of cells (strip by strip, then cell by cell); "cell": one
     # per token, its own characters (cell_targets; strips x slots positions, e.g. 1 x 48)
     "layout": "row",
+    # cell layout: train on a random crop of crop x crop cells of each batch's pages instead of
+    # whole pages (0): the same pixels buy more optimiser steps; held-out reads whole pages
+    "crop": 0,
     "lr": 3e-4,  # the reader
     "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
     "warmup": 50,
@@ -228,15 +231,34 @@ def pixels_of(pool: data.Pool, tier: str, pages: list[int]) -> torch.Tensor:
 
 
 def step_loss(
-    model, reader: RowReader, pool: data.Pool, tier: str, pages: list[int], layout: str = "row"
+    model,
+    reader: RowReader,
+    pool: data.Pool,
+    tier: str,
+    pages: list[int],
+    layout: str = "row",
+    crop: tuple[int, int, int] | None = None,
 ):
-    """Mean CTC loss per target byte over the rows (or cells) of ``pages``, and the bytes cut."""
-    tokens = model.encode_images(pixels_of(pool, tier, pages), tier)  # (b, g*g, D)
-    cells = layout == "cell"
-    log_probs = reader(tokens, cells=cells)  # (T, b*g or b*g*g, 256)
+    """Mean CTC loss per target byte over the rows (or cells) of ``pages``, and the bytes cut.
+    ``crop`` (cell layout only): (row, column, k), the k x k cells from that cell on are read
+    instead of the whole page."""
+    pixels = pixels_of(pool, tier, pages)
     g = get_tier(tier).grid
+    cells = layout == "cell"
     targets_of = cell_targets if cells else row_targets
     texts = [t for p in pages for t in targets_of(pool.words[p], g)]
+    if crop is not None:
+        if not cells:
+            raise ValueError("crops are read cell by cell (--layout cell)")
+        r0, c0, k = crop
+        side = pixels.shape[-1] // g
+        pixels = pixels[..., r0 * side : (r0 + k) * side, c0 * side : (c0 + k) * side]
+        kept = [(r0 + r) * g + c0 + c for r in range(k) for c in range(k)]
+        texts = [texts[b * g * g + i] for b in range(len(pages)) for i in kept]
+        tokens = model.vision(pixels, tier, at=(r0, c0))  # (b, k*k, D)
+    else:
+        tokens = model.encode_images(pixels, tier)  # (b, g*g, D)
+    log_probs = reader(tokens, cells=cells)  # (T, b*g or b*g*g, 256)
     targets, lengths, cut = encode_targets(texts, log_probs.shape[0] // 2)
     inputs = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
     loss = F.ctc_loss(
@@ -296,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step, minutes_before = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
     if cfg["layout"] not in ("row", "cell"):
         raise SystemExit(f"--layout: 'row' or 'cell', not {cfg['layout']!r}")
+    if cfg["crop"] and cfg["layout"] != "cell":
+        raise SystemExit("--crop needs --layout cell")
     if cfg["model"] not in ("shipped", "fresh", "tiny"):
         raise SystemExit(f"--model: 'shipped', 'fresh' or 'tiny', not {cfg['model']!r}")
     if cfg["model"] == "tiny":
@@ -375,7 +399,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for g, lr in zip(groups, base_lrs, strict=True):
             g["lr"] = lr * warm
         pages = [rng.randrange(len(train.texts)) for _ in range(cfg["batch"])]
-        loss, cut = step_loss(model, reader, train, cfg["tier"], pages, cfg["layout"])
+        crop = None
+        if cfg["crop"]:
+            k = min(cfg["crop"], get_tier(cfg["tier"]).grid)
+            far = get_tier(cfg["tier"]).grid - k
+            crop = (rng.randint(0, far), rng.randint(0, far), k)
+        loss, cut = step_loss(model, reader, train, cfg["tier"], pages, cfg["layout"], crop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

@@ -114,5 +114,9 @@ def test_the_cell_layout_trains_a_fresh_encoder(tmp_path: Path):
     assert first["step"] == 3 and 0.0 <= first["precision"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["loss"] > 0 for r in rows if "loss" in r)
+    cropped = train_rows.main([*argv, "--crop", "2", "--out_dir", str(tmp_path / "crop")])
+    assert cropped["step"] == 3 and 0.0 <= cropped["precision"] <= 1.0
     with pytest.raises(SystemExit):
         train_rows.main([*argv, "--layout", "diagonal"])
+    with pytest.raises(SystemExit, match="--crop needs --layout cell"):
+        train_rows.main([*argv, "--layout", "row", "--crop", "2"])

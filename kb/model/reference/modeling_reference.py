@@ -176,24 +176,42 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList([PageBlock(config) for _ in range(config.enc_layers)])
         self.ln_out = nn.LayerNorm(D)
 
-    def forward(self, pixels: torch.Tensor, tier: str) -> torch.Tensor:
+    def forward(
+        self, pixels: torch.Tensor, tier: str, at: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """(B, C, S, S) -> (B, g*g, D). ``at``: the pixels are a square crop of whole cells of the
+        tier's render whose top-left cell is (row, column) ``at``; its tokens get the positions
+        they have in the whole page (training reads crops: more steps for the same pixels)."""
         if tier not in self.tier_index:
             raise ValueError(
                 f"unknown vision tier {tier!r}; expected one of {list(self.tier_index)}"
             )
         size = self.config.tier_sizes[tier]
         channels = self.config.in_channels
-        if pixels.dim() != 4 or tuple(pixels.shape[1:]) != (channels, size, size):
+        cell = self.config.cell
+        side = pixels.shape[-1] if at is not None and pixels.dim() == 4 else size
+        if (
+            pixels.dim() != 4
+            or tuple(pixels.shape[1:]) != (channels, side, side)
+            or side % cell
+            or (at is not None and max(at) * cell + side > size)
+        ):
             raise ValueError(
                 f"tier {tier!r} expects pixels (B, {channels}, {size}, {size}), "
-                f"got {tuple(pixels.shape)}"
+                f"got {tuple(pixels.shape)}" + (f" at cell {at}" if at is not None else "")
             )
-        g = size // self.config.cell
+        g = side // cell
+        full = size // cell
         x = self.stem_norm(self.stem(pixels))  # (B, C, S/16, S/16)
         x = self.convs(x)  # (B, C, S/16, S/16)
         x = self.compressor(x)  # (B, D, g, g)
         x = self.compressor_norm(x.flatten(2).transpose(1, 2))  # (B, g*g, D)
-        x = x + sincos_2d(g, x.shape[-1], self.ref_grid, x.device)  # (B, g*g, D)
+        pos = sincos_2d(full, x.shape[-1], self.ref_grid, x.device)  # (full*full, D)
+        if at is not None:
+            rows = torch.arange(at[0], at[0] + g, device=x.device)[:, None]
+            cols = torch.arange(at[1], at[1] + g, device=x.device)[None, :]
+            pos = pos[(rows * full + cols).flatten()]
+        x = x + pos  # (B, g*g, D)
         x = x + self.tier_emb.weight[self.tier_index[tier]]  # (B, g*g, D)
         for block in self.blocks:
             x = block(x)

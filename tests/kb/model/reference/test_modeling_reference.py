@@ -87,6 +87,19 @@ def test_wrong_input_size_fails_loudly(model):
         model.pack([torch.rand(2, 2, 16, 32), torch.rand(2, 2, 16, 8)])
 
 
+def test_a_crop_of_whole_cells_is_encoded_with_its_place_on_the_page(model, config):
+    crop = torch.rand(2, 1, 128, 128)  # 2 x 2 cells of the tiny tier's 8 x 8
+    with torch.no_grad():
+        corner = model.vision(crop, "tiny", at=(0, 0))
+        middle = model.vision(crop, "tiny", at=(3, 5))
+    assert corner.shape == middle.shape == (2, 4, config.d_model)
+    assert not torch.allclose(corner, middle)  # the same pixels, elsewhere on the page
+    with pytest.raises(ValueError, match=r"got \(1, 1, 128, 128\) at cell \(7, 0\)"):
+        model.vision(torch.rand(1, 1, 128, 128), "tiny", at=(7, 0))  # past the page's edge
+    with pytest.raises(ValueError, match=r"got \(1, 1, 100, 100\)"):
+        model.vision(torch.rand(1, 1, 100, 100), "tiny", at=(0, 0))  # not whole cells
+
+
 def test_text_memory_is_one_token_per_four_bytes(model, config):
     ids = text_to_ids("twenty-one bytes long")  # 21 bytes -> 6 tokens
     with torch.no_grad():
