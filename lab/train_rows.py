@@ -44,6 +44,9 @@ from torch import nn
 from ingest.tiers import CANONICAL, get_tier
 from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model
 from kb.model.reference.configuration_reference import ReferenceConfig
+from kb.model.reference.modeling_reference import CellReader
+from kb.model.reference.processing_reference import BLANK, assemble
+from kb.model.reference.processing_reference import ctc_greedy as greedy
 from lab import data
 from lab.config import parse_config
 from lab.metrics import precision
@@ -95,7 +98,6 @@ PRESETS = {
         "eval_every": 1e9,
     }
 }
-BLANK = 0  # the NUL byte never occurs in page text
 
 
 class RowReader(nn.Module):
@@ -185,19 +187,6 @@ def cell_targets(words: list, grid: int) -> list[str]:
     return ["\n".join(cells[r][c]) for r in range(grid) for c in range(grid)]
 
 
-def assemble(cells: list[str], grid: int) -> str:
-    """Cell read-backs (raster order) -> the page's text: per row of cells, line j is the cells'
-    j-th pieces left to right; lines and rows joined by a space (``cell_targets``' inverse)."""
-    lines: list[str] = []
-    for r in range(grid):
-        parts = [cells[r * grid + c].split("\n") for c in range(grid)]
-        for j in range(max(len(p) for p in parts)):
-            line = "".join(p[j] for p in parts if j < len(p)).strip()
-            if line:
-                lines.append(line)
-    return " ".join(lines)
-
-
 def encode_targets(texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Row texts -> concatenated UTF-8 targets, lengths, and how many bytes were cut to fit the
     CTC input (a row longer than the input can hold cannot be aligned)."""
@@ -210,20 +199,6 @@ def encode_targets(texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Te
     return torch.tensor(out, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), cut
 
 
-def greedy(log_probs: torch.Tensor) -> list[str]:
-    """(T, N, 256) -> per sequence the best path with repeats merged and blanks removed."""
-    best = log_probs.argmax(-1).T.tolist()  # (N, T)
-    out = []
-    for seq in best:
-        kept, prev = [], BLANK
-        for c in seq:
-            if c != prev and c != BLANK:
-                kept.append(c)
-            prev = c
-        out.append(bytes(kept).decode("utf-8", errors="replace"))
-    return out
-
-
 def pixels_of(pool: data.Pool, tier: str, pages: list[int]) -> torch.Tensor:
     """The pages' tier renders as the encoder's input: ink = 1, paper = 0, (b, 1, S, S)."""
     raw = torch.from_numpy(np.stack([pool.tiers[tier][p] for p in pages]))
@@ -232,7 +207,7 @@ def pixels_of(pool: data.Pool, tier: str, pages: list[int]) -> torch.Tensor:
 
 def step_loss(
     model,
-    reader: RowReader,
+    reader: RowReader | CellReader,
     pool: data.Pool,
     tier: str,
     pages: list[int],
@@ -258,7 +233,7 @@ def step_loss(
         tokens = model.vision(pixels, tier, at=(r0, c0))  # (b, k*k, D)
     else:
         tokens = model.encode_images(pixels, tier)  # (b, g*g, D)
-    log_probs = reader(tokens, cells=cells)  # (T, b*g or b*g*g, 256)
+    log_probs = reader(tokens)  # (T, b*g rows or b*g*g cells, 256)
     targets, lengths, cut = encode_targets(texts, log_probs.shape[0] // 2)
     inputs = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
     loss = F.ctc_loss(
@@ -269,7 +244,7 @@ def step_loss(
 
 @torch.no_grad()
 def evaluate(
-    model, reader: RowReader, pool: data.Pool, tier: str, layout: str = "row"
+    model, reader: RowReader | CellReader, pool: data.Pool, tier: str, layout: str = "row"
 ) -> dict[str, Any]:
     """Held-out pages read row by row: mean character precision of the page (rows joined by a
     space) against its row targets joined the same way, and one example."""
@@ -284,7 +259,7 @@ def evaluate(
             continue
         tokens = model.encode_images(pixels_of(pool, tier, [p]), tier)
         if layout == "cell":
-            read = assemble(greedy(reader(tokens, cells=True)), g)
+            read = assemble(greedy(reader(tokens)), g)
         else:
             read = " ".join(r for r in greedy(reader(tokens)) if r)
         scores.append(precision(read, truth))
@@ -330,7 +305,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, _, _ = load_model(DEFAULT_WEIGHTS)
         if cfg["model"] == "fresh":
             model = random_model(model.config)
-    reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
+    reader: RowReader | CellReader
+    if cfg["layout"] == "cell":  # the model's own cell reader, as the service reads with it
+        reader = CellReader(model.config.d_model, cfg["strips"] * cfg["slots"], cfg["hidden"])
+    else:
+        reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
     encoder = model.vision
     if start:
         encoder.load_state_dict({k[8:]: v.float() for k, v in start.items() if k[:8] == "encoder."})

@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from ingest.tiers import CANONICAL
+from kb.model.reference.processing_reference import assemble
 from lab import train_rows
-from lab.train_rows import (
-    BLANK,
-    RowReader,
-    assemble,
-    cell_targets,
-    greedy,
-    lines_of,
-    row_targets,
-)
+from lab.train_rows import RowReader, cell_targets, lines_of, row_targets
 
 
 def test_words_make_lines_and_lines_make_rows():
@@ -50,18 +43,6 @@ def test_cells_hold_their_own_characters_and_put_the_page_back_together():
     assert assemble(cells, 4) == truth == "Hello world second third crossing"
 
 
-def test_a_cell_layout_reads_each_token_on_its_own():
-    torch.manual_seed(0)
-    reader = RowReader(d_model=8, strips=1, slots=5, hidden=4).eval()
-    tokens = torch.randn(2, 9, 8)  # two pages of 3 x 3 cells
-    base = reader(tokens, cells=True)
-    assert base.shape == (5, 18, 256)
-    changed = tokens.clone()
-    changed[1, 4] += 1.0  # page 1, cell 4: sequence 9 + 4
-    moved = ((reader(changed, cells=True) - base).abs().sum(-1) > 1e-6).any(0)  # (sequences,)
-    assert moved.nonzero().flatten().tolist() == [13]
-
-
 def test_a_row_is_read_strip_by_strip_then_cell_by_cell():
     torch.manual_seed(0)
     reader = RowReader(d_model=8, strips=2, slots=3, hidden=4).eval()
@@ -76,14 +57,6 @@ def test_a_row_is_read_strip_by_strip_then_cell_by_cell():
     assert not moved[:, 0].any() and not moved[:, 2].any()
     # positions (strip s, cell 2, slots 0-2) = s * 9 + 6 .. s * 9 + 8, in both strips
     assert moved[:, 1].nonzero().flatten().tolist() == [6, 7, 8, 15, 16, 17]
-
-
-def test_greedy_merges_repeats_and_drops_blanks():
-    ids = [BLANK, ord("a"), ord("a"), BLANK, ord("a"), ord("b"), BLANK, BLANK]
-    log_probs = torch.full((len(ids), 1, 256), -10.0)
-    for t, c in enumerate(ids):
-        log_probs[t, 0, c] = 0.0
-    assert greedy(log_probs) == ["aab"]
 
 
 def test_the_loop_logs_checkpoints_and_resumes(tmp_path: Path):

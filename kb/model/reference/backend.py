@@ -45,6 +45,7 @@ from kb.model.reference.modeling_reference import Memory, ReferenceModel, SpanKe
 from kb.model.reference.processing_reference import (
     PAD,
     ask_prompt,
+    assemble,
     decode,
     images_to_batch,
     read_prompt,
@@ -416,10 +417,31 @@ class ReferenceBackend(Backend):
         return pages
 
     def read_page(self, page: ContextPage, max_new_tokens: int = 512) -> str:
+        """What the memory holds of one page. An optical tier with a cell reader is read back
+        cell by cell from its cached tokens (ReferenceModel.read_cells), cut at
+        ``max_new_tokens`` bytes at a character boundary; otherwise the decoder reads it."""
+        if page.tier != "text" and self.config.cell_slots:
+            return self.read_tokens(page)[:max_new_tokens].decode("utf-8", errors="ignore")
         with torch.inference_mode():
             memory = self.model.pack([self.page_kv(page)], [self.page_span(page)])
             ids, _ = self.model.generate(read_prompt(), memory, max_new_tokens)
         return decode(ids)
+
+    def read_tokens(self, page: ContextPage) -> bytes:
+        """An optical page's cell read-back (read_page), UTF-8: its cached tokens through the
+        cell reader, the cells assembled into lines (processing_reference.assemble)."""
+        tokens = (page.tensors or {}).get("tokens")
+        if page.tier not in self.tier_tokens or tokens is None:
+            raise ValueError(f"{page.label}: no cached 'tokens' for tier {page.tier!r}")
+        T = self.tier_tokens[page.tier]
+        if tuple(tokens.shape) != (T, self.config.d_model):
+            raise ValueError(
+                f"{page.label}: cached tokens are {tuple(tokens.shape)}, tier {page.tier!r} of "
+                f"{self.version} expects ({T}, {self.config.d_model})"
+            )
+        with torch.inference_mode():
+            cells = self.model.read_cells(tokens[None].to(self.device, torch.float32))[0]
+        return assemble(cells, int(round(T**0.5))).encode("utf-8")
 
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
         """The answer is copied from the text tier: the best span of any text-tier page by the

@@ -37,6 +37,12 @@ class ReferenceConfig:
     enc_conv_dim: int = 128  # channels at 1/16 resolution (32 x 32 cells at tiny): keep it narrow
     enc_conv_blocks: int = 3  # ConvNeXt blocks; three 7 x 7 depthwise convs see 19 cells, ~300 px
     enc_layers: int = 2  # transformer layers over the g x g page tokens: page-wide layout context
+    # The cell reader (issue 9): each vision token spelled out as cell_slots CTC positions over
+    # the 256 byte values (NUL is the blank) -- the characters of its 64 x 64 px cell, lines
+    # separated by a newline -- which is what a read-back of an optical tier returns
+    # (processing_reference.assemble). 0: no cell reader (the decoder reads instead).
+    cell_slots: int = 0  # ~2x a cell's characters: CTC needs a blank between repeated bytes
+    cell_hidden: int = 64
 
     # --- page text -> text tokens (the "text" tier) ---
     text_bytes_per_token: int = 4  # one memory token per 4 UTF-8 bytes: "text tokens = chars / 4"
@@ -123,6 +129,11 @@ class ReferenceConfig:
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
         if self.stem == "conv" and self.patch_size != 16:
             raise ValueError(f"the conv stem has stride 16, got patch_size {self.patch_size}")
+        if self.cell_slots < 0 or (self.cell_slots and self.cell_hidden < 1):
+            raise ValueError(
+                f"cell_slots {self.cell_slots} / cell_hidden {self.cell_hidden}: "
+                "cell_slots >= 0, and cell_hidden >= 1 with a cell reader"
+            )
         for tier, size in self.tier_sizes.items():
             if size % self.cell:
                 raise ValueError(f"tier {tier!r}: size {size} is not a multiple of {self.cell} px")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from kb.model.base import drain
 from kb.model.reference.configuration_reference import ReferenceConfig
-from kb.model.reference.processing_reference import EOS, NEVER_GENERATED
+from kb.model.reference.processing_reference import EOS, NEVER_GENERATED, ctc_greedy
 
 # ---------------------------------------------------------------------------------------------
 # Positions
@@ -216,6 +216,29 @@ class VisionEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_out(x)  # (B, g*g, D)
+
+
+class CellReader(nn.Module):
+    """Vision tokens (B, T, D) -> CTC log-probabilities (slots, B*T, 256): each token spelled
+    out on its own, as ``slots`` positions over the byte values (0, NUL, is the blank). Each
+    token becomes ``slots`` vectors (one linear map), a 1D convolution lets neighbouring
+    positions agree, and a byte classifier reads each position. Trained with CTC against the
+    characters of the token's cell (lab.train_rows, layout "cell")."""
+
+    def __init__(self, d_model: int, slots: int, hidden: int):
+        super().__init__()
+        self.slots, self.hidden = slots, hidden
+        self.expand = nn.Linear(d_model, slots * hidden)
+        self.mix = nn.Conv1d(hidden, hidden, kernel_size=5, padding=2)
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, 256)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, T, _ = tokens.shape
+        x = self.expand(tokens).view(B * T, self.slots, self.hidden)
+        x = x + F.gelu(self.mix(x.transpose(1, 2))).transpose(1, 2)  # (B*T, slots, h)
+        logits = self.out(self.norm(x))  # (B*T, slots, 256)
+        return F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (slots, B*T, 256)
 
 
 class TextEncoder(nn.Module):
@@ -542,6 +565,8 @@ class ReferenceModel(nn.Module):
             self.copy_gate = nn.Linear(D, 1)  # logit of "copy the byte pointed at"
             if config.copy_offsets:  # the location prior's bonus per offset (copy_mix)
                 self.copy_offset_bonus = nn.Parameter(torch.zeros(config.copy_offsets))
+        if config.cell_slots:  # the optical tiers' read-back (CellReader)
+            self.cell_reader = CellReader(D, config.cell_slots, config.cell_hidden)
         self.copy_loss = torch.zeros(())  # set by forward when given copy_to
         hd = D // config.n_heads
         inv_freq = 1.0 / config.rope_base ** (torch.arange(0, hd, 2).float() / hd)  # (hd/2,)
@@ -571,6 +596,15 @@ class ReferenceModel(nn.Module):
     def encode_images(self, pixels: torch.Tensor, tier: str) -> torch.Tensor:
         """(B, C, S, S) pixels at the tier's size -> (B, (S/64)^2, D) tokens."""
         return self.vision(pixels, tier)
+
+    def read_cells(self, tokens: torch.Tensor) -> list[list[str]]:
+        """(B, T, D) vision tokens -> per page, per token, the characters the cell reader reads
+        (greedy CTC); the page's text is processing_reference.assemble of them."""
+        if not self.config.cell_slots:
+            raise ValueError("these weights have no cell reader (config.cell_slots = 0)")
+        B, T, _ = tokens.shape
+        cells = ctc_greedy(self.cell_reader(tokens))  # B*T strings
+        return [cells[b * T : (b + 1) * T] for b in range(B)]
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n) byte ids, n a multiple of 4 -> (B, n/4, D) tokens; mask (B, n/4) for padding."""

@@ -87,3 +87,36 @@ def image_to_tensor(image: Image.Image, size: int, channels: int = 1) -> torch.T
 def images_to_batch(images: list[Image.Image], size: int, channels: int = 1) -> torch.Tensor:
     """Page renders -> (B, channels, size, size) float32."""
     return torch.stack([image_to_tensor(im, size, channels) for im in images])
+
+
+BLANK = 0  # the cell reader's CTC blank: the NUL byte never occurs in page text
+
+
+def ctc_greedy(log_probs: torch.Tensor) -> list[str]:
+    """(T, N, 256) CTC log-probabilities -> per sequence the best path, repeats merged and
+    blanks dropped, as UTF-8 text."""
+    out = []
+    for seq in log_probs.argmax(-1).T.tolist():  # (N, T)
+        kept, prev = [], BLANK
+        for c in seq:
+            if c != prev and c != BLANK:
+                kept.append(c)
+            prev = c
+        out.append(bytes(kept).decode("utf-8", errors="replace"))
+    return out
+
+
+def assemble(cells: list[str], grid: int) -> str:
+    """A page's cell read-backs (raster order, grid x grid) -> its text. Each cell holds its
+    characters of the lines of its row of cells, separated by newlines, so in a row line j is
+    the cells' j-th pieces left to right; lines and rows are joined by a space."""
+    if len(cells) != grid * grid:
+        raise ValueError(f"{len(cells)} cells are not a {grid} x {grid} grid")
+    lines: list[str] = []
+    for r in range(grid):
+        parts = [cells[r * grid + c].split("\n") for c in range(grid)]
+        for j in range(max(len(p) for p in parts)):
+            line = "".join(p[j] for p in parts if j < len(p)).strip()
+            if line:
+                lines.append(line)
+    return " ".join(lines)

@@ -21,6 +21,7 @@ from kb.model.reference.backend import (
     sha256_file,
     whole_words,
 )
+from kb.model.reference.processing_reference import assemble
 
 from .conftest import tiny_config
 
@@ -145,6 +146,22 @@ def test_answer_is_deterministic_and_uses_tokens_only_caches(backend):
     ]
     again = backend.answer("Which page?", tokens_only, max_new_tokens=8)
     assert again.page_scores == pytest.approx(first.page_scores, abs=1e-3)
+
+
+def test_weights_with_a_cell_reader_read_optical_pages_cell_by_cell():
+    backend = ReferenceBackend(config=tiny_config(cell_slots=6, cell_hidden=4))
+    page = vision_pages(backend, 1)[0]
+    cells = backend.model.read_cells(page.tensors["tokens"][None].float())[0]
+    whole = assemble(cells, 4)  # gist: 4 x 4 cells
+    assert backend.read_page(page, max_new_tokens=4096) == whole
+    cut = backend.read_page(page, max_new_tokens=5)
+    assert len(cut.encode()) <= 5 and whole.startswith(cut)
+    text_page = ContextPage("d", 1, "d p.1", "text", text="hello")
+    assert len(backend.read_page(text_page, max_new_tokens=5)) <= 5  # the decoder, as before
+    with pytest.raises(ValueError, match="cached tokens are .* expects"):
+        backend.read_page(ContextPage("d", 1, "d p.1", "tiny", tensors=page.tensors))
+    with pytest.raises(ValueError, match="no cached 'tokens'"):
+        backend.read_page(ContextPage("d", 1, "d p.1", "gist", tensors={"kv": page.tensors["kv"]}))
 
 
 def test_read_page_from_vision_and_text_tiers(backend):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import (
     OFFSET_SCALE,
+    CellReader,
     KVCache,
     ReferenceModel,
     alignment_nll,
@@ -98,6 +99,30 @@ def test_a_crop_of_whole_cells_is_encoded_with_its_place_on_the_page(model, conf
         model.vision(torch.rand(1, 1, 128, 128), "tiny", at=(7, 0))  # past the page's edge
     with pytest.raises(ValueError, match=r"got \(1, 1, 100, 100\)"):
         model.vision(torch.rand(1, 1, 100, 100), "tiny", at=(0, 0))  # not whole cells
+
+
+def test_the_cell_reader_reads_each_token_on_its_own():
+    torch.manual_seed(0)
+    reader = CellReader(d_model=8, slots=5, hidden=4).eval()
+    tokens = torch.randn(2, 9, 8)  # two pages of 3 x 3 cells
+    base = reader(tokens)
+    assert base.shape == (5, 18, 256)
+    assert torch.allclose(base.exp().sum(-1), torch.ones(5, 18))
+    changed = tokens.clone()
+    changed[1, 4] += 1.0  # page 1, cell 4: sequence 9 + 4
+    moved = ((reader(changed) - base).abs().sum(-1) > 1e-6).any(0)  # (sequences,)
+    assert moved.nonzero().flatten().tolist() == [13]
+
+
+def test_weights_with_a_cell_reader_read_every_cell():
+    model = ReferenceModel(tiny_config(cell_slots=6, cell_hidden=4)).eval()
+    with torch.no_grad():
+        tokens = model.encode_images(torch.rand(2, 1, 256, 256), "gist")
+        cells = model.read_cells(tokens)
+    assert [len(page) for page in cells] == [16, 16]
+    assert all(isinstance(c, str) and len(c) <= 6 for page in cells for c in page)  # <= slots
+    with pytest.raises(ValueError, match="no cell reader"):
+        ReferenceModel(tiny_config()).read_cells(tokens)
 
 
 def test_text_memory_is_one_token_per_four_bytes(model, config):

@@ -6,6 +6,7 @@ from PIL import Image
 
 from kb.model.reference.processing_reference import (
     ASK,
+    BLANK,
     BOS,
     EOS,
     PAD,
@@ -13,6 +14,8 @@ from kb.model.reference.processing_reference import (
     SEP,
     VOCAB_SIZE,
     ask_prompt,
+    assemble,
+    ctc_greedy,
     decode,
     encode_text,
     image_to_tensor,
@@ -69,3 +72,19 @@ def test_image_ink_is_one_paper_is_zero():
 def test_image_of_the_wrong_size_fails_with_numbers():
     with pytest.raises(ValueError, match="page image is 500x512 px, tier expects 512x512"):
         image_to_tensor(Image.new("L", (500, 512), 255), 512)
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    ids = [BLANK, ord("a"), ord("a"), BLANK, ord("a"), ord("b"), BLANK, BLANK]
+    log_probs = torch.full((len(ids), 1, 256), -10.0)
+    for t, c in enumerate(ids):
+        log_probs[t, 0, c] = 0.0
+    assert ctc_greedy(log_probs) == ["aab"]
+
+
+def test_assemble_puts_a_rows_lines_back_together_from_its_cells():
+    cells = ["Hello \nsec", "world\nond", "", "", "", "", "", "", ""][:4]  # a 2 x 2 grid
+    assert assemble(cells, 2) == "Hello world second"
+    assert assemble(["a\n", "b\nc", "", "tail"], 2) == "ab c tail"
+    with pytest.raises(ValueError, match="3 cells are not a 2 x 2 grid"):
+        assemble(["", "", ""], 2)
