@@ -31,6 +31,7 @@ import json
 import random
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ingest.tiers import CANONICAL, get_tier
-from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model
+from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
-from kb.model.reference.modeling_reference import CellReader
+from kb.model.reference.modeling_reference import CellReader, ReferenceModel
 from kb.model.reference.processing_reference import BLANK, assemble
 from kb.model.reference.processing_reference import ctc_greedy as greedy
 from lab import data
@@ -64,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "model": "shipped",
     "init": "",  # a file --export wrote (encoder and reader, fp16): a later session goes on from it
     "export": "",  # write out_dir/ckpt.pt's encoder and reader to this file, then stop
+    # cell layout: write reference weights to this file, then stop -- the shipped ones (or
+    # --base) with out_dir/ckpt.pt's vision encoder and its reader as the cell reader
+    "ship": "",
+    "base": "",
     "train_documents": 400,  # one-page training documents in the pool (rendered once)
     "heldout_documents": 12,
     "batch": 4,  # pages per step
@@ -98,6 +103,11 @@ PRESETS = {
         "eval_every": 1e9,
     }
 }
+
+
+# --model tiny (tests): a random model this small
+TINY = dict(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1,
+            text_layers=1, span_dim=8)  # fmt: skip
 
 
 class RowReader(nn.Module):
@@ -270,6 +280,27 @@ def evaluate(
     return {"precision": round(float(np.mean(scores)), 4) if scores else None, "example": example}
 
 
+def ship(
+    encoder: nn.Module, reader: nn.Module, cfg: dict[str, Any], step: int, minutes: float
+) -> dict[str, Any]:
+    """Reference weights with this run's encoder and cell reader: the base weights' every other
+    part (text tier, reader, copy path) unchanged, the config's cell reader set to this one."""
+    base, config, meta = load_model(cfg["base"] or DEFAULT_WEIGHTS)
+    assert isinstance(reader, CellReader)
+    config = replace(config, cell_slots=reader.slots, cell_hidden=reader.hidden)
+    model = ReferenceModel(config)
+    state = base.state_dict()
+    state |= {f"vision.{k}": v for k, v in encoder.state_dict().items()}
+    state |= {f"cell_reader.{k}": v for k, v in reader.state_dict().items()}
+    model.load_state_dict(state)
+    extra = {
+        "base": meta.get("sha256", "")[:12],
+        "cell_reader": {"step": step, "minutes": round(minutes, 1), "tier": cfg["tier"]},
+    }
+    digest = save_weights(model, config, cfg["ship"], extra)
+    return {"step": step, "minutes": minutes, "shipped": cfg["ship"], "sha256": digest}
+
+
 def build(cfg: dict[str, Any], split: str, documents: int) -> data.Pool:
     spec = data.PoolSpec(
         split=split, documents=documents, needles=0, fillers=0, cross_sets=0, max_pages=1
@@ -298,9 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg["model"] not in ("shipped", "fresh", "tiny"):
         raise SystemExit(f"--model: 'shipped', 'fresh' or 'tiny', not {cfg['model']!r}")
     if cfg["model"] == "tiny":
-        model = random_model(ReferenceConfig(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8,
-                                             enc_conv_blocks=1, enc_layers=1, text_layers=1,
-                                             span_dim=8))  # fmt: skip
+        model = random_model(ReferenceConfig(**TINY))
     else:
         model, _, _ = load_model(DEFAULT_WEIGHTS)
         if cfg["model"] == "fresh":
@@ -319,7 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         {"params": list(reader.parameters()), "lr": cfg["lr"]},
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-    if cfg["resume"] or cfg["export"]:
+    if cfg["ship"] and cfg["layout"] != "cell":
+        raise SystemExit("--ship: only a cell-layout reader is the model's cell reader")
+    if cfg["resume"] or cfg["export"] or cfg["ship"]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         encoder.load_state_dict(ckpt["encoder"])
         reader.load_state_dict(ckpt["reader"])
@@ -331,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         meta = {"step": str(step), "minutes": f"{minutes_before:.1f}", "tier": cfg["tier"]}
         save_file({k: v.half().contiguous() for k, v in state.items()}, cfg["export"], meta)
         return {"step": step, "minutes": minutes_before, "exported": cfg["export"]}
+    if cfg["ship"]:
+        return ship(encoder, reader, cfg, step, minutes_before)
     train = build(cfg, "train", cfg["train_documents"])
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     stop = {"now": False}

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from ingest.tiers import CANONICAL
+from kb.model.reference.backend import load_model, random_model, save_weights
+from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.processing_reference import assemble
 from lab import train_rows
 from lab.train_rows import RowReader, cell_targets, lines_of, row_targets
@@ -87,6 +89,23 @@ def test_the_cell_layout_trains_a_fresh_encoder(tmp_path: Path):
     assert first["step"] == 3 and 0.0 <= first["precision"] <= 1.0
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["loss"] > 0 for r in rows if "loss" in r)
+    # reference weights with this encoder and its cell reader
+    base = tmp_path / "base.safetensors"
+    tiny = ReferenceConfig(**train_rows.TINY)
+    save_weights(random_model(tiny, seed=5), tiny, base)
+    shipped = tmp_path / "reference.safetensors"
+    out = train_rows.main([*argv, "--ship", str(shipped), "--base", str(base)])
+    assert out["step"] == 3 and out["shipped"] == str(shipped)
+    model, config, meta = load_model(shipped)
+    assert config.cell_slots == 8 and json.loads(meta["cell_reader"])["step"] == 3
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    stem = "stem.0.weight"
+    assert torch.equal(model.vision.state_dict()[stem], ckpt["encoder"][stem].half().float())
+    before, _, _ = load_model(base)
+    assert torch.equal(model.text.wte.weight, before.text.wte.weight)  # the text tier as it was
+    with torch.no_grad():
+        cells = model.read_cells(model.encode_images(torch.rand(1, 1, 256, 256), "gist"))
+    assert len(cells[0]) == 16
     cropped = train_rows.main([*argv, "--crop", "2", "--out_dir", str(tmp_path / "crop")])
     assert cropped["step"] == 3 and 0.0 <= cropped["precision"] <= 1.0
     with pytest.raises(SystemExit):
