@@ -106,7 +106,7 @@ PRESETS = {
 
 
 # --model tiny (tests): a random model this small
-TINY = dict(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1,
+TINY: dict[str, Any] = dict(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1,
             text_layers=1, span_dim=8)  # fmt: skip
 
 
