@@ -208,8 +208,10 @@ def read_back_batch(
 
 
 def read_back(backend: Backend, pages: list[ContextPage], max_new: list[int]) -> list[str]:
-    """What the model reads back from each page (all of one tier)."""
-    if isinstance(backend, ReferenceBackend):
+    """What the model reads back from each page (all of one tier): the reference model's
+    decoder in one batch, or, for optical pages of weights with a cell reader, read_page."""
+    cells = isinstance(backend, ReferenceBackend) and backend.config.cell_slots
+    if isinstance(backend, ReferenceBackend) and not (cells and pages and pages[0].tier != "text"):
         kvs = [backend.page_kv(page) for page in pages]
         return read_back_batch(backend.model, kvs, max_new)
     return [backend.read_page(p, m) for p, m in zip(pages, max_new, strict=True)]

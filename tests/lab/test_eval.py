@@ -119,9 +119,13 @@ def test_haystack_puts_the_needle_at_its_depth(depth):
         kb_eval.needle_position(1.5, 10)
 
 
-def test_batched_read_back_is_read_page(config):
-    """The eval reads pages in batches; it must read exactly what read_page reads, one by one."""
-    backend = ReferenceBackend(config=config)
+@pytest.mark.parametrize("cells", [0, 6])
+def test_batched_read_back_is_read_page(config, cells):
+    """The eval reads pages in batches; it must read exactly what read_page reads, one by one
+    (the decoder, or weights with a cell reader)."""
+    from dataclasses import replace
+
+    backend = ReferenceBackend(config=replace(config, cell_slots=cells))
     size = config.tier_sizes["gist"]
     images = []
     for i in range(3):
