@@ -45,7 +45,7 @@ from torch import nn
 from ingest.tiers import CANONICAL, get_tier
 from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
-from kb.model.reference.modeling_reference import CellReader, ReferenceModel
+from kb.model.reference.modeling_reference import CellReader, ReferenceModel, VisionEncoder
 from kb.model.reference.processing_reference import BLANK, assemble
 from kb.model.reference.processing_reference import ctc_greedy as greedy
 from lab import data
@@ -81,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     # cell layout: train on a random crop of crop x crop cells of each batch's pages instead of
     # whole pages (0): the same pixels buy more optimiser steps; held-out reads whole pages
     "crop": 0,
+    "groups": 0,  # cell layout: the cell reader's groups (configuration_reference.cell_groups)
+    # --model fresh or tiny: the encoder's compressor ("conv", "stack"); "" as shipped
+    "compressor": "",
     "lr": 3e-4,  # the reader
     "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
     "warmup": 50,
@@ -106,8 +109,9 @@ PRESETS = {
 
 
 # --model tiny (tests): a random model this small
-TINY: dict[str, Any] = dict(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8, enc_conv_blocks=1, enc_layers=1,
-            text_layers=1, span_dim=8)  # fmt: skip
+TINY: dict[str, Any] = dict(d_model=32, n_heads=2, n_layers=2, enc_conv_dim=8,
+                            enc_conv_blocks=1, enc_layers=1, text_layers=1,
+                            span_dim=8)  # fmt: skip
 
 
 class RowReader(nn.Module):
@@ -281,13 +285,19 @@ def evaluate(
 
 
 def ship(
-    encoder: nn.Module, reader: nn.Module, cfg: dict[str, Any], step: int, minutes: float
+    encoder: VisionEncoder, reader: nn.Module, cfg: dict[str, Any], step: int, minutes: float
 ) -> dict[str, Any]:
     """Reference weights with this run's encoder and cell reader: the base weights' every other
     part (text tier, reader, copy path) unchanged, the config's cell reader set to this one."""
     base, config, meta = load_model(cfg["base"] or DEFAULT_WEIGHTS)
     assert isinstance(reader, CellReader)
-    config = replace(config, cell_slots=reader.slots, cell_hidden=reader.hidden)
+    config = replace(
+        config,
+        compressor=encoder.config.compressor,
+        cell_slots=reader.slots,
+        cell_hidden=reader.hidden,
+        cell_groups=reader.groups,
+    )
     model = ReferenceModel(config)
     state = base.state_dict()
     state |= {f"vision.{k}": v for k, v in encoder.state_dict().items()}
@@ -329,14 +339,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg["model"] not in ("shipped", "fresh", "tiny"):
         raise SystemExit(f"--model: 'shipped', 'fresh' or 'tiny', not {cfg['model']!r}")
     if cfg["model"] == "tiny":
-        model = random_model(ReferenceConfig(**TINY))
+        model = random_model(ReferenceConfig(**TINY, compressor=cfg["compressor"] or "conv"))
     else:
         model, _, _ = load_model(DEFAULT_WEIGHTS)
         if cfg["model"] == "fresh":
-            model = random_model(model.config)
+            config = model.config
+            if cfg["compressor"]:
+                config = replace(config, compressor=cfg["compressor"])
+            model = random_model(config)
     reader: RowReader | CellReader
     if cfg["layout"] == "cell":  # the model's own cell reader, as the service reads with it
-        reader = CellReader(model.config.d_model, cfg["strips"] * cfg["slots"], cfg["hidden"])
+        slots = cfg["strips"] * cfg["slots"]
+        reader = CellReader(model.config.d_model, slots, cfg["hidden"], cfg["groups"])
     else:
         reader = RowReader(model.config.d_model, cfg["strips"], cfg["slots"], cfg["hidden"])
     encoder = model.vision

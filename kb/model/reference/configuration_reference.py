@@ -33,6 +33,11 @@ class ReferenceConfig:
     stem: str = "conv"
     stem_channels: int = 32  # channels at 1/2 resolution (twice that at 1/4): strokes are simple
     compress: int = 4  # 4 x 4 stride-4 conv: 16x fewer tokens (DeepSeek-OCR's 16x compressor)
+    # "conv": that conv mixes the 4 x 4 positions of a cell into the token. "stack": each
+    # position is projected to d_model / 16 dims and the 16 are stacked into the token in
+    # reading order (row by row, left to right; space-to-depth), so a reader can spell a cell
+    # position by position (cell_groups) -- what a line reader's CTC finds easy to align.
+    compressor: str = "conv"
     tier_sizes: dict[str, int] = field(default_factory=_default_tier_sizes)  # 16 * 4 = 64 px/token
     enc_conv_dim: int = 128  # channels at 1/16 resolution (32 x 32 cells at tiny): keep it narrow
     enc_conv_blocks: int = 3  # ConvNeXt blocks; three 7 x 7 depthwise convs see 19 cells, ~300 px
@@ -43,6 +48,10 @@ class ReferenceConfig:
     # (processing_reference.assemble). 0: no cell reader (the decoder reads instead).
     cell_slots: int = 0  # ~2x a cell's characters: CTC needs a blank between repeated bytes
     cell_hidden: int = 64
+    # 0: the whole token is mapped to the cell_slots positions. G: the token is read as G equal
+    # groups of dims (the "stack" compressor's positions, in reading order), each by one shared
+    # map into cell_slots / G positions, plus a learnt code per position.
+    cell_groups: int = 0
 
     # --- page text -> text tokens (the "text" tier) ---
     text_bytes_per_token: int = 4  # one memory token per 4 UTF-8 bytes: "text tokens = chars / 4"
@@ -129,6 +138,17 @@ class ReferenceConfig:
             raise ValueError(f"stem must be 'conv' or 'patch', got {self.stem!r}")
         if self.stem == "conv" and self.patch_size != 16:
             raise ValueError(f"the conv stem has stride 16, got patch_size {self.patch_size}")
+        if self.compressor not in ("conv", "stack"):
+            raise ValueError(f"compressor must be 'conv' or 'stack', got {self.compressor!r}")
+        if self.compressor == "stack" and self.d_model % self.compress**2:
+            raise ValueError(f"d_model {self.d_model} does not stack {self.compress**2} positions")
+        if self.cell_groups and (
+            self.d_model % self.cell_groups or self.cell_slots % self.cell_groups
+        ):
+            raise ValueError(
+                f"cell_groups {self.cell_groups} must divide d_model {self.d_model} and "
+                f"cell_slots {self.cell_slots}"
+            )
         if self.cell_slots < 0 or (self.cell_slots and self.cell_hidden < 1):
             raise ValueError(
                 f"cell_slots {self.cell_slots} / cell_hidden {self.cell_hidden}: "

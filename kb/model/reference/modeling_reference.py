@@ -140,6 +140,15 @@ class PageBlock(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def stack_positions(x: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, C, r*g, r*g) -> (B, r*r*C, g, g): the r x r positions of each cell stacked into its
+    channels in reading order, position-major: channel (i * r + j) * C + c holds channel c of
+    the cell's position (row i, column j)."""
+    B, C, H, W = x.shape
+    x = x.view(B, C, H // r, r, W // r, r)  # (B, C, g, i, g, j)
+    return x.permute(0, 3, 5, 1, 2, 4).reshape(B, r * r * C, H // r, W // r)
+
+
 class VisionEncoder(nn.Module):
     """Fully convolutional down to the token grid, so one set of weights serves every tier.
 
@@ -168,7 +177,11 @@ class VisionEncoder(nn.Module):
         self.convs = nn.Sequential(
             *[ConvNeXtBlock(C, config.mlp_ratio) for _ in range(config.enc_conv_blocks)]
         )
-        self.compressor = nn.Conv2d(C, D, config.compress, stride=config.compress)
+        r = config.compress
+        if config.compressor == "stack":  # per position D / r^2 dims, stacked (space-to-depth)
+            self.compressor = nn.Conv2d(C, D // (r * r), 1)
+        else:
+            self.compressor = nn.Conv2d(C, D, r, stride=r)
         self.compressor_norm = nn.LayerNorm(D)
         # The tier is added before the transformer: it can adapt its mixing to the resolution,
         # and the output tokens still carry which tier they came from.
@@ -204,7 +217,14 @@ class VisionEncoder(nn.Module):
         full = size // cell
         x = self.stem_norm(self.stem(pixels))  # (B, C, S/16, S/16)
         x = self.convs(x)  # (B, C, S/16, S/16)
-        x = self.compressor(x)  # (B, D, g, g)
+        x = self.compressor(x)  # (B, D, g, g); "stack": (B, D / r^2, S/16, S/16)
+        if self.config.compressor == "stack":
+            r = self.config.compress
+            x = F.pixel_unshuffle(x, r)  # (B, D/r^2 * r^2, g, g), channel c * r^2 + position
+            B_, _, gh, gw = x.shape
+            x = (
+                x.view(B_, -1, r * r, gh, gw).transpose(1, 2).reshape(B_, -1, gh, gw)
+            )  # position-major
         x = self.compressor_norm(x.flatten(2).transpose(1, 2))  # (B, g*g, D)
         pos = sincos_2d(full, x.shape[-1], self.ref_grid, x.device)  # (full*full, D)
         if at is not None:
@@ -225,17 +245,25 @@ class CellReader(nn.Module):
     positions agree, and a byte classifier reads each position. Trained with CTC against the
     characters of the token's cell (lab.train_rows, layout "cell")."""
 
-    def __init__(self, d_model: int, slots: int, hidden: int):
+    def __init__(self, d_model: int, slots: int, hidden: int, groups: int = 0):
         super().__init__()
-        self.slots, self.hidden = slots, hidden
-        self.expand = nn.Linear(d_model, slots * hidden)
+        self.slots, self.hidden, self.groups = slots, hidden, groups
+        if groups:  # configuration_reference.cell_groups
+            self.expand = nn.Linear(d_model // groups, slots // groups * hidden)
+            self.position = nn.Parameter(torch.randn(slots, hidden) * 0.02)
+        else:
+            self.expand = nn.Linear(d_model, slots * hidden)
         self.mix = nn.Conv1d(hidden, hidden, kernel_size=5, padding=2)
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, 256)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        B, T, _ = tokens.shape
-        x = self.expand(tokens).view(B * T, self.slots, self.hidden)
+        B, T, D = tokens.shape
+        if self.groups:
+            x = self.expand(tokens.reshape(B * T, self.groups, D // self.groups))
+            x = x.reshape(B * T, self.slots, self.hidden) + self.position
+        else:
+            x = self.expand(tokens).view(B * T, self.slots, self.hidden)
         x = x + F.gelu(self.mix(x.transpose(1, 2))).transpose(1, 2)  # (B*T, slots, h)
         logits = self.out(self.norm(x))  # (B*T, slots, 256)
         return F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (slots, B*T, 256)
@@ -566,7 +594,9 @@ class ReferenceModel(nn.Module):
             if config.copy_offsets:  # the location prior's bonus per offset (copy_mix)
                 self.copy_offset_bonus = nn.Parameter(torch.zeros(config.copy_offsets))
         if config.cell_slots:  # the optical tiers' read-back (CellReader)
-            self.cell_reader = CellReader(D, config.cell_slots, config.cell_hidden)
+            self.cell_reader = CellReader(
+                D, config.cell_slots, config.cell_hidden, config.cell_groups
+            )
         self.copy_loss = torch.zeros(())  # set by forward when given copy_to
         hd = D // config.n_heads
         inv_freq = 1.0 / config.rope_base ** (torch.arange(0, hd, 2).float() / hd)  # (hd/2,)

@@ -14,6 +14,7 @@ from kb.model.reference.modeling_reference import (
     ReferenceModel,
     alignment_nll,
     repeated_tail,
+    stack_positions,
 )
 from kb.model.reference.processing_reference import (
     EOS,
@@ -112,6 +113,37 @@ def test_the_cell_reader_reads_each_token_on_its_own():
     changed[1, 4] += 1.0  # page 1, cell 4: sequence 9 + 4
     moved = ((reader(changed) - base).abs().sum(-1) > 1e-6).any(0)  # (sequences,)
     assert moved.nonzero().flatten().tolist() == [13]
+
+
+def test_stacked_positions_are_in_reading_order():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)  # C = 3, 2 x 2 cells
+    out = stack_positions(x, 4)
+    assert out.shape == (2, 48, 2, 2)
+    for i, j, c, gy, gx in [(0, 0, 0, 0, 0), (1, 2, 1, 0, 1), (3, 3, 2, 1, 1), (2, 1, 0, 1, 0)]:
+        assert out[1, (i * 4 + j) * 3 + c, gy, gx] == x[1, c, 4 * gy + i, 4 * gx + j]
+
+
+def test_a_stacking_encoder_and_a_grouped_cell_reader():
+    config = tiny_config(compressor="stack", cell_slots=32, cell_hidden=4, cell_groups=16)
+    model = ReferenceModel(config).eval()
+    assert model.vision.compressor.kernel_size == (1, 1)
+    assert model.vision.compressor.out_channels == config.d_model // 16
+    with torch.no_grad():
+        tokens = model.encode_images(torch.rand(1, 1, 256, 256), "gist")
+        assert tokens.shape == (1, 16, config.d_model)
+        reader = model.cell_reader
+        reader.mix.weight.zero_()  # no mixing: each position depends on its own group only
+        reader.mix.bias.zero_()
+        base = reader(tokens)  # (32 slots, 16 tokens, 256)
+        changed = tokens.clone()
+        group = config.d_model // 16
+        changed[0, 5, 3 * group : 4 * group] += 1.0  # token 5, group 3: its slots 6 and 7
+        moved = ((reader(changed) - base).abs().sum(-1) > 1e-6).nonzero().tolist()
+    assert moved == [[6, 5], [7, 5]]
+    with pytest.raises(ValueError, match="cell_groups 5 must divide"):
+        tiny_config(cell_slots=32, cell_groups=5)
+    with pytest.raises(ValueError, match="compressor must be"):
+        tiny_config(compressor="pool")
 
 
 def test_weights_with_a_cell_reader_read_every_cell():
