@@ -18,7 +18,7 @@ import os
 import re
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from kb.model.reference.processing_reference import (
     read_prompt,
     text_to_ids,
     text_token_count,
+    utf8_tensor,
 )
 
 log = logging.getLogger(__name__)
@@ -373,6 +374,9 @@ class ReferenceBackend(Backend):
                 pages.extend(
                     {"tokens": tokens[i].clone(), "kv": kv[i].clone()} for i in range(len(batch))
                 )
+        if self.config.cell_slots:  # what each page reads back, from its stored (fp16) tokens
+            for page in pages:
+                page["read"] = utf8_tensor(self._read_cells(page["tokens"]))
         return pages
 
     def _autocast(self) -> torch.autocast:
@@ -431,7 +435,7 @@ class ReferenceBackend(Backend):
         """An optical page's cell read-back (read_page), UTF-8: its cached tokens through the
         cell reader, the cells assembled into lines (processing_reference.assemble)."""
         tokens = (page.tensors or {}).get("tokens")
-        if page.tier not in self.tier_tokens or tokens is None:
+        if page.tier not in self.tier_tokens or tokens is None or page.tensors is None:
             raise ValueError(f"{page.label}: no cached 'tokens' for tier {page.tier!r}")
         T = self.tier_tokens[page.tier]
         if tuple(tokens.shape) != (T, self.config.d_model):
@@ -439,9 +443,25 @@ class ReferenceBackend(Backend):
                 f"{page.label}: cached tokens are {tuple(tokens.shape)}, tier {page.tier!r} of "
                 f"{self.version} expects ({T}, {self.config.d_model})"
             )
+        if "read" in page.tensors:  # read at ingest from these very tokens (encode)
+            return bytes(page.tensors["read"].tolist())
+        return self._read_cells(tokens)
+
+    def _read_cells(self, tokens: torch.Tensor) -> bytes:
+        """(T, D) cached tokens -> the page's cell read-back, UTF-8; in fp32 from the fp16
+        tokens at ingest and at read time alike, so both read the same."""
         with torch.inference_mode():
             cells = self.model.read_cells(tokens[None].to(self.device, torch.float32))[0]
-        return assemble(cells, int(round(T**0.5))).encode("utf-8")
+        return assemble(cells, int(round(tokens.shape[0] ** 0.5))).encode("utf-8")
+
+    def readable(self, page: ContextPage) -> ContextPage:
+        """The page as the copy path reads it: an optical page of weights with a cell reader
+        carries its read-back as its text (the text tier and other pages are returned as
+        they are). The answer is then copied from what the memory reads at that tier."""
+        if page.tier == "text" or not self.config.cell_slots or page.text is not None:
+            return page
+        text = self.read_tokens(page).decode("utf-8", errors="replace")
+        return replace(page, text=text)
 
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
         """The answer is copied from the text tier: the best span of any text-tier page by the
@@ -450,6 +470,8 @@ class ReferenceBackend(Backend):
         start distribution's mass per page, the span's page first."""
         if not self.config.span_head:  # the byte decoder: one path, streamed or not
             return drain(self.answer_stream(question, pages, max_new_tokens))
+        if self.config.cell_slots:  # optical pages are read back, then copied from like text
+            pages = [self.readable(p) for p in pages]
         with torch.inference_mode():
             packed = self.packed(pages)
             memory = packed.memory
@@ -510,7 +532,7 @@ class ReferenceBackend(Backend):
             got = self._extract(question, pages, packed, only=page)
             return got.text if got.found else None
 
-        texts = [p.text if p.tier == "text" else None for p in pages]
+        texts = [p.text for p in pages]  # the text tier, or an optical page's read-back
         result = aggregate.answer(query, texts, ask)
         if result is None:
             return None
@@ -654,11 +676,13 @@ class ReferenceBackend(Backend):
         page_terms: list[set[str]] = []
         segment_page: list[int] = []
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
-            if span is None:
-                continue
+            if span is None and (page.tier == "text" or page.text is None):
+                continue  # no span keys, and not an optical page with its read-back
+            # An optical page with its read-back (readable) has segments for the two-stage copy
+            # path, and no bytes in the memory for the one-stage one.
             page_terms.append(set())
             first_byte[i] = offset
-            n = span[0].shape[1]
+            n = 0 if span is None else span[0].shape[1]
             offset += n
             text = page.text or ""
             data = text.encode("utf-8")
@@ -672,7 +696,8 @@ class ReferenceBackend(Backend):
                 index[a:b] = len(sets)
                 sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
                 page_terms[-1] |= sets[-1]
-            byte_seg.append(index)
+            if span is not None:
+                byte_seg.append(index)
             tensors = page.tensors or {}
             cached = tensors.get("segment_bytes")
             if cached is not None and cached.tolist() == [list(x) for x in bounds]:

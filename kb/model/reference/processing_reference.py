@@ -106,6 +106,11 @@ def ctc_greedy(log_probs: torch.Tensor) -> list[str]:
     return out
 
 
+def utf8_tensor(data: bytes) -> torch.Tensor:
+    """Bytes as a uint8 tensor (a page's read-back, cached beside its tensors)."""
+    return torch.tensor(list(data), dtype=torch.uint8)
+
+
 def assemble(cells: list[str], grid: int) -> str:
     """A page's cell read-backs (raster order, grid x grid) -> its text. Each cell holds its
     characters of the lines of its row of cells, separated by newlines, so in a row line j is

@@ -21,7 +21,7 @@ from kb.model.reference.backend import (
     sha256_file,
     whole_words,
 )
-from kb.model.reference.processing_reference import assemble
+from kb.model.reference.processing_reference import assemble, utf8_tensor
 
 from .conftest import tiny_config
 
@@ -162,6 +162,40 @@ def test_weights_with_a_cell_reader_read_optical_pages_cell_by_cell():
         backend.read_page(ContextPage("d", 1, "d p.1", "tiny", tensors=page.tensors))
     with pytest.raises(ValueError, match="no cached 'tokens'"):
         backend.read_page(ContextPage("d", 1, "d p.1", "gist", tensors={"kv": page.tensors["kv"]}))
+
+
+def test_weights_with_a_cell_reader_store_what_each_page_reads_back():
+    backend = ReferenceBackend(config=tiny_config(cell_slots=6, cell_hidden=4))
+    page = vision_pages(backend, 1)[0]
+    stored = bytes(page.tensors["read"].tolist())  # encode read it from the fp16 tokens
+    fresh = ContextPage("d", 1, "d p.1", "gist", tensors={"tokens": page.tensors["tokens"]})
+    assert backend.read_page(fresh, 4096).encode() == stored == backend.read_tokens(page)
+
+
+def test_optical_pages_are_answered_from_what_they_read_back():
+    """A question over optical pages: each page's read-back (as encode stored it) is what the
+    copy path reads, the answer comes from it, and its page is cited."""
+    backend = ReferenceBackend(
+        config=tiny_config(cell_slots=6, cell_hidden=4), scorer=False, extractor=True
+    )
+    pages = vision_pages(backend, 3)
+    reads = [
+        "Staff. The Lisbon office employs 37 engineers and 5 designers.",
+        "The Porto office is managed by Rui Lopes since March 2021.",
+        "Invoices are paid within 30 days of receipt.",
+    ]
+    for page, read in zip(pages, reads, strict=True):
+        page.tensors["read"] = utf8_tensor(read.encode())
+    got = backend.answer("How many engineers work in the Lisbon office?", pages)
+    assert got.found and got.text.startswith("37")
+    assert max(range(3), key=lambda i: got.page_scores[i]) == 0
+    other = backend.answer("Who manages the Porto office?", pages)
+    assert other.found and "Rui Lopes" in other.text
+    assert max(range(3), key=lambda i: other.page_scores[i]) == 1
+    assert backend.read_page(pages[2], 4096) == reads[2]
+    # without a cell reader an optical page holds nothing the copy path can read
+    plain = ReferenceBackend(config=tiny_config(), scorer=False, extractor=True)
+    assert not plain.answer("Who manages the Porto office?", vision_pages(plain, 3)).found
 
 
 def test_read_page_from_vision_and_text_tiers(backend):
