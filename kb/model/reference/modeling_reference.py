@@ -258,6 +258,11 @@ class CellReader(nn.Module):
         self.out = nn.Linear(hidden, 256)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> CTC log-probabilities (slots, B*T, 256), as training needs them."""
+        return F.log_softmax(self.logits(tokens).float(), dim=-1).transpose(0, 1)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B*T, slots, 256); greedy reading needs only their argmax."""
         B, T, D = tokens.shape
         if self.groups:
             x = self.expand(tokens.reshape(B * T, self.groups, D // self.groups))
@@ -265,8 +270,7 @@ class CellReader(nn.Module):
         else:
             x = self.expand(tokens).view(B * T, self.slots, self.hidden)
         x = x + F.gelu(self.mix(x.transpose(1, 2))).transpose(1, 2)  # (B*T, slots, h)
-        logits = self.out(self.norm(x))  # (B*T, slots, 256)
-        return F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (slots, B*T, 256)
+        return self.out(self.norm(x))  # (B*T, slots, 256)
 
 
 class TextEncoder(nn.Module):
@@ -633,7 +637,7 @@ class ReferenceModel(nn.Module):
         if not self.config.cell_slots:
             raise ValueError("these weights have no cell reader (config.cell_slots = 0)")
         B, T, _ = tokens.shape
-        cells = ctc_greedy(self.cell_reader(tokens))  # B*T strings
+        cells = ctc_greedy(self.cell_reader.logits(tokens).transpose(0, 1))  # B*T strings
         return [cells[b * T : (b + 1) * T] for b in range(B)]
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -92,17 +92,17 @@ def images_to_batch(images: list[Image.Image], size: int, channels: int = 1) -> 
 BLANK = 0  # the cell reader's CTC blank: the NUL byte never occurs in page text
 
 
-def ctc_greedy(log_probs: torch.Tensor) -> list[str]:
-    """(T, N, 256) CTC log-probabilities -> per sequence the best path, repeats merged and
-    blanks dropped, as UTF-8 text."""
-    out = []
-    for seq in log_probs.argmax(-1).T.tolist():  # (N, T)
-        kept, prev = [], BLANK
-        for c in seq:
-            if c != prev and c != BLANK:
-                kept.append(c)
-            prev = c
-        out.append(bytes(kept).decode("utf-8", errors="replace"))
+def ctc_greedy(scores: torch.Tensor) -> list[str]:
+    """(T, N, 256) CTC log-probabilities (or logits: the same argmax) -> per sequence the best
+    path, repeats merged and blanks dropped, as UTF-8 text."""
+    ids = scores.argmax(-1).T  # (N, T)
+    prev = torch.cat([torch.full_like(ids[:, :1], BLANK), ids[:, :-1]], dim=1)
+    keep = (ids != BLANK) & (ids != prev)  # a new byte: not blank, not a repeat
+    data = bytes(ids[keep].tolist())  # every sequence's bytes, one after another
+    out, start = [], 0
+    for n in keep.sum(1).tolist():
+        out.append(data[start : start + n].decode("utf-8", errors="replace"))
+        start += n
     return out
 
 
