@@ -70,7 +70,7 @@ from lab.metrics import (  # noqa: F401 - edit_distance: part of this module's A
 
 SPLIT = "heldout"
 VISION_TIERS = ("base", "small", "tiny", "gist")  # richest first, as in ingest/tiers.py
-NEEDLE_TIERS = ("tiny", "small", "gist")
+NEEDLE_TIERS = ("base", "tiny", "small", "gist")  # issue 9's bar is base; base first
 # The seeds' thesis (section e): the exact tier against the tier at ~10x fewer tokens (a held-out
 # page holds ~500-650 text tokens, tiny 64 vision tokens).
 THESIS_TIERS = ("text", "tiny")
@@ -789,8 +789,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     p10, c10 = bucket_precision("600-700", "tiny")
     p20, c20 = bucket_precision("1200-1300", "tiny")
+    mean = results.get("readback", {}).get("mean_precision", {})
     needle_summary = results.get("needle", {}).get("summary", {})
     needle = needle_summary.get("tiny", {}).get("1000", {}).get("accuracy")
+    needle_base = needle_summary.get("base", {}).get("100", {})
     speed = results.get("speed", {"encode": {}, "latency": []})
     encode_cell = speed["encode"].get("tiny", {})
     encode = encode_cell.get("pages_per_s")
@@ -810,6 +812,18 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
 
     return [
+        # issue 9, point 2: held-out read-back per tier
+        goal("read-back precision, base tier", ">= 0.90", mean.get("base"), lambda v: v >= 0.90),
+        goal("read-back precision, small tier", ">= 0.70", mean.get("small"), lambda v: v >= 0.7),
+        goal("read-back precision, tiny tier", ">= 0.50", mean.get("tiny"), lambda v: v >= 0.50),
+        # issue 9, point 3
+        goal(
+            "needle accuracy among 100 pages at the base tier",
+            ">= 0.90",
+            needle_base.get("accuracy"),
+            lambda v: v >= 0.90,
+            cited_first=needle_base.get("citation_accuracy"),
+        ),
         goal(
             "read-back precision at ~10x (tiny tier, 600-700 bucket)",
             ">= 0.97",

@@ -194,6 +194,7 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
 
     needle = written["needle"]
     assert {(r["tier"], r["n"]) for r in needle["results"]} == {
+        ("base", 10),
         ("tiny", 10),
         ("small", 10),
         ("gist", 10),
@@ -231,12 +232,12 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     )
 
     goals = {g["goal"]: g for g in written["goals"]}
-    assert len(goals) == 6
+    assert len(goals) == 10
     assert all(g["met"] is None for g in goals.values() if g["measured"] is None)
 
     # Pool pages are encoded once per tier and model version, then read from the cache.
     cached = list((cache / "tensors" / backend.version).rglob("*.safetensors"))
-    assert len(cached) == 3 * written["needle"]["pool_pages"]
+    assert len(cached) == 4 * written["needle"]["pool_pages"]  # base, tiny, small, gist
 
 
 def test_a_run_of_some_sections_measures_only_their_goals(config, tmp_path: Path):
@@ -248,7 +249,7 @@ def test_a_run_of_some_sections_measures_only_their_goals(config, tmp_path: Path
         assert skipped not in report
     # (a random model answers nothing right at the text tier: no share kept to report either)
     assert all(g["measured"] is None for g in report["goals"])
-    assert len(report["goals"]) == 6
+    assert len(report["goals"]) == 10
     with pytest.raises(SystemExit):
         kb_eval.main(["--quick", "--sections", "nonsense"], backend=backend)
 
