@@ -448,9 +448,9 @@ class ReferenceBackend(Backend):
         return self._read_cells(tokens)
 
     def _read_cells(self, tokens: torch.Tensor) -> bytes:
-        """(T, D) cached tokens -> the page's cell read-back, UTF-8; in fp32 from the fp16
-        tokens at ingest and at read time alike, so both read the same."""
-        with torch.inference_mode():
+        """(T, D) cached tokens -> the page's cell read-back, UTF-8: from the stored fp16
+        tokens, under the encoder's autocast, at ingest and at read time alike."""
+        with torch.inference_mode(), self._autocast():
             cells = self.model.read_cells(tokens[None].to(self.device, torch.float32))[0]
         return assemble(cells, int(round(tokens.shape[0] ** 0.5))).encode("utf-8")
 

@@ -637,7 +637,7 @@ class ReferenceModel(nn.Module):
         if not self.config.cell_slots:
             raise ValueError("these weights have no cell reader (config.cell_slots = 0)")
         B, T, _ = tokens.shape
-        cells = ctc_greedy(self.cell_reader.logits(tokens).transpose(0, 1))  # B*T strings
+        cells = ctc_greedy(self.cell_reader.logits(tokens).float().transpose(0, 1))  # B*T strings
         return [cells[b * T : (b + 1) * T] for b in range(B)]
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
