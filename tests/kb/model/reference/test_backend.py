@@ -151,7 +151,8 @@ def test_answer_is_deterministic_and_uses_tokens_only_caches(backend):
 def test_weights_with_a_cell_reader_read_optical_pages_cell_by_cell():
     backend = ReferenceBackend(config=tiny_config(cell_slots=6, cell_hidden=4))
     page = vision_pages(backend, 1)[0]
-    cells = backend.model.read_cells(page.tensors["tokens"][None].float())[0]
+    with torch.inference_mode(), backend._autocast():  # as encode and read_page read
+        cells = backend.model.read_cells(page.tensors["tokens"][None].float())[0]
     whole = assemble(cells, 4)  # gist: 4 x 4 cells
     assert backend.read_page(page, max_new_tokens=4096) == whole
     cut = backend.read_page(page, max_new_tokens=5)
