@@ -115,6 +115,7 @@ class Sizes:
     latency_ns: tuple[int, ...]
     latency_repeats: int  # timed answers per N (the median is reported), after one warm-up
     thesis_ns: tuple[int, ...] = ()  # haystack sizes of section e (needles of section b)
+    needle_tiers: tuple[str, ...] = NEEDLE_TIERS
 
 
 FULL = Sizes(
@@ -419,7 +420,7 @@ def section_needle(
     pool_size = len(pool.texts)
     results: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    for tier in NEEDLE_TIERS:
+    for tier in sizes.needle_tiers:
         if tier not in backend.tier_tokens:
             continue
         fillers = pool_pages(encodings[tier], tier)
@@ -928,8 +929,9 @@ def run(
 
     if wanted & {"needle", "thesis", "speed"}:
         if wanted & {"needle", "speed"}:
-            pool_size = max([*sizes.needle_ns, *sizes.latency_ns])  # > N - 1: subsets differ
-            pool_tiers = [t for t in NEEDLE_TIERS if t in backend.tier_tokens]
+            ns = [*sizes.needle_ns, *(sizes.latency_ns if "speed" in wanted else ())]
+            pool_size = max(ns)  # > N - 1: subsets differ
+            pool_tiers = [t for t in sizes.needle_tiers if t in backend.tier_tokens]
         else:  # the thesis alone: its fillers at the tiers it compares
             pool_size = 2 * max(sizes.thesis_ns, default=0)
             pool_tiers = [t for t in THESIS_TIERS if t in backend.tier_tokens]
@@ -1146,6 +1148,15 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> d
     parser.add_argument(
         "--pages-per-bucket", type=int, help="read-back pages per text-length bucket (default 2)"
     )
+    parser.add_argument(
+        "--needle-ns", type=int, nargs="+", help="haystack sizes (default 10 100 1000)"
+    )
+    parser.add_argument(
+        "--needle-tiers",
+        nargs="+",
+        choices=VISION_TIERS,
+        help=f"needle tiers (default {' '.join(NEEDLE_TIERS)})",
+    )
     parser.add_argument("--out", type=Path, help="JSON path (default data/eval/<version>.json)")
     parser.add_argument(
         "--sections",
@@ -1191,6 +1202,10 @@ def _main(args: argparse.Namespace, argv: list[str], backend: Backend | None) ->
     sizes = QUICK if args.quick else FULL
     if args.pages_per_bucket:
         sizes = replace(sizes, pages_per_bucket=args.pages_per_bucket)
+    if args.needle_ns:
+        sizes = replace(sizes, needle_ns=tuple(args.needle_ns))
+    if args.needle_tiers:
+        sizes = replace(sizes, needle_tiers=tuple(args.needle_tiers))
     log(
         f"model {backend.version}, trained: {backend.trained}; "
         f"{'quick' if args.quick else 'full'} run"

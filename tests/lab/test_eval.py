@@ -252,6 +252,11 @@ def test_a_run_of_some_sections_measures_only_their_goals(config, tmp_path: Path
     assert len(report["goals"]) == 10
     with pytest.raises(SystemExit):
         kb_eval.main(["--quick", "--sections", "nonsense"], backend=backend)
+    # a targeted needle run: one tier, the haystack sizes asked for
+    argv = ["--quick", "--sections", "needle", "--needle-tiers", "gist", "--needle-ns", "3", "5"]
+    argv += ["--out", str(tmp_path / "n.json"), "--cache-dir", str(tmp_path / "cache")]
+    needle = kb_eval.main(argv, backend=backend)["needle"]
+    assert {(r["tier"], r["n"]) for r in needle["results"]} == {("gist", 3), ("gist", 5)}
 
 
 def test_text_eval_quick_run_writes_every_section(config, tmp_path: Path):
