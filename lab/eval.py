@@ -355,8 +355,8 @@ def pool_encodings(
     backend: Backend, pool: data.Pool, tier: str, cache_dir: Path, log: Log
 ) -> list[PageTensors]:
     """Every pool page at ``tier``: the cached encoding, else encoded now and cached. Only the
-    kv is kept (what the reader reads); the key is the model version and the sha256 of the
-    tier render."""
+    kv and the cell read-back are kept (what questions read); the key is the model version and
+    the sha256 of the tier render."""
     arrays = pool.tiers[tier]
     hashes = [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arrays]
     out: list[PageTensors | None] = [None] * len(arrays)
@@ -373,7 +373,7 @@ def pool_encodings(
         chunk = missing[start : start + 64]
         images = [Image.fromarray(np.asarray(arrays[i])).convert("RGB") for i in chunk]
         for i, tensors in zip(chunk, backend.encode(images, tier), strict=True):
-            kept = {"kv": tensors["kv"]} if "kv" in tensors else tensors
+            kept = {k: tensors[k] for k in ("kv", "read") if k in tensors} or tensors
             path = tensor_cache_path(cache_dir, backend.version, tier, hashes[i])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")

@@ -303,7 +303,11 @@ def ship(
     state |= {f"vision.{k}": v for k, v in encoder.state_dict().items()}
     state |= {f"cell_reader.{k}": v for k, v in reader.state_dict().items()}
     model.load_state_dict(state)
-    extra = {
+    # the base's own metadata (its training step and log) stays: it says what trained the rest
+    extra: dict[str, Any] = {
+        k: v for k, v in meta.items() if k not in ("format", "config", "sha256")
+    }
+    extra |= {
         "base": meta.get("sha256", "")[:12],
         "cell_reader": {"step": step, "minutes": round(minutes, 1), "tier": cfg["tier"]},
     }

@@ -92,12 +92,13 @@ def test_the_cell_layout_trains_a_fresh_encoder(tmp_path: Path):
     # reference weights with this encoder and its cell reader
     base = tmp_path / "base.safetensors"
     tiny = ReferenceConfig(**train_rows.TINY)
-    save_weights(random_model(tiny, seed=5), tiny, base)
+    save_weights(random_model(tiny, seed=5), tiny, base, {"step": 42})
     shipped = tmp_path / "reference.safetensors"
     out = train_rows.main([*argv, "--ship", str(shipped), "--base", str(base)])
     assert out["step"] == 3 and out["shipped"] == str(shipped)
     model, config, meta = load_model(shipped)
     assert config.cell_slots == 8 and json.loads(meta["cell_reader"])["step"] == 3
+    assert meta["step"] == "42" and meta["base"]  # the base's step: trained weights stay so
     ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
     stem = "stem.0.weight"
     assert torch.equal(model.vision.state_dict()[stem], ckpt["encoder"][stem].half().float())

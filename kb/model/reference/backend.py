@@ -432,19 +432,22 @@ class ReferenceBackend(Backend):
         return decode(ids)
 
     def read_tokens(self, page: ContextPage) -> bytes:
-        """An optical page's cell read-back (read_page), UTF-8: its cached tokens through the
-        cell reader, the cells assembled into lines (processing_reference.assemble)."""
-        tokens = (page.tensors or {}).get("tokens")
-        if page.tier not in self.tier_tokens or tokens is None or page.tensors is None:
+        """An optical page's cell read-back (read_page), UTF-8: as encode stored it, else its
+        cached tokens through the cell reader, the cells assembled into lines
+        (processing_reference.assemble)."""
+        tensors = page.tensors or {}
+        tokens = tensors.get("tokens")
+        if page.tier not in self.tier_tokens or (tokens is None and "read" not in tensors):
             raise ValueError(f"{page.label}: no cached 'tokens' for tier {page.tier!r}")
         T = self.tier_tokens[page.tier]
-        if tuple(tokens.shape) != (T, self.config.d_model):
+        if tokens is not None and tuple(tokens.shape) != (T, self.config.d_model):
             raise ValueError(
                 f"{page.label}: cached tokens are {tuple(tokens.shape)}, tier {page.tier!r} of "
                 f"{self.version} expects ({T}, {self.config.d_model})"
             )
-        if "read" in page.tensors:  # read at ingest from these very tokens (encode)
-            return bytes(page.tensors["read"].tolist())
+        if "read" in tensors:  # read at ingest from these very tokens (encode)
+            return bytes(tensors["read"].tolist())
+        assert tokens is not None
         return self._read_cells(tokens)
 
     def _read_cells(self, tokens: torch.Tensor) -> bytes:
@@ -460,6 +463,8 @@ class ReferenceBackend(Backend):
         they are). The answer is then copied from what the memory reads at that tier."""
         if page.tier == "text" or not self.config.cell_slots or page.text is not None:
             return page
+        if not page.tensors or not ({"read", "tokens"} & set(page.tensors)):
+            return page  # nothing to read it from: the copy path skips it
         text = self.read_tokens(page).decode("utf-8", errors="replace")
         return replace(page, text=text)
 
