@@ -373,7 +373,8 @@ def pool_encodings(
         chunk = missing[start : start + 64]
         images = [Image.fromarray(np.asarray(arrays[i])).convert("RGB") for i in chunk]
         for i, tensors in zip(chunk, backend.encode(images, tier), strict=True):
-            kept = {k: tensors[k] for k in ("kv", "read") if k in tensors} or tensors
+            kept: PageTensors = {k: tensors[k] for k in ("kv", "read") if k in tensors}
+            kept = kept or tensors
             path = tensor_cache_path(cache_dir, backend.version, tier, hashes[i])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
