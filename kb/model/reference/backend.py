@@ -471,8 +471,8 @@ class ReferenceBackend(Backend):
     def answer(self, question: str, pages: list[ContextPage], max_new_tokens: int = 128) -> Answer:
         """The answer is copied from the text tier: the best span of any text-tier page by the
         copy path (ReferenceModel.best_span), or NOT_FOUND when "no answer" scores higher or no
-        page is at the text tier (the optical tiers do not read yet: issue 9). Page scores are the
-        start distribution's mass per page, the span's page first."""
+        page has text (the text tier, or an optical page's cell read-back: readable). Page
+        scores are the start distribution's mass per page, the span's page first."""
         if not self.config.span_head:  # the byte decoder: one path, streamed or not
             return drain(self.answer_stream(question, pages, max_new_tokens))
         if self.config.cell_slots:  # optical pages are read back, then copied from like text
