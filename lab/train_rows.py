@@ -5,6 +5,8 @@
     python -m lab.train_rows --export lab/weights/rows-base.safetensors   # ckpt -> fp16 file
     python -m lab.train_rows --init lab/weights/rows-base.safetensors     # a new run from it
     python -m lab.train_rows --config smoke              # the whole loop in seconds
+    python -m lab.train_rows --tier base,small,tiny --tier_weights 2,1,1 --schedule cosine
+                                                         # the tiers mixed, the rate decayed
 
 Issue 9, point 1: an ordered, character-level target that reaches the encoder. The vision
 tokens of a page form a g x g grid of cells (one token per 64 x 64 pixels of the tier's render).
@@ -28,6 +30,7 @@ it ships only with new reference weights, when ``make eval`` shows them better.
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -55,7 +58,10 @@ from lab.metrics import precision
 DEFAULTS: dict[str, Any] = {
     "out_dir": "data/train/rows",
     "cache_dir": "data/train/rows-pool",
+    # the tier trained and measured; several, comma-separated ("base,small,tiny"), mix them: each
+    # step reads one, drawn with --tier_weights (default equal), and held-out reads every one
     "tier": "base",
+    "tier_weights": "",
     "max_minutes": 60.0,
     "max_steps": 0,
     "resume": False,
@@ -87,6 +93,9 @@ DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,  # the reader
     "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
     "warmup": 50,
+    # "constant" after warmup, or "cosine": down to min_lr x the rate at max_minutes of this run
+    "schedule": "constant",
+    "min_lr": 0.05,
     "weight_decay": 0.01,
     "threads": 1,
     "eval_every": 10.0,  # minutes
@@ -315,11 +324,44 @@ def ship(
     return {"step": step, "minutes": minutes, "shipped": cfg["ship"], "sha256": digest}
 
 
+def tiers_of(cfg: dict[str, Any]) -> tuple[list[str], list[float]]:
+    """--tier and --tier_weights -> the tiers trained and the weight of each."""
+    tiers = [t.strip() for t in cfg["tier"].split(",") if t.strip()]
+    for t in tiers:
+        get_tier(t)  # an unknown tier fails here, before the pool is rendered
+    weights = [float(w) for w in cfg["tier_weights"].split(",")] if cfg["tier_weights"] else []
+    if weights and len(weights) != len(tiers):
+        raise SystemExit(f"--tier_weights: one per tier ({len(tiers)}), not {len(weights)}")
+    return tiers, weights or [1.0] * len(tiers)
+
+
+def schedule(cfg: dict[str, Any], step: int, fraction: float) -> float:
+    """The learning-rate factor: linear warmup over ``warmup`` steps, then constant, or a cosine
+    from 1 down to ``min_lr`` over ``fraction`` (0..1) of this run's minutes."""
+    warm = min(1.0, (step + 1) / cfg["warmup"])
+    if cfg["schedule"] == "constant":
+        return warm
+    if cfg["schedule"] != "cosine":
+        raise SystemExit(f"--schedule: 'constant' or 'cosine', not {cfg['schedule']!r}")
+    floor = cfg["min_lr"]
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
+
+
+def measure(model, reader, pool: data.Pool, tiers: list[str], layout: str) -> dict[str, Any]:
+    """``evaluate`` at each tier: the first tier's figures as they were, the others' precision
+    as ``precision_<tier>``."""
+    row = evaluate(model, reader, pool, tiers[0], layout)
+    for t in tiers[1:]:
+        row[f"precision_{t}"] = evaluate(model, reader, pool, t, layout)["precision"]
+    return row
+
+
 def build(cfg: dict[str, Any], split: str, documents: int) -> data.Pool:
     spec = data.PoolSpec(
         split=split, documents=documents, needles=0, fillers=0, cross_sets=0, max_pages=1
     )
-    return data.build_pool(spec, cfg["cache_dir"], (cfg["tier"],), workers=1, log=lambda m: None)
+    tiers = tuple(tiers_of(cfg)[0])
+    return data.build_pool(spec, cfg["cache_dir"], tiers, workers=1, log=lambda m: None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -382,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {"step": step, "minutes": minutes_before, "exported": cfg["export"]}
     if cfg["ship"]:
         return ship(encoder, reader, cfg, step, minutes_before)
+    tiers, weights = tiers_of(cfg)
     train = build(cfg, "train", cfg["train_documents"])
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     stop = {"now": False}
@@ -416,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "step": step,
                 "minutes": round(minutes_before, 2),
-                **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"]),
+                **measure(model, reader, heldout, tiers, cfg["layout"]),
             }
         )
     rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
@@ -425,16 +468,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
         if minutes() - minutes_before >= cfg["max_minutes"]:
             break
-        warm = min(1.0, (step + 1) / cfg["warmup"])
+        factor = schedule(cfg, step, (minutes() - minutes_before) / cfg["max_minutes"])
         for g, lr in zip(groups, base_lrs, strict=True):
-            g["lr"] = lr * warm
+            g["lr"] = lr * factor
+        tier = rng.choices(tiers, weights)[0] if len(tiers) > 1 else tiers[0]
         pages = [rng.randrange(len(train.texts)) for _ in range(cfg["batch"])]
         crop = None
         if cfg["crop"]:
-            k = min(cfg["crop"], get_tier(cfg["tier"]).grid)
-            far = get_tier(cfg["tier"]).grid - k
+            k = min(cfg["crop"], get_tier(tier).grid)
+            far = get_tier(tier).grid - k
             crop = (rng.randint(0, far), rng.randint(0, far), k)
-        loss, cut = step_loss(model, reader, train, cfg["tier"], pages, cfg["layout"], crop)
+        loss, cut = step_loss(model, reader, train, tier, pages, cfg["layout"], crop)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -442,14 +486,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step += 1
         if step % 10 == 0 or cfg["max_steps"]:
             log({"step": step, "minutes": round(minutes(), 2), "loss": round(loss.item(), 4),
-                 "cut_bytes": cut})  # fmt: skip
+                 "cut_bytes": cut, "tier": tier, "lr_factor": round(factor, 4)})  # fmt: skip
         if time.time() - last_eval >= cfg["eval_every"] * 60:
             log({"step": step, "minutes": round(minutes(), 2),
-                 **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"])})  # fmt: skip
+                 **measure(model, reader, heldout, tiers, cfg["layout"])})  # fmt: skip
             checkpoint()
             last_eval = time.time()
     final = {"step": step, "minutes": round(minutes(), 2),
-             **evaluate(model, reader, heldout, cfg["tier"], cfg["layout"])}  # fmt: skip
+             **measure(model, reader, heldout, tiers, cfg["layout"])}  # fmt: skip
     log(final)
     checkpoint()
     return final

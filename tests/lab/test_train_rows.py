@@ -113,3 +113,30 @@ def test_the_cell_layout_trains_a_fresh_encoder(tmp_path: Path):
         train_rows.main([*argv, "--layout", "diagonal"])
     with pytest.raises(SystemExit, match="--crop needs --layout cell"):
         train_rows.main([*argv, "--layout", "row", "--crop", "2"])
+
+
+def test_several_tiers_are_mixed_and_each_is_measured(tmp_path: Path):
+    argv = ["--config", "smoke", "--layout", "cell", "--strips", "1", "--slots", "8", "--crop",
+            "2", "--tier", "gist,tiny", "--tier_weights", "1,3", "--max_steps", "8",
+            "--out_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "pool")]  # fmt: skip
+    final = train_rows.main(argv)
+    assert 0.0 <= final["precision"] <= 1.0 and 0.0 <= final["precision_tiny"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {r["tier"] for r in rows if "loss" in r} <= {"gist", "tiny"}
+    with pytest.raises(SystemExit, match="one per tier"):
+        train_rows.main([*argv, "--tier_weights", "1"])
+    with pytest.raises(ValueError, match="unknown tier 'huge'"):
+        train_rows.main([*argv, "--tier", "base,huge"])
+
+
+def test_the_cosine_schedule_warms_up_then_falls_to_its_floor():
+    cfg = {**train_rows.DEFAULTS, "schedule": "cosine", "warmup": 10, "min_lr": 0.1}
+    assert train_rows.schedule(cfg, 0, 0.0) == pytest.approx(0.1)  # warmup: 1/10
+    assert train_rows.schedule(cfg, 100, 0.0) == pytest.approx(1.0)
+    assert train_rows.schedule(cfg, 100, 0.5) == pytest.approx(0.55)
+    assert train_rows.schedule(cfg, 100, 1.0) == pytest.approx(0.1)
+    assert train_rows.schedule(cfg, 100, 2.0) == pytest.approx(0.1)  # past the end: the floor
+    constant = {**cfg, "schedule": "constant"}
+    assert train_rows.schedule(constant, 100, 0.9) == 1.0
+    with pytest.raises(SystemExit, match="cosine"):
+        train_rows.schedule({**cfg, "schedule": "linear"}, 100, 0.5)
