@@ -1,10 +1,12 @@
 """Evaluate the reference model on the held-out split: ``python -m lab.eval`` (``make eval``).
 
-Four sections, each printed as a table and written to one JSON file
+Six sections, each printed as a table and written to one JSON file
 (default ``data/eval/<model version>.json``):
 
     a. read-back    pages read back from their vision tokens, per tier, scored by character edit
                     distance and bucketed by text length as in DeepSeek-OCR's Fox table
+    a'. real PDFs   the same for the pages of real PDFs the project did not write (lab/realpdf),
+                    their text layer as the truth, and the top of each page (its heading)
     b. needle       one fact on one page among N = 10, 100, 1,000 pages, at depths 0-100%:
                     exact-answer accuracy, and whether the needle page is the top citation
     c. cross-doc    questions that need several documents (counts, comparisons): accuracy
@@ -53,7 +55,7 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file, save_file
 
-from ingest import tier_image
+from ingest import RenderedPage, render_pdf_bytes, tier_image
 from kb.model.base import Backend, ContextPage, PageTensors
 from kb.model.reference.backend import ReferenceBackend
 from kb.model.reference.modeling_reference import ReferenceModel
@@ -71,9 +73,10 @@ from lab.metrics import (  # noqa: F401 - edit_distance: part of this module's A
 SPLIT = "heldout"
 VISION_TIERS = ("base", "small", "tiny", "gist")  # richest first, as in ingest/tiers.py
 NEEDLE_TIERS = ("base", "tiny", "small", "gist")  # issue 9's bar is base; base first
-# The seeds' thesis (section e): the exact tier against the tier at ~10x fewer tokens (a held-out
-# page holds ~500-650 text tokens, tiny 64 vision tokens).
-THESIS_TIERS = ("text", "tiny")
+# The seeds' thesis (section e): the exact tier against the optical tiers, tiny being the one at
+# ~10x fewer tokens (a held-out page holds ~400-650 text tokens, tiny 64 vision tokens); base
+# and small show the curve between.
+THESIS_TIERS = ("text", "base", "small", "tiny")
 # Fox's buckets (text tokens of the ground truth), plus the short pages below them.
 BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("short", 0, 600),
@@ -88,6 +91,11 @@ READ_BATCH = 8  # pages read back at once (same tier, so the same memory length)
 # Seeds of each section, offset so that no two sections share a document.
 SEED_STRIDE = 1_000_000
 SECTION_SEEDS = {"readback": 0, "pool": 100_000, "needle": 200_000, "cross": 300_000}
+# Real PDFs the project did not write (lab/realpdf/SOURCES.md): read back with their text layer
+# as the truth (issue 9, point 2). Pages with less text than this are skipped (blank, a title).
+REAL_PDFS = Path(__file__).parent / "realpdf"
+PDF_MIN_CHARS = 200
+HEADING_CHARS = 64  # "what gist keeps": the top line or two of a page, its heading
 
 # DeepSeek-OCR's published figures (Fox benchmark), as quoted in design.md and issue 3.
 DEEPSEEK_OCR = {
@@ -116,6 +124,7 @@ class Sizes:
     latency_repeats: int  # timed answers per N (the median is reported), after one warm-up
     thesis_ns: tuple[int, ...] = ()  # haystack sizes of section e (needles of section b)
     needle_tiers: tuple[str, ...] = NEEDLE_TIERS
+    pdf_pages: int = 0  # real-PDF read-back: pages per PDF of lab/realpdf (0: all)
 
 
 FULL = Sizes(
@@ -145,6 +154,7 @@ QUICK = Sizes(
     latency_ns=(1, 10),
     latency_repeats=1,
     thesis_ns=(10,),
+    pdf_pages=2,
 )
 
 Log = Callable[[str], None]
@@ -346,6 +356,70 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
     }
 
 
+def section_readback_pdf(backend: Backend, sizes: Sizes, log: Log) -> dict[str, Any]:
+    """Read-back of real PDFs (lab/realpdf), every tier: each page rendered and downscaled as
+    ingest does (``render_pdf_bytes``, ``tier_image``), encoded, read back, and scored against
+    its text layer (``precision``: whitespace collapsed). Also the top of the page
+    (``HEADING_CHARS``, its heading: what the fainter tiers keep) and the compression (text
+    tokens = characters / 4, over the tier's vision tokens)."""
+    files = sorted(REAL_PDFS.glob("*.pdf"))
+    if not files:
+        raise FileNotFoundError(f"no PDFs in {REAL_PDFS}")
+    pages: list[tuple[str, RenderedPage]] = []
+    for path in files:
+        rendered = [p for p in render_pdf_bytes(path.read_bytes()) if len(p.text) >= PDF_MIN_CHARS]
+        pages += [(path.name, p) for p in rendered[: sizes.pdf_pages or None]]
+    log(f"real PDFs: {len(pages)} pages of {len(files)} documents rendered")
+    tiers = [t for t in VISION_TIERS if t in backend.tier_tokens]
+    out: dict[str, Any] = {}
+    examples: list[dict[str, Any]] = []
+    for tier in tiers:
+        t0 = time.perf_counter()
+        scores: dict[str, list[float]] = {}
+        heads: list[float] = []
+        for start in range(0, len(pages), READ_BATCH):
+            batch = pages[start : start + READ_BATCH]
+            encoded = backend.encode([tier_image(p.image, tier) for _, p in batch], tier)
+            ctx = [
+                ContextPage(name, p.number, f"{name} p. {p.number}", tier, tensors=t)
+                for (name, p), t in zip(batch, encoded, strict=True)
+            ]
+            budget = [int(1.15 * len(p.text.encode("utf-8"))) + 16 for _, p in batch]
+            for (name, p), text in zip(batch, read_back(backend, ctx, budget), strict=True):
+                scores.setdefault(name, []).append(precision(text, p.text))
+                heads.append(head_precision(text, p.text, HEADING_CHARS))
+                if p.number in (2, 5) and name == files[0].name:
+                    examples.append(
+                        {
+                            "tier": tier,
+                            "page": f"{name} p. {p.number}",
+                            "reference_head": collapse_whitespace(p.text)[:120],
+                            "read_back_head": collapse_whitespace(text)[:120],
+                        }
+                    )
+        vision = backend.tier_tokens[tier]
+        out[tier] = {
+            "vision_tokens": vision,
+            "compression": round(
+                statistics.fmean(text_tokens(p.text) for _, p in pages) / vision, 2
+            ),
+            "precision": round(statistics.fmean(v for vs in scores.values() for v in vs), 4),
+            "heading_precision": round(statistics.fmean(heads), 4),
+            "per_document": {k: round(statistics.fmean(v), 4) for k, v in scores.items()},
+        }
+        log(f"real PDFs: tier {tier} {100 * out[tier]['precision']:.1f}% in "
+            f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    return {
+        "documents": [f.name for f in files],
+        "pages": len(pages),
+        "mean_text_tokens": round(statistics.fmean(text_tokens(p.text) for _, p in pages), 1),
+        "precision": "as section a, against the page's text layer (pymupdf), whitespace collapsed",
+        "heading": f"the first {HEADING_CHARS} characters of the page, scored the same way",
+        "tiers": out,
+        "examples": examples,
+    }
+
+
 def tensor_cache_path(cache_dir: Path, version: str, tier: str, page_hash: str) -> Path:
     """The service's own key scheme (kb.tensors.tensor_key), under the eval's cache directory."""
     return cache_dir / tensor_key(version, tier, page_hash)
@@ -503,9 +577,10 @@ def section_thesis(
 ) -> dict[str, Any]:
     """The seeds' thesis, measured in one run (issue 9, point 4): the needle questions of section
     b, each over the same haystack of held-out pages, once with the whole collection at the exact
-    text tier and once packed at the tiny tier. Per tier: accuracy, the needle's page cited
-    first, memory tokens and kv bytes per question, median seconds per question; then the
-    compression (text tokens / tiny tokens) and the share of the text tier's accuracy kept."""
+    text tier and once packed at each optical tier of THESIS_TIERS. Per tier: accuracy, the
+    needle's page cited first, memory tokens and kv bytes per question, median seconds per
+    question, the compression (text tokens / its tokens) and the share of the text tier's
+    accuracy kept; the goal's figures (``compression``, ``accuracy_kept``) are tiny's."""
     if not isinstance(backend, ReferenceBackend) or not sizes.thesis_ns:
         return {}
     tiers = [t for t in THESIS_TIERS if t == "text" or t in encodings]
@@ -580,12 +655,15 @@ def section_thesis(
                 "median_s": round(statistics.median(seconds), 4),
             }
             log(f"thesis: N={n} {tier} {right}/{n_needles} right")
-        if "text" in row and "tiny" in row:
-            text, tiny = row["text"], row["tiny"]
-            row["compression"] = round(text["memory_tokens"] / tiny["memory_tokens"], 2)
-            row["accuracy_kept"] = (
-                round(tiny["accuracy"] / text["accuracy"], 4) if text["accuracy"] else None
+        for tier in tiers[1:] if "text" in row else ():
+            text, cell = row["text"], row[tier]
+            cell["compression"] = round(text["memory_tokens"] / cell["memory_tokens"], 2)
+            cell["accuracy_kept"] = (
+                round(cell["accuracy"] / text["accuracy"], 4) if text["accuracy"] else None
             )
+        if "text" in row and "tiny" in row:  # the goal's tier: ~10x fewer tokens
+            row["compression"] = row["tiny"]["compression"]
+            row["accuracy_kept"] = row["tiny"]["accuracy_kept"]
         rows[str(n)] = row
     return {
         "tiers": tiers,
@@ -594,7 +672,8 @@ def section_thesis(
         "tokens": "memory tokens per question: text tier = UTF-8 bytes / 4 per page; vision tier "
         "= its fixed tokens per page",
         "kv_bytes": f"memory tokens x {kv_per_token} (fp16 keys and values of every reader layer)",
-        "accuracy_kept": "tiny accuracy / text accuracy (goal >= 0.9 at ~10x fewer tokens)",
+        "accuracy_kept": "a tier's accuracy / the text tier's (goal: tiny's >= 0.9, at ~10x fewer "
+        "tokens)",
         "results": rows,
     }
 
@@ -792,6 +871,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     p10, c10 = bucket_precision("600-700", "tiny")
     p20, c20 = bucket_precision("1200-1300", "tiny")
     mean = results.get("readback", {}).get("mean_precision", {})
+    real_small = results.get("readback_pdf", {}).get("tiers", {}).get("small", {})
     needle_summary = results.get("needle", {}).get("summary", {})
     needle = needle_summary.get("tiny", {}).get("1000", {}).get("accuracy")
     needle_base = needle_summary.get("base", {}).get("100", {})
@@ -818,6 +898,13 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         goal("read-back precision, base tier", ">= 0.90", mean.get("base"), lambda v: v >= 0.90),
         goal("read-back precision, small tier", ">= 0.70", mean.get("small"), lambda v: v >= 0.7),
         goal("read-back precision, tiny tier", ">= 0.50", mean.get("tiny"), lambda v: v >= 0.50),
+        goal(
+            "read-back precision of real PDFs, small tier",
+            ">= 0.85",
+            real_small.get("precision"),
+            lambda v: v >= 0.85,
+            compression=real_small.get("compression"),
+        ),
         # issue 9, point 3
         goal(
             "needle accuracy among 100 pages at the base tier",
@@ -903,7 +990,7 @@ def loadavg() -> list[float]:
         return []
 
 
-SECTIONS = ("readback", "needle", "thesis", "cross_document", "speed")
+SECTIONS = ("readback", "readback_pdf", "needle", "thesis", "cross_document", "speed")
 
 
 def run(
@@ -927,6 +1014,10 @@ def run(
     if "readback" in wanted:
         results["readback"] = section_readback(backend, sizes, seed, log)
         load["after_readback"] = loadavg()
+
+    if "readback_pdf" in wanted:
+        results["readback_pdf"] = section_readback_pdf(backend, sizes, log)
+        load["after_readback_pdf"] = loadavg()
 
     if wanted & {"needle", "thesis", "speed"}:
         if wanted & {"needle", "speed"}:
@@ -1022,6 +1113,26 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         )
         console.print(table)
 
+    if "readback_pdf" in report:
+        rp = report["readback_pdf"]
+        table = Table(
+            title=f"a'. Read-back of real PDFs ({', '.join(rp['documents'])}; {rp['pages']} "
+            f"pages, {rp['mean_text_tokens']:.0f} text tokens a page)",
+            caption=f"against the text layer; heading = {rp['heading']}",
+        )
+        table.add_column("tier")
+        table.add_column("compression", justify="right")
+        table.add_column("precision", justify="right")
+        table.add_column("heading", justify="right")
+        for tier, cell in rp["tiers"].items():
+            table.add_row(
+                f"{tier} ({cell['vision_tokens']})",
+                f"{cell['compression']:.1f}x",
+                _pct(cell["precision"]),
+                _pct(cell["heading_precision"]),
+            )
+        console.print(table)
+
     if "needle" in report:
         nd = report["needle"]
         depths = sorted({r["depth"] for r in nd["results"]})
@@ -1104,11 +1215,12 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     if thesis:
         table = Table(
             title="e. The seeds' thesis: the same needle questions over the same pages, the whole "
-            "collection at the text tier and at tiny",
-            caption="tokens and kv bytes of the memory per question; kept = tiny accuracy / text "
-            "accuracy (goal >= 90% at ~10x fewer tokens)",
+            "collection at the text tier and at each optical tier",
+            caption="tokens and kv bytes of the memory per question; fewer = text tokens / the "
+            "tier's; kept = the tier's accuracy / the text tier's (goal: tiny >= 90% at ~10x)",
         )
-        for column in ("N", "tier", "accuracy", "cited", "tokens", "kv MiB", "median s"):
+        for column in ("N", "tier", "accuracy", "cited", "tokens", "fewer", "kept", "kv MiB",
+                       "median s"):  # fmt: skip
             table.add_column(column, justify="right")
         for n, row in thesis.items():
             for tier in report["thesis"]["tiers"]:
@@ -1119,12 +1231,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                     _pct(r["accuracy"]),
                     _pct(r["cited_first"]),
                     f"{r['memory_tokens']:,}",
+                    f"{r['compression']:.1f}x" if "compression" in r else "",
+                    _pct(r.get("accuracy_kept")) if "compression" in r else "",
                     f"{r['kv_bytes'] / 2**20:.1f}",
                     f"{r['median_s']:.3f}",
-                )
-            if "compression" in row:
-                table.add_row(
-                    n, "kept", _pct(row["accuracy_kept"]), "", f"{row['compression']:.1f}x", "", ""
                 )
         console.print(table)
 

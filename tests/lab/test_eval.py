@@ -216,11 +216,23 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert [r["n"] for r in speed["latency"]] == [1, 10]
     assert all(r["median_s"] > 0 for r in speed["latency"])
 
-    # The seeds' thesis: the same needles over the same pages at the text tier and at tiny.
+    # Real PDFs the project did not write, every tier, against their text layer.
+    real = written["readback_pdf"]
+    assert real["documents"] == ["libtasn1.pdf", "shared-mime-info-spec.pdf"]
+    assert real["pages"] == 2 * 2  # --quick: two pages of each
+    for tier, cell in real["tiers"].items():
+        assert 0.0 <= cell["precision"] <= 1.0 and 0.0 <= cell["heading_precision"] <= 1.0
+        assert cell["compression"] == pytest.approx(
+            real["mean_text_tokens"] / backend.tier_tokens[tier], abs=0.01
+        )
+        assert set(cell["per_document"]) == set(real["documents"])
+    assert set(real["tiers"]) == {"base", "small", "tiny", "gist"}
+
+    # The seeds' thesis: the same needles over the same pages at the text tier and optical ones.
     thesis = written["thesis"]
-    assert thesis["tiers"] == ["text", "tiny"]
+    assert thesis["tiers"] == ["text", "base", "small", "tiny"]
     row = thesis["results"]["10"]
-    for tier in ("text", "tiny"):
+    for tier in ("text", "base", "small", "tiny"):
         assert row[tier]["questions"] == 3
         assert 0.0 <= row[tier]["accuracy"] <= 1.0 and row[tier]["median_s"] > 0
         assert row[tier]["kv_bytes"] == row[tier]["memory_tokens"] * (
@@ -230,9 +242,11 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert row["compression"] == pytest.approx(
         row["text"]["memory_tokens"] / row["tiny"]["memory_tokens"], abs=0.01
     )
+    assert row["compression"] == row["tiny"]["compression"]
+    assert row["base"]["compression"] < row["small"]["compression"] < row["compression"]
 
     goals = {g["goal"]: g for g in written["goals"]}
-    assert len(goals) == 10
+    assert len(goals) == 11
     assert all(g["met"] is None for g in goals.values() if g["measured"] is None)
 
     # Pool pages are encoded once per tier and model version, then read from the cache.
@@ -245,11 +259,11 @@ def test_a_run_of_some_sections_measures_only_their_goals(config, tmp_path: Path
     argv = ["--quick", "--sections", "thesis", "--out", str(tmp_path / "e.json")]
     report = kb_eval.main([*argv, "--cache-dir", str(tmp_path / "cache")], backend=backend)
     assert "thesis" in report and report["thesis"]["results"]["10"]["text"]["questions"] == 3
-    for skipped in ("readback", "needle", "cross_document", "speed"):
+    for skipped in ("readback", "readback_pdf", "needle", "cross_document", "speed"):
         assert skipped not in report
     # (a random model answers nothing right at the text tier: no share kept to report either)
     assert all(g["measured"] is None for g in report["goals"])
-    assert len(report["goals"]) == 10
+    assert len(report["goals"]) == 11
     with pytest.raises(SystemExit):
         kb_eval.main(["--quick", "--sections", "nonsense"], backend=backend)
     # a targeted needle run: one tier, the haystack sizes asked for
