@@ -210,13 +210,25 @@ def cell_targets(words: list, grid: int) -> list[str]:
     return ["\n".join(cells[r][c]) for r in range(grid) for c in range(grid)]
 
 
-def encode_targets(texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Row texts -> concatenated UTF-8 targets, lengths, and how many bytes were cut to fit the
-    CTC input (a row longer than the input can hold cannot be aligned)."""
+def fit_ctc(target: list[int], positions: int) -> list[int]:
+    """The longest prefix of ``target`` that CTC can align to ``positions`` inputs: each byte
+    takes one position, and a byte repeating the one before it one more (the blank between)."""
+    need = 0
+    for i, b in enumerate(target):
+        need += 1 + (i > 0 and b == target[i - 1])
+        if need > positions:
+            return target[:i]
+    return target
+
+
+def encode_targets(texts: list[str], positions: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Row or cell texts -> concatenated UTF-8 targets, lengths, and how many bytes were cut to
+    fit ``positions`` CTC inputs (``fit_ctc``: a longer text cannot be aligned)."""
     out, lengths, cut = [], [], 0
     for text in texts:
-        b = [c for c in text.encode("utf-8") if c != BLANK][:limit]
-        cut += max(0, len(text.encode("utf-8")) - len(b))
+        raw = text.encode("utf-8")
+        b = fit_ctc([c for c in raw if c != BLANK], positions)
+        cut += len(raw) - len(b)
         out += b
         lengths.append(len(b))
     return torch.tensor(out, dtype=torch.long), torch.tensor(lengths, dtype=torch.long), cut
@@ -257,7 +269,7 @@ def step_loss(
     else:
         tokens = model.encode_images(pixels, tier)  # (b, g*g, D)
     log_probs = reader(tokens)  # (T, b*g rows or b*g*g cells, 256)
-    targets, lengths, cut = encode_targets(texts, log_probs.shape[0] // 2)
+    targets, lengths, cut = encode_targets(texts, log_probs.shape[0])
     inputs = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
     loss = F.ctc_loss(
         log_probs, targets, inputs, lengths, blank=BLANK, reduction="sum", zero_infinity=True

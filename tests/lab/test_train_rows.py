@@ -140,3 +140,13 @@ def test_the_cosine_schedule_warms_up_then_falls_to_its_floor():
     assert train_rows.schedule(constant, 100, 0.9) == 1.0
     with pytest.raises(SystemExit, match="cosine"):
         train_rows.schedule({**cfg, "schedule": "linear"}, 100, 0.5)
+
+
+def test_targets_are_cut_to_what_ctc_can_align():
+    assert train_rows.fit_ctc([1, 2, 3], 3) == [1, 2, 3]
+    assert train_rows.fit_ctc([1, 1, 2], 3) == [1, 1]  # the repeat needs a blank between
+    assert train_rows.fit_ctc([1, 1, 2], 4) == [1, 1, 2]
+    assert train_rows.fit_ctc([5] * 6, 6) == [5, 5, 5]
+    targets, lengths, cut = train_rows.encode_targets(["abc", "aab", "é"], 3)
+    assert lengths.tolist() == [3, 2, 2] and cut == 1
+    assert bytes(targets.tolist()) == b"abcaa" + "é".encode()
