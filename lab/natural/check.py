@@ -9,7 +9,9 @@ images are not rendered: only the text is needed). For every question this check
 - its doc exists, and an answered question's page is within the document;
 - the answer occurs in the text of that page, after collapsing runs of whitespace to one space
   on both sides (the layout wraps long lines);
-- an unanswered question (absent answer) has "answer": null and "page": null.
+- an unanswered question (absent answer) has "answer": null and "page": null;
+- each of its other accepted answers (optional ``accept``, a list: the shorter spans a reader
+  would also take, as SQuAD keeps several annotators' answers) occurs on that page too.
 
 It also notes, without failing, answers that occur on more than one page of their document.
 Prints each failure and a summary; exits 1 if anything failed.
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, q in enumerate(questions):
         where = f"#{i} ({q.get('doc')}): {q.get('question')!r}"
         extra = set(q) - fields
-        if not fields <= set(q) or extra - ({"context"} if training else set()):
+        if not fields <= set(q) or extra - ({"context"} if training else {"accept"}):
             failures.append(f"{where}: bad fields: {sorted(q)}")
             continue
         if q["kind"] not in KINDS:
@@ -110,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{where}: {answer!r} not on page {q['page']} (found on {found})")
         elif len(found) > 1:
             notes.append(f"{where}: {answer!r} is on pages {found}")
+        accept = q.get("accept", [])
+        if not isinstance(accept, list) or not all(isinstance(a, str) and a for a in accept):
+            failures.append(f"{where}: accept must be a list of answers, not {accept!r}")
+            continue
+        for alt in accept:
+            if squash(alt) not in doc_pages[q["page"] - 1]:
+                failures.append(f"{where}: accepted {alt!r} not on page {q['page']}")
         if training and q["page"] in found:
             text = doc_pages[q["page"] - 1]
             context = squash(q.get("context") or "")

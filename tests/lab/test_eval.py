@@ -296,3 +296,17 @@ def test_natural_questions_are_laid_out_as_uploads_and_checked():
     from lab.natural import check
 
     assert check.main() == 0
+
+
+def test_a_natural_answer_counts_when_it_is_an_accepted_one_whole():
+    from lab.eval_text import score_natural
+
+    q = {"answer": "exit status is 2", "accept": ["2"]}
+    assert score_natural("2", True, q) == {"exact": True, "span": True, "span_strict": False,
+                                           "f1": 1.0}  # fmt: skip
+    assert score_natural("The exit status is 2.", True, q)["span_strict"]
+    wrong = score_natural("20 days", True, q)  # "2" is matched whole, not inside
+    assert not wrong["span"] and not wrong["exact"]
+    assert score_natural("Not found in the collection.", False, q)["f1"] == 0.0
+    plain = score_natural("2", True, {"answer": "exit status is 2"})  # no accepted answers
+    assert not plain["span"] and plain["f1"] == pytest.approx(0.4)
