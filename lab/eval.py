@@ -239,6 +239,7 @@ class ReadbackPage:
     bucket: str
     tokens: float  # text tokens (characters / 4)
     page: data.SyntheticPage
+    title: str = ""  # the document's title, its first line: "Invoice INV-99361", "Memo: ..."
 
 
 def collect_readback_pages(
@@ -263,7 +264,7 @@ def collect_readback_pages(
                 tokens = text_tokens(page.text)
                 landed = bucket_of(tokens)
                 if landed in got and len(got[landed]) < per_bucket:
-                    got[landed].append(ReadbackPage(seed, landed, tokens, page))
+                    got[landed].append(ReadbackPage(seed, landed, tokens, page, doc.title))
             seed += 1
         if len(got[name]) < per_bucket:
             log(f"read-back: only {len(got[name])} pages for bucket {name} after {attempts[name]}")
@@ -278,6 +279,7 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
     tiers = [t for t in VISION_TIERS if t in backend.tier_tokens]
     scores: dict[str, dict[str, list[float]]] = {t: {} for t in tiers}
     heads: dict[str, list[float]] = {t: [] for t in tiers}
+    titles: dict[str, list[float]] = {t: [] for t in tiers}
     examples: list[dict[str, Any]] = []
     for tier in tiers:
         t0 = time.perf_counter()
@@ -298,6 +300,8 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
                 score = precision(text, p.page.text)
                 scores[tier].setdefault(p.bucket, []).append(score)
                 heads[tier].append(head_precision(text, p.page.text, HEAD_CHARS))
+                if p.title:  # what the faint tiers keep: the heading, which names the kind
+                    titles[tier].append(head_precision(text, p.title, len(p.title)))
                 if sum(e["tier"] == tier for e in examples) < 3:  # a few of every tier
                     examples.append(
                         {
@@ -352,6 +356,7 @@ def section_readback(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dic
         "mean_precision": overall,
         "head_chars": HEAD_CHARS,
         "mean_head_precision": {t: round(statistics.fmean(v), 4) for t, v in heads.items() if v},
+        "mean_title_precision": {t: round(statistics.fmean(v), 4) for t, v in titles.items() if v},
         "examples": examples,
     }
 
@@ -1111,6 +1116,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "",
             *[_pct(head.get(t)) for t in tiers],
         )
+        title = rb.get("mean_title_precision", {})
+        table.add_row("all, the title line", "", *[_pct(title.get(t)) for t in tiers])
         console.print(table)
 
     if "readback_pdf" in report:

@@ -191,6 +191,7 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert readback["head_chars"] == kb_eval.HEAD_CHARS
     assert set(readback["mean_head_precision"]) == {"base", "small", "tiny", "gist"}
     assert all(0.0 <= v <= 1.0 for v in readback["mean_head_precision"].values())
+    assert set(readback["mean_title_precision"]) == {"base", "small", "tiny", "gist"}
 
     needle = written["needle"]
     assert {(r["tier"], r["n"]) for r in needle["results"]} == {
