@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "encoder_lr": 1e-4,  # the vision encoder (from trained weights)
     "warmup": 50,
     # "constant" after warmup, or "cosine": down to min_lr x the rate at max_minutes of this run
+    # (a --resume of a cosine run goes on down the same curve and stops where it ends)
     "schedule": "constant",
     "min_lr": 0.05,
     "weight_decay": 0.01,
@@ -428,6 +429,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         reader.load_state_dict(ckpt["reader"])
         opt.load_state_dict(ckpt["opt"])
         step, minutes_before = ckpt["step"], ckpt["minutes"]
+    # where the cosine began: a resumed run goes on down the same curve and stops at its end
+    begun = ckpt.get("begun", minutes_before) if cfg["resume"] else minutes_before
     if cfg["export"]:
         state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
         state |= {f"reader.{k}": v for k, v in reader.state_dict().items()}
@@ -461,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "opt": opt.state_dict(),
                 "step": step,
                 "minutes": minutes(),
+                "begun": begun,
                 "cfg": cfg,
             },
             ckpt_path,
@@ -478,9 +482,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     while not stop["now"]:
         if cfg["max_steps"] and step >= cfg["max_steps"]:
             break
-        if minutes() - minutes_before >= cfg["max_minutes"]:
+        origin = begun if cfg["schedule"] == "cosine" else minutes_before
+        if minutes() - origin >= cfg["max_minutes"]:
             break
-        factor = schedule(cfg, step, (minutes() - minutes_before) / cfg["max_minutes"])
+        factor = schedule(cfg, step, (minutes() - begun) / cfg["max_minutes"])
         for g, lr in zip(groups, base_lrs, strict=True):
             g["lr"] = lr * factor
         tier = rng.choices(tiers, weights)[0] if len(tiers) > 1 else tiers[0]

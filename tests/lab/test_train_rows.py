@@ -142,6 +142,17 @@ def test_the_cosine_schedule_warms_up_then_falls_to_its_floor():
         train_rows.schedule({**cfg, "schedule": "linear"}, 100, 0.5)
 
 
+def test_a_resumed_cosine_run_goes_on_down_the_same_curve(tmp_path: Path):
+    argv = ["--config", "smoke", "--schedule", "cosine", "--out_dir", str(tmp_path / "run"),
+            "--cache_dir", str(tmp_path / "pool")]  # fmt: skip
+    train_rows.main(argv)
+    begun = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)["begun"]
+    assert begun == 0.0
+    train_rows.main([*argv, "--resume", "--max_steps", "5"])
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=False)
+    assert ckpt["step"] == 5 and ckpt["begun"] == begun and ckpt["minutes"] > begun
+
+
 def test_targets_are_cut_to_what_ctc_can_align():
     assert train_rows.fit_ctc([1, 2, 3], 3) == [1, 2, 3]
     assert train_rows.fit_ctc([1, 1, 2], 3) == [1, 1]  # the repeat needs a blank between
