@@ -67,7 +67,7 @@ def test_a_made_key_sees_its_collections_and_is_stored_only_as_a_hash(ctx: Conte
     assert scope.collections == {"hr", "handbook"}
     assert scope.allows("hr") and not scope.allows("sales") and not scope.allows("default")
 
-    secret = made.key.rsplit("_", 1)[1]
+    secret = made.key.split("_", 2)[2]  # kbk_<id>_<secret>: the secret may hold "_" itself
     stored = stored_text(ctx)
     assert made.info.id in stored and "handbook" in stored  # the rows are there...
     assert secret not in stored and made.key not in stored  # ...the secret is not
@@ -78,9 +78,9 @@ def test_a_made_key_sees_its_collections_and_is_stored_only_as_a_hash(ctx: Conte
 def test_only_the_exact_key_opens(ctx: Context) -> None:
     made = apikeys.create(ctx, "k", ["hr"])
     other = apikeys.create(ctx, "other", ["sales"])
-    secret = made.key.rsplit("_", 1)[1]
+    secret = made.key.split("_", 2)[2]  # kbk_<id>_<secret>: the secret may hold "_" itself
     wrong_secret = made.key[: -len(secret)] + ("A" if secret[0] != "A" else "B") + secret[1:]
-    swapped = other.key.rsplit("_", 1)[0] + "_" + secret  # another key's id, this secret
+    swapped = other.key[: -len(other.key.split("_", 2)[2])] + secret  # another key's id, this secret
     for bad in [wrong_secret, swapped, made.key + "x", made.key[:-1], "", "kbk_", "nope", "é"]:
         assert scope_of(ctx, bad) is None, bad
     assert scope_of(ctx, other.key) is not None
