@@ -80,7 +80,7 @@ def test_only_the_exact_key_opens(ctx: Context) -> None:
     other = apikeys.create(ctx, "other", ["sales"])
     secret = made.key.split("_", 2)[2]  # kbk_<id>_<secret>: the secret may hold "_" itself
     wrong_secret = made.key[: -len(secret)] + ("A" if secret[0] != "A" else "B") + secret[1:]
-    swapped = other.key[: -len(other.key.split("_", 2)[2])] + secret  # another key's id, this secret
+    swapped = other.key[: -len(other.key.split("_", 2)[2])] + secret  # other id, this secret
     for bad in [wrong_secret, swapped, made.key + "x", made.key[:-1], "", "kbk_", "nope", "é"]:
         assert scope_of(ctx, bad) is None, bad
     assert scope_of(ctx, other.key) is not None
