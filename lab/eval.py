@@ -376,6 +376,7 @@ def section_readback_pdf(backend: Backend, sizes: Sizes, log: Log) -> dict[str, 
         rendered = [p for p in render_pdf_bytes(path.read_bytes()) if len(p.text) >= PDF_MIN_CHARS]
         pages += [(path.name, p) for p in rendered[: sizes.pdf_pages or None]]
     log(f"real PDFs: {len(pages)} pages of {len(files)} documents rendered")
+    mean_tokens = statistics.fmean(text_tokens(p.text) for _, p in pages)
     tiers = [t for t in VISION_TIERS if t in backend.tier_tokens]
     out: dict[str, Any] = {}
     examples: list[dict[str, Any]] = []
@@ -406,9 +407,7 @@ def section_readback_pdf(backend: Backend, sizes: Sizes, log: Log) -> dict[str, 
         vision = backend.tier_tokens[tier]
         out[tier] = {
             "vision_tokens": vision,
-            "compression": round(
-                statistics.fmean(text_tokens(p.text) for _, p in pages) / vision, 2
-            ),
+            "compression": round(mean_tokens / vision, 2),
             "precision": round(statistics.fmean(v for vs in scores.values() for v in vs), 4),
             "heading_precision": round(statistics.fmean(heads), 4),
             "per_document": {k: round(statistics.fmean(v), 4) for k, v in scores.items()},
@@ -418,7 +417,7 @@ def section_readback_pdf(backend: Backend, sizes: Sizes, log: Log) -> dict[str, 
     return {
         "documents": [f.name for f in files],
         "pages": len(pages),
-        "mean_text_tokens": round(statistics.fmean(text_tokens(p.text) for _, p in pages), 1),
+        "mean_text_tokens": round(mean_tokens, 1),
         "precision": "as section a, against the page's text layer (pymupdf), whitespace collapsed",
         "heading": f"the first {HEADING_CHARS} characters of the page, scored the same way",
         "tiers": out,
