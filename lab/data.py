@@ -997,6 +997,37 @@ def filler_page(seed: int, split: str = "train") -> SyntheticPage:
     return pages[0]
 
 
+_CODE_LINE = re.compile(r"^\s{2,}\S|[{};]\s*$|^\s*(?:\$|>>>|#include|def |class |import )")
+
+
+def _real_block(chunk: str) -> _Block:
+    """One paragraph of real text: a short first line alone is a heading; a paragraph of
+    indented or code-like lines keeps its lines, in the monospace font; prose flows."""
+    lines = [ln.rstrip() for ln in chunk.strip("\n").splitlines() if ln.strip()]
+    if len(lines) == 1 and len(lines[0]) < 60 and not lines[0].rstrip().endswith((".", ":")):
+        return _block(f"<h2>{_esc(lines[0].strip())}</h2>")
+    if sum(bool(_CODE_LINE.search(ln)) for ln in lines) * 2 >= len(lines):
+        body = "<br/>".join(_esc(ln).replace("  ", "&nbsp; ") for ln in lines)
+        return _block(f'<p style="font-family: monospace">{body}</p>')
+    return _block(f"<p>{_esc(' '.join(ln.strip() for ln in lines))}</p>")
+
+
+def real_page(seed: int, split: str = "train") -> SyntheticPage:
+    """A page of real technical prose the project did not write (lab.realtext: the READMEs and
+    docstrings that ship on the machine, less anything evaluated on), in a random font, size and
+    layout: identifiers, options, paths and code listings, which real manuals hold and the office
+    documents above do not. It states no fact."""
+    from lab import realtext
+
+    rng = _rng("real", seed, split)
+    text = rng.choice(realtext.split_pages(split))
+    layout = rng.choice(("paragraphs", "paragraphs", "two_column"))
+    style = _choose_style(rng, layout, len(text))
+    blocks = [_real_block(c) for c in re.split(r"\n\s*\n", text) if c.strip()]
+    pages, _ = _compose(style, [blocks])
+    return pages[0]
+
+
 def needle_fact(rng: random.Random, v: _Values) -> tuple[str, str, str]:
     """One needle: (statement, question, answer) about a project with a code name."""
     statement, question, kind = rng.choice(_NEEDLES)
@@ -1174,6 +1205,7 @@ class PoolSpec:
     needles: int = 1000
     fillers: int = 500
     cross_sets: int = 200
+    real: int = 0  # pages of real technical prose (real_page)
     max_pages: int = 2
     first_seed: int = 0  # shift seeds to build a second, disjoint pool of the same split
     # Page text lengths of documents: None = make_document's own mix (500-3600 chars); a pair
@@ -1187,7 +1219,7 @@ class PoolSpec:
 
 @dataclass
 class PoolItem:
-    kind: str  # "document" | "needle" | "filler" | "cross"
+    kind: str  # "document" | "needle" | "filler" | "cross" | "real"
     seed: int
     pages: list[int]  # indices into Pool.texts / Pool.tiers[...]
     facts: list[tuple[str, str, int]]  # (question, answer, pool page index or -1 = several)
@@ -1219,6 +1251,8 @@ def _pool_job(job: tuple[str, int, PoolSpec, tuple[str, ...]]) -> dict[str, Any]
         pages, facts = [page], [(fact.question, fact.answer, 0)]
     elif kind == "filler":
         pages, facts = [filler_page(seed, split)], []
+    elif kind == "real":
+        pages, facts = [real_page(seed, split)], []
     elif kind == "cross":
         n_docs = _rng("pool-cross", seed, split).randint(3, 6)
         docs, cross = cross_document_set(seed, split, n_docs)
@@ -1270,6 +1304,7 @@ def build_pool(
     jobs += [("needle", f0 + s, spec, tiers) for s in range(spec.needles)]
     jobs += [("filler", f0 + s, spec, tiers) for s in range(spec.fillers)]
     jobs += [("cross", f0 + s, spec, tiers) for s in range(spec.cross_sets)]
+    jobs += [("real", f0 + s, spec, tiers) for s in range(spec.real)]
     random.Random(0).shuffle(jobs)  # mix cheap and dear jobs across workers
     texts: list[str] = []
     words: list[Any] = []

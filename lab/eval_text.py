@@ -362,17 +362,28 @@ def section_people(backend, pages: Pages, answered: int, absent: int) -> dict[st
     }
 
 
+def optical_pages(backend, tier: str, n: int) -> list[PageTensors]:
+    """``n`` held-out filler pages of lab.data, rendered and encoded at ``tier`` as ingest does:
+    what the memory holds of an optical page (tokens, kv and, with a cell reader, read-back)."""
+    from ingest import tier_image
+    from lab.data import filler_page
+
+    images = [tier_image(filler_page(seed, "heldout").image, tier) for seed in range(n)]
+    return backend.encode(images, tier)
+
+
 def section_speed(backend, pages: Pages, sizes: Sequence[int], rng: random.Random):
-    """One question over N pages at the text tier and at tiny. The tiny tier's kv are the right
-    shape filled with random values: cost depends on shapes only, not on values."""
+    """One question over N pages at the text tier and at tiny. The tiny pages are up to 20 real
+    pages encoded at tiny (optical_pages), repeated: a question reads every page's read-back,
+    so its cost depends on what the pages hold, not only on their shapes."""
     out: dict[str, Any] = {}
     cfg = backend.config
     texts = [p.text for p in fillers(rng, max(sizes))]
+    T = backend.tier_tokens["tiny"]
+    tiny = optical_pages(backend, "tiny", min(20, max(sizes))) if sizes else []
     for n in sizes:
         ctx_text = [pages.page(t, f"s{i}", 1) for i, t in enumerate(texts[:n])]
-        T = backend.tier_tokens["tiny"]
-        kv = torch.randn(cfg.n_layers, 2, T, cfg.d_model).half()
-        ctx_tiny = [ContextPage(f"s{i}", 1, "", "tiny", {"kv": kv}) for i in range(n)]
+        ctx_tiny = [ContextPage(f"s{i}", 1, "", "tiny", tiny[i % len(tiny)]) for i in range(n)]
         row: dict[str, Any] = {}
         for name, ctx in (("text", ctx_text), ("tiny", ctx_tiny)):
             backend.answer("What is the access code for the Falcon archive?", ctx)  # warm

@@ -18,6 +18,7 @@ that evaluation stays on text the reader has never seen.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.metadata
 import random
 import re
@@ -164,6 +165,32 @@ def corpus(exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
             if not (shingles(page) & banned):
                 out.append(page)
     return tuple(out)
+
+
+EVALUATED = Path(__file__).parent  # lab/natural/docs/*.txt and lab/realpdf/*.pdf: never trained on
+
+
+def evaluated_texts() -> tuple[str, ...]:
+    """The text of every document the lab evaluates on: the natural questions' documents and the
+    real PDFs' text layers."""
+    import pymupdf
+
+    texts = [p.read_text() for p in sorted((EVALUATED / "natural" / "docs").glob("*.txt"))]
+    for pdf in sorted((EVALUATED / "realpdf").glob("*.pdf")):
+        with pymupdf.open(pdf) as doc:
+            texts.append("\n".join(page.get_text() for page in doc))
+    return tuple(texts)
+
+
+@cache
+def split_pages(split: str = "train") -> tuple[str, ...]:
+    """``corpus`` less every page that shares text with an evaluated document; one page in ten
+    (by its hash) is held out and never trained on."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    pages = corpus(evaluated_texts())
+    held = [hashlib.sha256(p.encode()).digest()[0] < 26 for p in pages]
+    return tuple(p for p, h in zip(pages, held, strict=True) if h == (split == "heldout"))
 
 
 def _content(text: str) -> list[str]:

@@ -30,7 +30,6 @@ absent questions said absent.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import random
@@ -185,13 +184,9 @@ def examples(rng: random.Random, split: str, cfg: dict[str, Any]) -> list[Exampl
 
 
 def real_pages(split: str = "train") -> tuple[str, ...]:
-    """lab.realtext's pages, less any that share text with the natural-question documents;
-    one page in ten (by its hash) is held out for calibration and never trained on."""
-    from lab.eval_text import NATURAL_DOCS
-
-    pages = realtext.corpus(tuple(p.read_text() for p in sorted(NATURAL_DOCS.glob("*.txt"))))
-    held = [hashlib.sha256(p.encode()).digest()[0] < 26 for p in pages]
-    return tuple(p for p, h in zip(pages, held, strict=True) if h == (split == "heldout"))
+    """lab.realtext's pages, less any that share text with an evaluated document; one page in
+    ten (by its hash) is held out for calibration and never trained on."""
+    return realtext.split_pages(split)
 
 
 def token_targets(b: dict[str, Any], spans: list[tuple[int, int] | None]) -> torch.Tensor:

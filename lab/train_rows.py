@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     "base": "",
     "train_documents": 400,  # one-page training documents in the pool (rendered once)
     "heldout_documents": 12,
+    # pages of real technical prose (lab.data.real_page: READMEs and docstrings, code listings)
+    # in the training pool, beside the documents; held-out ones are read as precision_real
+    "train_real": 0,
+    "heldout_real": 0,
     "batch": 4,  # pages per step
     "strips": 8,  # bands per cell: at base 8 px of the canonical render, under a line's height
     "slots": 8,  # CTC positions per strip and cell: a cell line holds ~5-9 characters at base
@@ -360,18 +364,25 @@ def schedule(cfg: dict[str, Any], step: int, fraction: float) -> float:
     return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
 
 
-def measure(model, reader, pool: data.Pool, tiers: list[str], layout: str) -> dict[str, Any]:
+def measure(
+    model, reader, pool: data.Pool, tiers: list[str], layout: str, real: data.Pool | None = None
+) -> dict[str, Any]:
     """``evaluate`` at each tier: the first tier's figures as they were, the others' precision
-    as ``precision_<tier>``."""
+    as ``precision_<tier>``; the held-out real pages' as ``precision_real[_<tier>]``."""
     row = evaluate(model, reader, pool, tiers[0], layout)
     for t in tiers[1:]:
         row[f"precision_{t}"] = evaluate(model, reader, pool, t, layout)["precision"]
+    if real is not None and real.texts:
+        for i, t in enumerate(tiers):
+            name = "precision_real" + ("" if i == 0 else f"_{t}")
+            row[name] = evaluate(model, reader, real, t, layout)["precision"]
     return row
 
 
-def build(cfg: dict[str, Any], split: str, documents: int) -> data.Pool:
+def build(cfg: dict[str, Any], split: str, documents: int, real: int = 0) -> data.Pool:
     spec = data.PoolSpec(
-        split=split, documents=documents, needles=0, fillers=0, cross_sets=0, max_pages=1
+        split=split, documents=documents, needles=0, fillers=0, cross_sets=0, real=real,
+        max_pages=1,
     )
     tiers = tuple(tiers_of(cfg)[0])
     return data.build_pool(spec, cfg["cache_dir"], tiers, workers=1, log=lambda m: None)
@@ -440,8 +451,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg["ship"]:
         return ship(encoder, reader, cfg, step, minutes_before)
     tiers, weights = tiers_of(cfg)
-    train = build(cfg, "train", cfg["train_documents"])
+    train = build(cfg, "train", cfg["train_documents"], cfg["train_real"])
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
+    real = build(cfg, "heldout", 0, cfg["heldout_real"]) if cfg["heldout_real"] else None
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     base_lrs = [g["lr"] for g in groups]
@@ -475,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "step": step,
                 "minutes": round(minutes_before, 2),
-                **measure(model, reader, heldout, tiers, cfg["layout"]),
+                **measure(model, reader, heldout, tiers, cfg["layout"], real),
             }
         )
     rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
@@ -506,11 +518,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "cut_bytes": cut, "tier": tier, "lr_factor": round(factor, 4)})  # fmt: skip
         if time.time() - last_eval >= cfg["eval_every"] * 60:
             log({"step": step, "minutes": round(minutes(), 2),
-                 **measure(model, reader, heldout, tiers, cfg["layout"])})  # fmt: skip
+                 **measure(model, reader, heldout, tiers, cfg["layout"], real)})  # fmt: skip
             checkpoint()
             last_eval = time.time()
     final = {"step": step, "minutes": round(minutes(), 2),
-             **measure(model, reader, heldout, tiers, cfg["layout"])}  # fmt: skip
+             **measure(model, reader, heldout, tiers, cfg["layout"], real)}  # fmt: skip
     log(final)
     checkpoint()
     return final

@@ -19,6 +19,7 @@ from lab.data import (
     filler_page,
     make_document,
     needle_page,
+    real_page,
 )
 
 
@@ -112,6 +113,26 @@ def test_needle_page_states_its_one_fact_and_fillers_state_none():
         filler = filler_page(seed)
         assert filler.image.size == (1024, 1024) and filler.text.strip()
         assert not codenames & set(re.findall(r"\w+", filler.text))
+
+
+def test_real_pages_render_real_prose_and_code_never_an_evaluated_document():
+    from lab import realtext
+
+    evaluated = set().union(*(realtext.shingles(t) for t in realtext.evaluated_texts()))
+    assert len(evaluated) > 10_000  # the natural documents and the real PDFs were read
+    train, held = realtext.split_pages("train"), realtext.split_pages("heldout")
+    assert held and not set(train) & set(held)
+    assert not any(realtext.shingles(p) & evaluated for p in train + held)
+    pages = [real_page(seed) for seed in range(6)]
+    assert [image_hash(p) for p in pages] == [image_hash(real_page(s)) for s in range(6)]
+    assert len({image_hash(p) for p in pages}) == 6
+    for page in pages:
+        assert page.image.size == (1024, 1024) and len(page.words) > 20
+        words = norm(page.text).split()
+        # the page's words come from one of the real pages, in its order
+        assert any(" ".join(words[:4]) in norm(t) for t in train)
+    with pytest.raises(ValueError, match="split"):
+        realtext.split_pages("test")
 
 
 def test_cross_document_facts_are_computed_from_the_documents():

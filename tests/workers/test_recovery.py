@@ -26,7 +26,7 @@ from tests.workers.test_worker_lost import _cmdline, _parent, pool_processes
 
 pytestmark = pytest.mark.slow
 
-PAGES = 48  # 12 chunks of 4 (the stack's KB_RENDER_CHUNK_PAGES)
+PAGES = 32  # 8 chunks of 4 (the stack's KB_RENDER_CHUNK_PAGES)
 
 
 def upload(c: httpx.Client, path: Path, collection: str = "default") -> httpx.Response:
