@@ -381,7 +381,12 @@ def measure(
 
 def build(cfg: dict[str, Any], split: str, documents: int, real: int = 0) -> data.Pool:
     spec = data.PoolSpec(
-        split=split, documents=documents, needles=0, fillers=0, cross_sets=0, real=real,
+        split=split,
+        documents=documents,
+        needles=0,
+        fillers=0,
+        cross_sets=0,
+        real=real,
         max_pages=1,
     )
     tiers = tuple(tiers_of(cfg)[0])
