@@ -9,9 +9,12 @@ configured model backend), timed where a user waits:
     ask            kb.reader.ask over N = 10, 100, 1,000 ready pages, cold cache then warm
     render         the ingest render step (pipeline.render_document) on a 50-page PDF
 
-Page tensors are random fp16 of the backend's real shapes (what is stored and loaded does not
-depend on the values); catalog rows and tensors are inserted directly, as the encode step would
-leave them. "Cold" means not in the process's RAM cache: the files were just written, so the
+The ask benchmark's pages are real: 16 held-out pages of lab.data (fillers and one needle, whose
+question is the one asked), rendered and encoded at the tier the packer gives each page, as
+ingest would, and repeated; a question reads an optical page's read-back, so its cost depends on
+what the pages hold. The tensor cache's are random fp16 of the backend's real shapes (what is
+stored and loaded does not depend on the values). Catalog rows and tensors are inserted directly,
+as the encode step would leave them. "Cold" means not in the process's RAM cache: the files were just written, so the
 operating system's file cache still holds them (dropping it needs root and would disturb other
 processes); a cold load from disk or S3 is slower than reported here.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import html
 import json
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -52,10 +57,10 @@ from kb.model.base import Backend, PageTensors
 from kb.packer import Candidate, pack
 from kb.settings import Settings
 from kb.tensors import TensorCache
-from lab import textdata
+from lab import data
 
-QUESTION = "Who leads the Vireo project?"
 PAGES_PER_DOCUMENT = 50
+BENCH_PAGES = 16  # distinct real pages of the ask benchmark, repeated to N
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,37 @@ def bench_tensor_cache(ctx: Context, sizes: Sizes, log: Log) -> dict[str, Any]:
     return result
 
 
+@functools.cache
+def bench_pages() -> tuple[tuple[Image.Image, str], ...]:
+    """BENCH_PAGES held-out pages (canonical render, text): a needle page first, then fillers."""
+    needle, _ = data.needle_page(0, "heldout")
+    pages = [needle] + [data.filler_page(seed, "heldout") for seed in range(BENCH_PAGES - 1)]
+    return tuple((p.image, p.text) for p in pages)
+
+
+def question() -> tuple[str, str]:
+    """The ask benchmark's question and its answer: the needle page's fact."""
+    _, fact = data.needle_page(0, "heldout")
+    return fact.question, fact.answer
+
+
+_ENCODED: dict[tuple[str, str], list[PageTensors]] = {}
+
+
+def page_tensors(backend: Backend, tier: str, page: int) -> PageTensors:
+    """Bench page ``page``'s tensors at ``tier``, encoded as ingest does (each page and tier
+    once per process: its read-back included, where the backend reads pages back)."""
+    key = (backend.version, tier)
+    if key not in _ENCODED:
+        pages = bench_pages()
+        if tier == TEXT:
+            _ENCODED[key] = backend.encode_text([text for _, text in pages])
+        else:
+            images = [ingest.tier_image(image, tier) for image, _ in pages]
+            _ENCODED[key] = backend.encode(images, tier)
+    return _ENCODED[key][page]
+
+
 def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, int]:
     """A collection of ``n_pages`` ready pages, as the encode step leaves them: catalog rows
     marked encoded under the backend's version, and tensors for the tier each page will be
@@ -189,9 +225,8 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
     backend = ctx.backend
     version = backend.version
     page_ids: list[int] = []
-    hashes: list[str] = []
-    rng = random.Random(f"kb-bench/{collection}")
-    texts = [textdata.make_page(rng, "heldout", max_bytes=2500).text for _ in range(50)]
+    which: dict[str, int] = {}  # content hash -> its bench page
+    texts = [text for _, text in bench_pages()]
     with ctx.session() as s:
         for first in range(0, n_pages, PAGES_PER_DOCUMENT):
             count = min(PAGES_PER_DOCUMENT, n_pages - first)
@@ -206,16 +241,16 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
             )
             for number in range(1, count + 1):
                 h = page_hash(f"{collection}-{first + number}")
+                which[h] = (first + number - 1) % len(texts)
                 page = repo.upsert_page(
                     s,
                     document_id=doc.id,
                     number=number,
                     content_hash=h,
-                    text=texts[(first + number) % len(texts)],
+                    text=texts[which[h]],
                     image_key=pipeline.page_image_key(h),
                 )
                 page_ids.append(page.id)
-                hashes.append(h)
             repo.set_pages_total(s, doc.id, count)
             repo.set_status(s, doc.id, DocumentStatus.READY)
         repo.mark_pages_encoded(s, page_ids, version)
@@ -231,14 +266,9 @@ def fill_collection(ctx: Context, collection: str, n_pages: int) -> dict[str, in
             )
             for p in pages
         ]
-        text_of = {p.content_hash: p.text for p in pages}
     packing = pack(candidates, backend.tier_tokens, backend.context_budget)
-    for i, (key, tier) in enumerate(packing.chosen):
-        if tier == TEXT:  # the text tier's tensors depend on the text's length: encode it
-            tensors = backend.encode_text([text_of[key]])[0]
-        else:
-            tensors = random_tensors(backend, tier, i)
-        ctx.tensors.put(version, tier, str(key), tensors)
+    for key, tier in packing.chosen:
+        ctx.tensors.put(version, tier, str(key), page_tensors(backend, tier, which[str(key)]))
     return packing.tiers
 
 
@@ -250,15 +280,16 @@ def bench_ask(ctx: Context, sizes: Sizes, log: Log) -> list[dict[str, Any]]:
         tiers = fill_collection(ctx, collection, n)
         log(f"ask: {n} ready pages inserted in {time.perf_counter() - t0:.1f} s ({tiers})")
         # Untimed: one-time costs (first decoder call, query compilation) are not the cache's.
-        answer = reader.ask(ctx, QUESTION, collection)
+        asked, expected = question()
+        answer = reader.ask(ctx, asked, collection)
         cold, warm = [], []
         for _ in range(sizes.ask_repeats):
             ctx.tensors = TensorCache(ctx.store, max_bytes=ctx.settings.tensor_cache_mb << 20)
             t0 = time.perf_counter()
-            answer = reader.ask(ctx, QUESTION, collection)
+            answer = reader.ask(ctx, asked, collection)
             cold.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            answer = reader.ask(ctx, QUESTION, collection)
+            answer = reader.ask(ctx, asked, collection)
             warm.append(time.perf_counter() - t0)
         results.append(
             {
@@ -270,7 +301,10 @@ def bench_ask(ctx: Context, sizes: Sizes, log: Log) -> list[dict[str, Any]]:
                 "warm_s": _median(warm),
                 "cold_runs_s": [round(t, 4) for t in cold],
                 "warm_runs_s": [round(t, 4) for t in warm],
-                "answer_bytes": len(answer.answer.encode("utf-8")),
+                "question": asked,
+                "answer": answer.answer,
+                "answer_right": " ".join(answer.answer.split()).lower()
+                == " ".join(expected.split()).lower(),
             }
         )
         log(f"ask: N={n} cold {_median(cold):.3f} s, warm {_median(warm):.3f} s")
@@ -391,7 +425,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(
             f"ask, {a['n']} pages",
             f"{a['cold_s']:.3f} s cold / {a['warm_s']:.3f} s warm",
-            f"{a['tokens']} tokens {a['tiers']}, answer {a['answer_bytes']} bytes",
+            f"{a['tokens']} tokens {a['tiers']}, answer {a['answer']!r} "
+            f"({'right' if a['answer_right'] else 'wrong'})",
         )
     r = report["render"]
     table.add_row(

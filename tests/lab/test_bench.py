@@ -34,6 +34,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     # Ten pages of text fit the default budget: all at the exact text tier, which costs what
     # their text costs (one token per 4 bytes), not a fixed count.
     assert ask["tiers"] == {"text": 10} and ask["tokens"] > 10 * 64
+    # The pages are real: one states the fact asked about, and the answer is copied from it.
+    assert ask["answer_right"], ask
 
     render = written["render"]
     assert render["pages"] == written["sizes"]["render_pages"]
