@@ -14,9 +14,9 @@ question is the one asked), rendered and encoded at the tier the packer gives ea
 ingest would, and repeated; a question reads an optical page's read-back, so its cost depends on
 what the pages hold. The tensor cache's are random fp16 of the backend's real shapes (what is
 stored and loaded does not depend on the values). Catalog rows and tensors are inserted directly,
-as the encode step would leave them. "Cold" means not in the process's RAM cache: the files were just written, so the
-operating system's file cache still holds them (dropping it needs root and would disturb other
-processes); a cold load from disk or S3 is slower than reported here.
+as the encode step would leave them. "Cold" means not in the process's RAM cache: the files were
+just written, so the operating system's file cache still holds them (dropping it needs root and
+would disturb other processes); a cold load from disk or S3 is slower than reported here.
 
 Prints a table and writes JSON (default ``data/bench/bench.json``; ``--quick`` for a smoke run).
 """
