@@ -3,7 +3,8 @@
 Every page of every format ends up the same way: rendered so that its longer side is
 CANONICAL.size (1024 px), centered on a white CANONICAL.size square, RGB. The smaller tiers are
 downscaled from that one image (`tier_image`), so a page looks the same at every tier, only
-blurrier, and the encoder sees one geometry.
+blurrier; those that crop (ingest.tiers) first cut it to the square around its ink
+(`content_square`), so their pixels go to the text rather than to the margins.
 
 pymupdf opens PDF, XPS, EPUB and images; the text formats are first laid out into a PDF
 (ingest.text_formats, ingest.layout). pymupdf is not thread-safe: use one document per thread
@@ -280,22 +281,57 @@ def page_hash(image: Image.Image, text: str) -> str:
     return digest.hexdigest()
 
 
+CROP_PAD = 16  # canonical pixels of paper kept around the ink
+CROP_MIN_SIDE = CANONICAL.size // 2  # at most 2x: a page of one short line is not blown up more
+INK_LEVEL = 40  # grey levels below white that count as ink: anti-aliasing fringes do not
+
+
+def content_square(image: Image.Image) -> tuple[int, int, int]:
+    """(x, y, side): the square of a canonical render that the cropping tiers show. It starts
+    CROP_PAD above and left of the ink's top-left corner and spans the ink's larger extent plus
+    padding (at least CROP_MIN_SIDE), kept inside the render. A blank page, or ink from edge to
+    edge (a scan, a photo), gives the whole render: (0, 0, CANONICAL.size)."""
+    size = CANONICAL.size
+    ink = image.convert("L").point(lambda v: 255 if v < 255 - INK_LEVEL else 0).getbbox()
+    if ink is None:
+        return 0, 0, size
+    x0, y0, x1, y1 = ink
+    side = min(size, max(CROP_MIN_SIDE, max(x1 - x0, y1 - y0) + 2 * CROP_PAD))
+    x = min(max(0, x0 - CROP_PAD), size - side)
+    y = min(max(0, y0 - CROP_PAD), size - side)
+    return x, y, side
+
+
+def crop_words(words: list, square: tuple[int, int, int]) -> list:
+    """Word boxes (x0, y0, x1, y1, word) in canonical pixels -> the same words in the canonical
+    pixels of ``content_square``'s crop scaled back to the full render (where a cropping tier's
+    image puts them, at CANONICAL.size)."""
+    x, y, side = square
+    k = CANONICAL.size / side
+    return [((w[0] - x) * k, (w[1] - y) * k, (w[2] - x) * k, (w[3] - y) * k, w[4]) for w in words]
+
+
 def tier_image(image: Image.Image, tier: str) -> Image.Image:
-    """The canonical render at a vision tier's resolution; "base" returns `image` itself.
+    """The canonical render at a vision tier's resolution; "base" returns `image` itself. A
+    tier that crops (ingest.tiers) shows `content_square` of it.
 
     Downscaled with LANCZOS, so small text stays as legible as the pixel count allows.
     """
     if tier == TEXT:
         raise ValueError("the text tier has no image; use RenderedPage.text")
-    target = get_tier(tier).size
+    spec = get_tier(tier)
     if image.size != (CANONICAL.size, CANONICAL.size):
         raise ValueError(
             f"expected a {CANONICAL.size}x{CANONICAL.size} canonical render, got "
             f"{image.width}x{image.height}"
         )
-    if target == CANONICAL.size:
+    if spec.crop:
+        x, y, side = content_square(image)
+        if side < CANONICAL.size:
+            image = image.crop((x, y, x + side, y + side))
+    if image.size == (spec.size, spec.size):
         return image
-    return image.resize((target, target), Image.Resampling.LANCZOS)
+    return image.resize((spec.size, spec.size), Image.Resampling.LANCZOS)
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -409,7 +445,9 @@ def _check_image_size(path: Path, max_pages: int | None) -> None:
 __all__ = [
     "RenderedPage",
     "TextSource",
+    "content_square",
     "count_pages",
+    "crop_words",
     "iter_page_chunks",
     "open_document",
     "page_chunks",

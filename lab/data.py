@@ -51,8 +51,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ingest import layout_styled_html, png_bytes, render_pdf_bytes, tier_image, word_boxes
-from ingest.tiers import VISION_TIERS
+from ingest import (
+    content_square,
+    crop_words,
+    layout_styled_html,
+    png_bytes,
+    render_pdf_bytes,
+    tier_image,
+    word_boxes,
+)
+from ingest.tiers import TIERS, VISION_TIERS
 
 DATA_VERSION = 2  # bump whenever generated pages or facts change: part of streams and cache keys
 SPLITS = ("train", "heldout")
@@ -1213,7 +1221,9 @@ class PoolSpec:
     target_chars: tuple[int, int] | None = None
 
     def key(self) -> str:
-        blob = json.dumps({"v": DATA_VERSION, **asdict(self)}, sort_keys=True)
+        # The tiers that crop (ingest.tiers) change what the tier arrays hold, not the pages.
+        cropped = [t.name for t in VISION_TIERS if t.crop]
+        blob = json.dumps({"v": DATA_VERSION, **asdict(self), "crop": cropped}, sort_keys=True)
         return f"{self.split}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -1230,8 +1240,15 @@ class Pool:
     spec: PoolSpec
     texts: list[str]  # per pool page
     words: list[list[Any]]  # per pool page: SyntheticPage.words ([] for pools built before)
+    squares: list[tuple[int, int, int]]  # per pool page: its content_square (cropping tiers)
     tiers: dict[str, np.ndarray]  # tier -> (n_pages, S, S) uint8 grayscale at the tier's size
     items: list[PoolItem]
+
+    def tier_words(self, page: int, tier: str) -> list:
+        """A page's word boxes where ``tier``'s image puts them, in canonical pixels: a cropping
+        tier shows the page's content square (ingest.tier_image) scaled to the canonical size."""
+        words = self.words[page]
+        return crop_words(words, self.squares[page]) if TIERS[tier].crop else words
 
 
 def _pool_job(job: tuple[str, int, PoolSpec, tuple[str, ...]]) -> dict[str, Any]:
@@ -1271,6 +1288,7 @@ def _pool_job(job: tuple[str, int, PoolSpec, tuple[str, ...]]) -> dict[str, Any]
         "png": [png_bytes(p.image) for p in pages],
         "texts": [p.text for p in pages],
         "words": [p.words for p in pages],
+        "squares": [content_square(p.image) for p in pages],
         "facts": facts,
         "arrays": arrays,
     }
@@ -1308,6 +1326,7 @@ def build_pool(
     random.Random(0).shuffle(jobs)  # mix cheap and dear jobs across workers
     texts: list[str] = []
     words: list[Any] = []
+    squares: list[Any] = []
     items: list[PoolItem] = []
     # Tier arrays are appended to raw files as they come: a big pool never sits in RAM whole.
     raws = {tier: open(folder / f"{tier}.u8", "wb") for tier in tiers}
@@ -1320,6 +1339,7 @@ def build_pool(
                     (folder / "pages" / f"{first + i}.png").write_bytes(png)
                 texts.extend(result["texts"])
                 words.extend(result["words"])
+                squares.extend(result["squares"])
                 for tier in tiers:
                     for array in result["arrays"][tier]:
                         raws[tier].write(array.tobytes())
@@ -1333,6 +1353,7 @@ def build_pool(
             raw.close()
     (folder / "texts.json").write_text(json.dumps(texts))
     (folder / "words.json").write_text(json.dumps(words))
+    (folder / "squares.json").write_text(json.dumps(squares))
     (folder / "items.json").write_text(json.dumps([asdict(item) for item in items]))
     done.write_text(json.dumps({"tiers": list(tiers), "spec": asdict(spec), "pages": len(texts)}))
     return _load_pool(spec, folder, tiers)
@@ -1355,6 +1376,13 @@ def _load_pool(spec: PoolSpec, folder: Path, tiers: tuple[str, ...]) -> Pool:
     texts = json.loads((folder / "texts.json").read_text())
     words_file = folder / "words.json"
     words = json.loads(words_file.read_text()) if words_file.is_file() else [[] for _ in texts]
+    squares_file = folder / "squares.json"
+    full = (0, 0, TIER_SIZES["base"])
+    squares = (
+        [tuple(q) for q in json.loads(squares_file.read_text())]
+        if squares_file.is_file()
+        else [full for _ in texts]
+    )
     items = [
         PoolItem(d["kind"], d["seed"], d["pages"], [tuple(f) for f in d["facts"]])
         for d in json.loads((folder / "items.json").read_text())
@@ -1367,7 +1395,7 @@ def _load_pool(spec: PoolSpec, folder: Path, tiers: tuple[str, ...]) -> Pool:
         else:
             shape = (len(texts), size, size)
             arrays[tier] = np.memmap(folder / f"{tier}.u8", np.uint8, "r", shape=shape)
-    return Pool(spec, texts, words, arrays, items)
+    return Pool(spec, texts, words, squares, arrays, items)
 
 
 def page_from_png(data: bytes) -> Image.Image:

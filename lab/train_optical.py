@@ -378,7 +378,7 @@ def word_targets(pool: Pool, pages: list[int], tier: str, buckets: int):
     wts: list[float] = []
     for i, p in enumerate(pages):
         cells: dict[int, set[int]] = {}
-        for x0, y0, x1, y1, word in pool.words[p]:
+        for x0, y0, x1, y1, word in pool.tier_words(p, tier):
             cx = min(int((x0 + x1) / 2 * scale), g - 1)
             cy = min(int((y0 + y1) / 2 * scale), g - 1)
             cells.setdefault(cy * g + cx, set()).add(word_bucket(word, buckets))

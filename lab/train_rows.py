@@ -261,7 +261,7 @@ def step_loss(
     g = get_tier(tier).grid
     cells = layout == "cell"
     targets_of = cell_targets if cells else row_targets
-    texts = [t for p in pages for t in targets_of(pool.words[p], g)]
+    texts = [t for p in pages for t in targets_of(pool.tier_words(p, tier), g)]
     if crop is not None:
         if not cells:
             raise ValueError("crops are read cell by cell (--layout cell)")
@@ -294,7 +294,7 @@ def evaluate(
     scores: list[float] = []
     example: dict[str, str] = {}
     for p in range(len(pool.texts)):
-        truth = " ".join(t for t in row_targets(pool.words[p], g) if t)
+        truth = " ".join(t for t in row_targets(pool.tier_words(p, tier), g) if t)
         if not truth.strip():
             continue
         tokens = model.encode_images(pixels_of(pool, tier, [p]), tier)

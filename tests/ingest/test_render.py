@@ -18,10 +18,14 @@ from ingest import (
     EncryptedDocument,
     RenderedPage,
     UnsupportedFormat,
+    content_square,
     count_pages,
+    crop_words,
     iter_page_chunks,
     png_bytes,
+    render_pdf_bytes,
     tier_image,
+    word_boxes,
 )
 from ingest.tiers import CANONICAL, VISION_TIERS
 from tests.ingest.samples import make_epub, make_pdf, make_xps, make_zero_page_pdf
@@ -190,6 +194,35 @@ def test_tier_images_have_each_tier_size_and_base_is_the_canonical_render(tmp_pa
         tier_image(page.image, "huge")
     with pytest.raises(ValueError, match="1024x1024"):
         tier_image(Image.new("RGB", (640, 640)), "small")
+
+
+def test_the_smaller_tiers_show_the_square_around_the_ink_and_words_follow_it(tmp_path):
+    path = make_pdf(tmp_path / "a.pdf", ["A short note on one line, then nothing else."])
+    raw = path.read_bytes()
+    (page,), (words,) = render_pdf_bytes(raw), word_boxes(raw)
+    x, y, side = content_square(page.image)
+    ink = ink_box(page.image)
+    assert ink is not None
+    # The square holds all the ink, from just above and left of it, and is no smaller than half
+    # the render (a one-line page is enlarged at most twice).
+    assert side == CANONICAL.size // 2
+    assert x <= ink[0] and y <= ink[1] and ink[2] <= x + side and ink[3] <= y + side
+    assert ink[0] - x <= 16 and ink[1] - y <= 16
+    for tier in VISION_TIERS:
+        image = tier_image(page.image, tier.name)
+        scale = tier.size / CANONICAL.size
+        for x0, y0, x1, y1, word in crop_words(words, (x, y, side)) if tier.crop else words:
+            # Each word's box, where this tier's image puts it, is on ink.
+            box = [round(v * scale) for v in (x0, y0, x1, y1)]
+            assert ink_box(image.crop(box)) is not None, (tier.name, word)
+    small, plain = tier_image(page.image, "small"), page.image.resize((640, 640))
+    assert ink_box(small)[2] - ink_box(small)[0] > 1.8 * (ink_box(plain)[2] - ink_box(plain)[0])
+    # A blank page and a page inked edge to edge are shown whole.
+    assert content_square(Image.new("RGB", (1024, 1024), "white")) == (0, 0, 1024)
+    framed = Image.new("RGB", (1024, 1024), "white")
+    framed.paste((0, 0, 0), (0, 0, 1024, 4))
+    framed.paste((0, 0, 0), (0, 1020, 1024, 1024))
+    assert content_square(framed) == (0, 0, 1024)
 
 
 def test_png_bytes_round_trip_losslessly(tmp_path):

@@ -184,7 +184,14 @@ def test_word_targets_put_each_word_in_its_cell(run_dir, trained):
     rows, cols, wts = train.word_targets(pool, [page, page], "tiny", 4096)
     g = 512 // 64
     assert torch.allclose(torch.zeros(2 * g * g).index_add_(0, rows, wts), torch.ones(2 * g * g))
-    x0, y0, x1, y1, word = words[0]
-    cell = int((y0 + y1) / 2 / 128) * g + int((x0 + x1) / 2 / 128)
-    assert train.word_bucket(word, 4096) in cols[rows == cell].tolist()
-    assert cols[rows == 0].tolist() == [0]  # the top-left corner of a page is margin
+
+    # tiny crops to the page's content square: each word where tiny's image puts it
+    def cell_of(w) -> int:
+        return min(g - 1, int((w[1] + w[3]) / 2 / 128)) * g + min(
+            g - 1, int((w[0] + w[2]) / 2 / 128)
+        )
+
+    shown = pool.tier_words(page, "tiny")
+    assert train.word_bucket(shown[0][4], 4096) in cols[rows == cell_of(shown[0])].tolist()
+    empty = sorted(set(range(g * g)) - {cell_of(w) for w in shown})
+    assert empty and cols[rows == empty[-1]].tolist() == [0]  # a cell without words
