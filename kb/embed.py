@@ -266,6 +266,52 @@ def lexical_scores_of_sets(question: str, segment_terms: list[set[str]]) -> torc
     return torch.tensor([sum(idf[t] for t in p) / total for p in present])
 
 
+# --- words read back from an optical tier -------------------------------------------------------
+# A faded page's text is what its vision tokens read back (kb.model.reference: ~70% of characters
+# right at base, less below): "The Hikoff meeting for the Yica proect is sef for Movember 26".
+# Matched word for word, the question's "kickoff" and "project" are not on the page, and the
+# reader, shown the page as read, finds nothing there. A read-back word within READ_SIMILARITY
+# (normalised Levenshtein) of one of the question's content words is taken for that word, as an
+# OCR engine's dictionary corrects its reading: the lexical score finds the page, and the reader
+# reads "The kickoff meeting for the Yica project is sef for Movember 26". Words are only ever
+# mapped to the question's own words, so nothing the question does not name is rewritten.
+
+READ_SIMILARITY = 0.7
+READ_MIN_LENGTH = 4  # shorter question words are not looked for in read-backs ("id", "tar")
+
+
+def read_as(question: str, words: list[str]) -> dict[str, str]:
+    """Read-back words (lower case, as ``terms`` gives them) -> the question's content word each
+    stands for: the most similar one, at least READ_SIMILARITY alike; words that are exactly one
+    of the question's words map to themselves."""
+    wanted = sorted(t for t in set(terms(question)) if len(t) >= READ_MIN_LENGTH)
+    if not wanted or not words:
+        return {}
+    from rapidfuzz.distance import Levenshtein
+    from rapidfuzz.process import cdist
+
+    similarity = cdist(
+        wanted, words, scorer=Levenshtein.normalized_similarity, score_cutoff=READ_SIMILARITY
+    )  # (question words, read words), 0 below the cut-off
+    best = similarity.argmax(axis=0)
+    return {w: wanted[int(best[j])] for j, w in enumerate(words) if similarity[best[j], j] > 0}
+
+
+def correct_read(question: str, text: str) -> str:
+    """A read-back with its words that stand for the question's (``read_as``) written as the
+    question writes them: what the reader is shown of a faded page."""
+    spelled = {m.group().lower(): m.group() for m in _WORD.finditer(question)}
+    stands = read_as(question, sorted({m.group().lower() for m in _WORD.finditer(text)}))
+    if not stands:
+        return text
+
+    def spell(m: re.Match[str]) -> str:
+        word = stands.get(m.group().lower())
+        return m.group() if word is None or word == m.group().lower() else spelled[word]
+
+    return _WORD.sub(spell, text)
+
+
 def segment_index(pages: list[str], lengths: list[int]) -> tuple[torch.Tensor, list[set[str]]]:
     """Pages laid end to end (each ``lengths[i]`` bytes, padding included) -> each byte's segment
     (sum(lengths),), -1 outside any, and every segment's content words: what lexical scores of

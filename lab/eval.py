@@ -65,6 +65,7 @@ from kb.tensors import tensor_key
 from lab import data
 from lab.metrics import (  # noqa: F401 - edit_distance: part of this module's API
     answer_matches,
+    cited_first,
     collapse_whitespace,
     edit_distance,
     head_precision,
@@ -500,6 +501,7 @@ def section_needle(
     pool_size = len(pool.texts)
     results: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
+    invented: dict[str, dict[str, float]] = {}  # tier -> N -> share of absent needles answered
     for tier in sizes.needle_tiers:
         if tier not in backend.tier_tokens:
             continue
@@ -519,7 +521,7 @@ def section_needle(
                     answer = backend.answer(fact.question, context)
                     at = needle_position(depth, n)
                     ok = answer_matches(answer.text, fact.answer)
-                    top = bool(answer.page_scores) and int(np.argmax(answer.page_scores)) == at
+                    top = cited_first(answer.page_scores) == at
                     right += ok
                     cited += top
                     shown = sum(e["tier"] == tier and e["n"] == n for e in examples)
@@ -546,6 +548,14 @@ def section_needle(
                         "citation_accuracy": cited / sizes.needles_per_depth,
                     }
                 )
+            # The same questions over fillers alone: the fact is not in the memory, and an
+            # answer other than "not found" is invented (issue 9, point 3).
+            found = 0
+            for k, (_, fact) in enumerate(needles):
+                rng = random.Random(f"absent-{seed}-{n}-{k}")
+                context = [fillers[i] for i in rng.sample(range(pool_size), min(n, pool_size))]
+                found += backend.answer(fact.question, context).found
+            invented.setdefault(tier, {})[str(n)] = round(found / len(needles), 4)
             log(f"needle: {tier} N={n} done in {time.perf_counter() - t0:.0f} s")
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:
@@ -559,10 +569,15 @@ def section_needle(
         for cell in per_n.values():
             cell["accuracy"] = round(cell["accuracy"] / cell["trials"], 4)
             cell["citation_accuracy"] = round(cell["citation_accuracy"] / cell["trials"], 4)
+    for tier, per_n in invented.items():
+        for n, share in per_n.items():
+            summary[tier][n]["invented_when_absent"] = share
     return {
         "split": SPLIT,
         "match": "exact answer after collapsing whitespace, ignoring case",
-        "citation": "the needle page has the highest page score (argmax of Answer.page_scores)",
+        "citation": "the needle page has the highest page score, above 0 (lab.metrics.cited_first)",
+        "invented_when_absent": "each needle's question over N fillers without it: the share "
+        "answered with anything but not found",
         "depth": "needle index = round(depth * (N - 1)); fillers drawn from a held-out pool of "
         f"{pool_size} filler pages, a different subset and order per trial",
         "pool_pages": pool_size,
@@ -641,7 +656,7 @@ def section_thesis(
                     seconds.append(time.perf_counter() - started)
                     right += answer_matches(answer.text, fact.answer)
                     at = needle_position(depth, n)
-                    cited += bool(answer.page_scores) and int(np.argmax(answer.page_scores)) == at
+                    cited += cited_first(answer.page_scores) == at
                     tokens.append(
                         sum(
                             backend.text_tokens(p.text or "")
@@ -1153,6 +1168,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             table.add_column(f"depth {depth:.0%}", justify="right")
         table.add_column("accuracy", justify="right")
         table.add_column("cited", justify="right")
+        table.add_column("invented when absent", justify="right")
         for tier, per_n in nd["summary"].items():
             for n, cell in per_n.items():
                 by_depth = {
@@ -1166,6 +1182,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                     *[_pct(by_depth.get(d)) for d in depths],
                     _pct(cell["accuracy"]),
                     _pct(cell["citation_accuracy"]),
+                    _pct(cell.get("invented_when_absent")),
                 )
         console.print(table)
 

@@ -59,8 +59,8 @@ from kb.model.reference.extractor import SpanExtractor
 from kb.model.reference.processing_reference import decode, read_prompt
 from lab import data, qa, textdata
 from lab.metrics import answer_matches as exact
+from lab.metrics import cited_first, precision, span_right, token_f1
 from lab.metrics import collapse_whitespace as squash
-from lab.metrics import precision, span_right, token_f1
 from lab.natural.check import QUESTIONS as NATURAL_QUESTIONS
 from lab.natural.check import page_texts
 
@@ -101,8 +101,8 @@ class Pages:
 
 def ask(backend: ReferenceBackend, question: str, pages: list[ContextPage]):
     answer = backend.answer(question, pages)
-    top = max(range(len(pages)), key=lambda i: answer.page_scores[i]) if pages else -1
-    return answer, top
+    top = cited_first(answer.page_scores)
+    return answer, -1 if top is None else top
 
 
 def read_text_pages(backend: ReferenceBackend, texts: list[str], extra: int = 8) -> list[str]:

@@ -46,6 +46,14 @@ def answer_matches(answer: str, expected: str) -> bool:
     return collapse_whitespace(answer).casefold() == collapse_whitespace(expected).casefold()
 
 
+def cited_first(page_scores: list[float]) -> int | None:
+    """The page an answer cites first: the index of its highest page score, or None where no
+    page scores above 0 (an answer that cites nothing cites no page first, not page 0)."""
+    if not page_scores or max(page_scores) <= 0:
+        return None
+    return max(range(len(page_scores)), key=page_scores.__getitem__)
+
+
 def span_right(answer: str, expected: str) -> bool:
     """The expected span, or an answer that contains it and is at most twice its length plus
     10 characters (a span a reader would accept: "37 engineers" for "37")."""

@@ -121,3 +121,18 @@ def test_identifiers_are_the_question_codes_and_numbers():
     assert identifiers("On 22 May, 4 GB, v2.0, non-7-bit-safe") == []  # too short to tell
     assert identifiers("mke2fs/tune2fs on /dev/sda1") == ["mke2fs", "sda1", "tune2fs"]
     assert identifier_key("Invoice INV 53350, 4 GB") == "invoiceinv533504gb"
+
+
+def test_read_back_words_stand_for_the_question_words_they_misread():
+    from kb.embed import correct_read, read_as
+
+    question = "When is the kickoff meeting for the Yucca project?"
+    stands = read_as(question, ["hikoff", "meeting", "proect", "yica", "budget", "sef"])
+    # within READ_SIMILARITY of a question word of READ_MIN_LENGTH or more; others are not
+    assert stands == {"hikoff": "kickoff", "meeting": "meeting", "proect": "project"}
+    assert read_as("Who is it?", ["who"]) == {}  # no content word of four letters
+    read = "The Hikoff meeting for the Yica PROECT is sef for Movember 26, 2019."
+    assert correct_read(question, read) == (
+        "The kickoff meeting for the Yica project is sef for Movember 26, 2019."
+    )
+    assert correct_read("What is the budget?", read) == read  # nothing it names is misread

@@ -89,6 +89,17 @@ def test_token_f1_is_squads():
     assert token_f1("", "") == 1.0 and token_f1("a", "x") == 0.0
 
 
+def test_an_answer_that_scores_no_page_cites_none_first():
+    from lab.metrics import cited_first
+
+    # Not found scores every page 0: that is no citation, not a citation of page 0 (a needle
+    # at depth 0 was once counted as cited by an answer that cited nothing).
+    assert cited_first([0.0, 0.0, 0.0]) is None
+    assert cited_first([]) is None
+    assert cited_first([0.0, 0.2, 1.3]) == 2
+    assert cited_first([0.9, 0.2]) == 0
+
+
 def test_answer_matching_ignores_case_and_whitespace_only():
     assert kb_eval.answer_matches("  maria   OKAFOR\n", "Maria Okafor")
     assert not kb_eval.answer_matches("Maria Okafor.", "Maria Okafor")

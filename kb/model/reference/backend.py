@@ -32,9 +32,11 @@ from kb.embed import (
     EMBED_DIM,
     SentenceEmbedder,
     char_segments,
+    correct_read,
     identifier_key,
     identifiers,
     lexical_scores_of_sets,
+    read_as,
     segments,
     terms,
 )
@@ -245,6 +247,11 @@ class Packed:
     segment_page: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     # per text page (page index ->): its text as embed.identifier_key writes it
     page_keys: dict[int, str] = field(default_factory=dict)
+    # the pages whose text is an optical tier's read-back (page indices), and each word of their
+    # segments -> the segments that hold it: where a question's words are looked for as read
+    read_pages: set[int] = field(default_factory=set)
+    read_words: dict[str, list[int]] = field(default_factory=dict)
+    _read_terms: tuple = ()  # the last question's (question, segment terms, page terms)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -586,7 +593,7 @@ class ReferenceBackend(Backend):
             # share of the question's rare words its page holds (as BERTserini adds its
             # retriever's score to its reader's). Hundreds of memos say "Questions should be
             # directed to ..."; only one is the memo of the sender the question names.
-            share = lexical_scores_of_sets(question, packed.page_terms)
+            share = lexical_scores_of_sets(question, self.read_terms(question, packed)[1])
             order = {i: j for j, i in enumerate(packed.first_byte)}  # page -> its page_terms
 
             def combined(e: fine.Extracted) -> float:
@@ -594,8 +601,11 @@ class ReferenceBackend(Backend):
 
             best = max((e for e in got if e.score > threshold), key=combined)
         w = windows[best.window]
-        text = pages[w.page].text or ""
-        a, b = w.to_page(best.start, best.end)
+        if w.read:  # an optical read-back's window, corrected: the answer is copied from it
+            text, (a, b) = w.text, (best.start, best.end)
+        else:
+            text = pages[w.page].text or ""
+            a, b = w.to_page(best.start, best.end)
         data = text.encode("utf-8")
         a, b = whole_words(data, len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8")))
         span = data[a:b].decode("utf-8", errors="replace").strip().rstrip(".,;:")
@@ -636,6 +646,8 @@ class ReferenceBackend(Backend):
                     break
                 i, k = packed.segment_at[s]
                 w = fine.window(i, pages[i].text or "", packed.page_segments[i], k)
+                if i in packed.read_pages:  # a faded page as read: the question's words spelt
+                    w = replace(w, text=correct_read(question, w.text), read=True)
                 if (i, w.text) not in seen:
                     seen.add((i, w.text))
                     windows.append(w)
@@ -646,7 +658,7 @@ class ReferenceBackend(Backend):
             # windows too: a memo's sender is named in its header, the words that pick the memo
             # are in its subject, and the sentence that answers is one that hundreds of pages
             # share (docs/benchmarks.md, "Stage 1 reads the best page").
-            page = lexical_scores_of_sets(question, packed.page_terms)
+            page = lexical_scores_of_sets(question, self.read_terms(question, packed)[1])
             best = int(torch.argmax(page))
             on_best = (packed.segment_page == best).tolist()  # one list, not a tensor per segment
             take([s for s in order if on_best[s]], top + PAGE_FIRST)
@@ -678,6 +690,8 @@ class ReferenceBackend(Backend):
         segment_at: list[tuple[int, int]] = []
         page_segments: dict[int, list[tuple[int, int]]] = {}
         page_keys: dict[int, str] = {}
+        read_pages: set[int] = set()
+        read_words: dict[str, list[int]] = {}
         page_terms: list[set[str]] = []
         segment_page: list[int] = []
         for i, (page, span) in enumerate(zip(pages, spans, strict=True)):
@@ -695,12 +709,17 @@ class ReferenceBackend(Backend):
             page_segments[i] = char_segments(text)
             page_keys[i] = identifier_key(text)
             index = torch.full((n,), -1, dtype=torch.long)
+            if page.tier != "text":
+                read_pages.add(i)
             for k, (a, b) in enumerate(bounds):
                 segment_at.append((i, k))
                 segment_page.append(len(page_terms) - 1)
                 index[a:b] = len(sets)
                 sets.append(set(terms(data[a:b].decode("utf-8", "replace"))))
                 page_terms[-1] |= sets[-1]
+                if page.tier != "text":
+                    for word in sets[-1]:
+                        read_words.setdefault(word, []).append(len(sets) - 1)
             if span is not None:
                 byte_seg.append(index)
             tensors = page.tensors or {}
@@ -722,6 +741,8 @@ class ReferenceBackend(Backend):
             page_terms=page_terms,
             segment_page=torch.tensor(segment_page, dtype=torch.long),
             page_keys=page_keys,
+            read_pages=read_pages,
+            read_words=read_words,
         )
         with self._packed_lock:
             self._last_packed = packed
@@ -739,13 +760,32 @@ class ReferenceBackend(Backend):
         score = torch.cat([score, torch.tensor([outside])])  # index -1: outside any segment
         return score[packed.byte_segment]
 
+    def read_terms(self, question: str, packed: Packed) -> tuple[list[set[str]], list[set[str]]]:
+        """The content words of the memory's segments and pages as the question's lexical score
+        sees them: where a page is an optical read-back, its words that stand for the question's
+        (embed.read_as: "proect" for "project") count as the question's words."""
+        if not packed.read_words:
+            return packed.segment_terms, packed.page_terms
+        if packed._read_terms and packed._read_terms[0] == question:
+            return packed._read_terms[1], packed._read_terms[2]
+        segment_terms, page_terms = list(packed.segment_terms), list(packed.page_terms)
+        segment_page = packed.segment_page.tolist()
+        for word, wanted in read_as(question, list(packed.read_words)).items():
+            if word != wanted:
+                for k in packed.read_words[word]:
+                    segment_terms[k] = segment_terms[k] | {wanted}
+                    page_terms[segment_page[k]] = page_terms[segment_page[k]] | {wanted}
+        packed._read_terms = (question, segment_terms, page_terms)
+        return segment_terms, page_terms
+
     def segment_scores(self, question: str, packed: Packed) -> torch.Tensor:
         """Per segment of the memory's text pages (S,): config.span_lexical * (the share of the
         question's rare words it holds + PAGE_LEXICAL_WEIGHT * the share its page holds), plus,
         with a scorer, SEGMENT_WEIGHT * (the question's cosine with it - SEGMENT_FLOOR)."""
-        lexical = lexical_scores_of_sets(question, packed.segment_terms)  # (S,)
+        segment_terms, page_terms = self.read_terms(question, packed)
+        lexical = lexical_scores_of_sets(question, segment_terms)  # (S,)
         if PAGE_LEXICAL_WEIGHT and len(lexical):
-            page = lexical_scores_of_sets(question, packed.page_terms)  # (pages,)
+            page = lexical_scores_of_sets(question, page_terms)  # (pages,)
             lexical = lexical + PAGE_LEXICAL_WEIGHT * page[packed.segment_page]
         score = self.config.span_lexical * lexical
         if self.scorer is not None and len(score):

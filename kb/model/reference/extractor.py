@@ -51,6 +51,9 @@ class Window:
     page: int  # index of the page in the question's context
     text: str
     pieces: list[tuple[int, int, int]]
+    # an optical read-back's window with the question's words spelt as the question spells them
+    # (embed.correct_read): its text is no longer the page's, so answers are copied from it
+    read: bool = False
 
     def to_page(self, a: int, b: int) -> tuple[int, int]:
         """Window char offsets [a, b) -> page char offsets (a piece boundary ends the span)."""

@@ -199,6 +199,37 @@ def test_optical_pages_are_answered_from_what_they_read_back():
     assert not plain.answer("Who manages the Porto office?", vision_pages(plain, 3)).found
 
 
+def test_a_faded_page_read_with_errors_is_found_by_the_words_it_misreads():
+    """An optical read-back misreads words ("Hikoff", "proect"): the question's words still find
+    its page, the reader is shown them spelt as the question spells them, and the answer is
+    copied from that corrected window; a text-tier page is matched word for word as before."""
+    backend = ReferenceBackend(
+        config=tiny_config(cell_slots=6, cell_hidden=4), scorer=False, extractor=True
+    )
+    pages = vision_pages(backend, 3)
+    reads = [
+        "Invoices are paid within 30 days of receipt. The canteen opens at 8.",
+        "Progess. The Hikoff meetinng for the Pelican proect is set for 20 June 2023.",
+        "The Porto office is managed by Rui Lopes since March 2021.",
+    ]
+    for page, read in zip(pages, reads, strict=True):
+        page.tensors["read"] = utf8_tensor(read.encode())
+    question = "When is the kickoff meeting for the Pelican project?"
+    got = backend.answer(question, pages)
+    assert got.found and got.text == "20 June 2023"
+    assert max(range(3), key=lambda i: got.page_scores[i]) == 1
+    readable = [backend.readable(p) for p in pages]
+    packed = backend.packed(readable)
+    windows = backend.reading_windows(question, readable, packed)
+    first = windows[0]
+    assert first.page == 1 and first.read
+    assert "The kickoff meeting for the Pelican project is set" in first.text
+    assert backend.read_page(pages[1], 4096) == reads[1]  # what is stored is what was read
+    # a text-tier page that misspells the words is not rewritten: the text tier is exact
+    text = [ContextPage("d", i, f"d p.{i}", "text", text=r) for i, r in enumerate(reads)]
+    assert not any(w.read for w in backend.reading_windows(question, text, backend.packed(text)))
+
+
 def test_read_page_from_vision_and_text_tiers(backend):
     page = vision_pages(backend, 1)[0]
     assert isinstance(backend.read_page(page, max_new_tokens=8), str)
