@@ -77,6 +77,10 @@ DEFAULTS: dict[str, Any] = {
     "base": "",
     "train_documents": 400,  # one-page training documents in the pool (rendered once)
     "heldout_documents": 12,
+    # "lo,hi": the training documents' page lengths in characters, log-uniform, each page's style
+    # shrunk to fit as make eval's read-back pages are (dense pages in small type); "" = the
+    # data's own mix (500-3,600, not shrunk). Held-out pages keep the data's own mix.
+    "target_chars": "",
     # pages of real technical prose (lab.data.real_page: READMEs and docstrings, code listings)
     # in the training pool, beside the documents; held-out ones are read as precision_real
     "train_real": 0,
@@ -379,7 +383,22 @@ def measure(
     return row
 
 
-def build(cfg: dict[str, Any], split: str, documents: int, real: int = 0) -> data.Pool:
+def target_range(text: str) -> tuple[int, int] | None:
+    """``--target_chars`` "lo,hi" -> (lo, hi); "" -> None (the data's own mix)."""
+    if not text:
+        return None
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--target_chars: 'lo,hi' in characters, not {text!r}") from None
+    if not 50 <= lo <= hi:
+        raise SystemExit(f"--target_chars: need 50 <= lo <= hi, not {text!r}")
+    return lo, hi
+
+
+def build(
+    cfg: dict[str, Any], split: str, documents: int, real: int = 0, dense: bool = False
+) -> data.Pool:
     spec = data.PoolSpec(
         split=split,
         documents=documents,
@@ -388,6 +407,7 @@ def build(cfg: dict[str, Any], split: str, documents: int, real: int = 0) -> dat
         cross_sets=0,
         real=real,
         max_pages=1,
+        target_chars=target_range(cfg["target_chars"]) if dense else None,
     )
     tiers = tuple(tiers_of(cfg)[0])
     return data.build_pool(spec, cfg["cache_dir"], tiers, workers=1, log=lambda m: None)
@@ -456,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cfg["ship"]:
         return ship(encoder, reader, cfg, step, minutes_before)
     tiers, weights = tiers_of(cfg)
-    train = build(cfg, "train", cfg["train_documents"], cfg["train_real"])
+    train = build(cfg, "train", cfg["train_documents"], cfg["train_real"], dense=True)
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     real = build(cfg, "heldout", 0, cfg["heldout_real"]) if cfg["heldout_real"] else None
     stop = {"now": False}

@@ -161,3 +161,19 @@ def test_targets_are_cut_to_what_ctc_can_align():
     targets, lengths, cut = train_rows.encode_targets(["abc", "aab", "é"], 3)
     assert lengths.tolist() == [3, 2, 2] and cut == 1
     assert bytes(targets.tolist()) == b"abcaa" + "é".encode()
+
+
+def test_dense_training_pages_are_drawn_from_the_given_lengths(tmp_path: Path):
+    """--target_chars: the training pool's documents hold about as many characters as asked
+    (their style shrunk to fit, as make eval's read-back pages are); held-out pages keep the
+    data's own mix; a malformed range is refused before anything is rendered."""
+    cfg = {**train_rows.DEFAULTS, "tier": "gist", "cache_dir": str(tmp_path / "pool")}
+    dense = train_rows.build({**cfg, "target_chars": "4000,4400"}, "train", 3, dense=True)
+    own = train_rows.build({**cfg, "target_chars": "4000,4400"}, "train", 3)
+    assert all(len(t) > 3000 for t in dense.texts), [len(t) for t in dense.texts]
+    assert dense.spec.target_chars == (4000, 4400) and own.spec.target_chars is None
+    assert dense.texts != own.texts
+    assert train_rows.target_range("") is None
+    for bad in ("4000", "5000,4000", "a,b", "10,20"):
+        with pytest.raises(SystemExit, match="--target_chars"):
+            train_rows.target_range(bad)

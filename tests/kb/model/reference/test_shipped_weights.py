@@ -1,6 +1,6 @@
 """The shipped weights, pinned: a page read back right from the text tier (and as far as it goes
-from the base tier, a real PDF's page too), a needle answered right
-among text-tier pages with its page cited first, an absent answer said to be absent, and the
+from the base tier, a real PDF's page too), a needle answered right among text-tier pages and
+among base-tier pages with its page cited first, an absent answer said to be absent, and the
 README's walk-through question answered. Retraining may change these on purpose: update them with
 the weights (the version check below says which weights they belong to)."""
 
@@ -18,7 +18,7 @@ from kb.model.base import NOT_FOUND, ContextPage
 from kb.model.reference.backend import DEFAULT_WEIGHTS, ReferenceBackend
 from kb.settings import Settings
 from lab import data, textdata
-from lab.metrics import precision
+from lab.metrics import cited_first, precision
 
 PINNED_VERSION = "reference-4c853219629c"
 PINNED_EXTRACTOR = "83aacca089b8"  # kb/model/reference/weights/extractor.safetensors
@@ -94,6 +94,31 @@ def test_a_needle_is_answered_from_the_text_tier_and_its_page_cited(
     answer = backend.answer(sample.question, pages)
     assert answer.found and answer.text == sample.answer, (sample.question, answer.text)
     assert max(range(len(pages)), key=lambda i: answer.page_scores[i]) == sample.page
+
+
+def test_a_needle_is_answered_from_the_base_tier_and_its_page_cited(
+    backend: ReferenceBackend,
+) -> None:
+    """Issue 9: held-out needles among 9 held-out filler pages, every page encoded at base and
+    answered from what the cell reader reads back. Two the shipped weights answer right, their
+    pages cited first; most base needles are still answered a character or two off ("340 k"
+    for "340 kg": the eval's rates are in docs/benchmarks.md). A needle's question over the
+    fillers alone is not answered."""
+    fillers = [data.filler_page(seed, "heldout") for seed in range(9)]
+    encoded = backend.encode([tier_image(p.image, "base") for p in fillers], "base")
+    haystack = [
+        ContextPage(f"f{i}", 1, f"f{i} p.1", "base", tensors=t) for i, t in enumerate(encoded)
+    ]
+    for seed, at, answer_text in ((18, 8, "Toronto"), (27, 7, "259 kg")):
+        page, fact = data.needle_page(seed, "heldout")
+        assert fact.answer == answer_text
+        (tensors,) = backend.encode([tier_image(page.image, "base")], "base")
+        needle = ContextPage("needle", 1, "needle p.1", "base", tensors=tensors)
+        pages = haystack[:at] + [needle] + haystack[at:]
+        answer = backend.answer(fact.question, pages)
+        assert answer.found and answer.text == answer_text, (fact.question, answer.text)
+        assert cited_first(answer.page_scores) == at
+        assert not backend.answer(fact.question, haystack).found
 
 
 def test_an_absent_answer_is_said_to_be_absent(backend: ReferenceBackend) -> None:
