@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from kb.model.base import ContextPage
@@ -257,6 +258,16 @@ def test_quick_run_writes_every_section(config, tmp_path: Path):
     assert row["compression"] == row["tiny"]["compression"]
     assert row["base"]["compression"] < row["small"]["compression"] < row["compression"]
 
+    # What the faint tiers keep: the kind of document, probed on every tier's tokens alike.
+    kind = written["kind"]
+    assert (kind["train_pages"], kind["heldout_pages"]) == (24, 10)
+    assert set(kind["kinds"]) <= {"paragraphs", "list", "table", "form", "two_column"}
+    assert 0.0 < kind["chance"] <= 1.0
+    assert set(kind["tiers"]) == {"base", "small", "tiny", "gist"}
+    for tier, cell in kind["tiers"].items():
+        assert 0.0 <= cell["accuracy"] <= 1.0 and cell["vision_tokens"] == backend.tier_tokens[tier]
+        assert set(cell["per_kind"]) <= set(kind["kinds"])
+
     goals = {g["goal"]: g for g in written["goals"]}
     assert len(goals) == 11
     assert all(g["met"] is None for g in goals.values() if g["measured"] is None)
@@ -322,3 +333,14 @@ def test_a_natural_answer_counts_when_it_is_an_accepted_one_whole():
     assert score_natural("Not found in the collection.", False, q)["f1"] == 0.0
     plain = score_natural("2", True, {"answer": "exit status is 2"})  # no accepted answers
     assert not plain["span"] and plain["f1"] == pytest.approx(0.4)
+
+
+def test_kind_features_pool_every_tier_to_gist_s_grid():
+    """Section f's probe sees every tier through the same 4 x 4 grid: gist's tokens unchanged,
+    a 16 x 16 grid averaged over 4 x 4 blocks of cells."""
+    gist = torch.arange(16 * 3, dtype=torch.float32).reshape(16, 3)
+    assert kb_eval.kind_features(gist).tolist() == gist.T.flatten().tolist()
+    base = torch.zeros(256, 2)
+    base[0, 0] = 1.0  # the top-left cell of the top-left block, first dimension
+    features = kb_eval.kind_features(base).reshape(2, 4, 4)
+    assert features[0, 0, 0] == pytest.approx(1 / 16) and features.sum() == pytest.approx(1 / 16)
