@@ -580,9 +580,9 @@ def section_needle(
         for cell in per_n.values():
             cell["accuracy"] = round(cell["accuracy"] / cell["trials"], 4)
             cell["citation_accuracy"] = round(cell["citation_accuracy"] / cell["trials"], 4)
-    for tier, per_n in invented.items():
-        for n, share in per_n.items():
-            summary[tier][n]["invented_when_absent"] = share
+    for tier, shares in invented.items():
+        for size, share in shares.items():
+            summary[tier][size]["invented_when_absent"] = share
     return {
         "split": SPLIT,
         "match": "exact answer after collapsing whitespace, ignoring case",
