@@ -49,7 +49,7 @@ from ingest.tiers import CANONICAL, get_tier
 from kb.model.reference.backend import DEFAULT_WEIGHTS, load_model, random_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.modeling_reference import CellReader, ReferenceModel, VisionEncoder
-from kb.model.reference.processing_reference import BLANK, assemble
+from kb.model.reference.processing_reference import BLANK, GUTTER, assemble
 from kb.model.reference.processing_reference import ctc_greedy as greedy
 from lab import data
 from lab.config import parse_config
@@ -95,6 +95,10 @@ DEFAULTS: dict[str, Any] = {
     # cell layout: train on a random crop of crop x crop cells of each batch's pages instead of
     # whole pages (0): the same pixels buy more optimiser steps; held-out reads whole pages
     "crop": 0,
+    # cell layout: the targets mark a two-column page's gutter (cell_targets' GUTTER, where
+    # gutter_x finds one), so the read-back can be assembled column by column, as the page's
+    # text layer reads; held-out pages are then scored against that order
+    "columns": False,
     "groups": 0,  # cell layout: the cell reader's groups (configuration_reference.cell_groups)
     # --model fresh or tiny: the encoder's compressor ("conv", "stack"); "" as shipped
     "compressor": "",
@@ -193,7 +197,47 @@ def row_targets(words: list, grid: int) -> list[str]:
     return [" ".join(r) for r in rows]
 
 
-def cell_targets(words: list, grid: int) -> list[str]:
+# A gap between two words of a line at least this wide (canonical pixels, ~3 spaces at 10 pt)
+# may be a column gutter; a gutter is such a gap at the same place in this share of the lines
+# that have words on both sides of it.
+GUTTER_MIN_GAP = 14.0
+GUTTER_MIN_SHARE = 0.5
+GUTTER_MAX_TABLE = 0.1  # more lines than this share with two wide gaps or more: a table
+
+
+def gutter_x(words: list) -> float | None:
+    """The x of a page's column gutter (canonical pixels), or None for a page of one column: the
+    x in the middle half of the text's width that the most lines cross with a gap of at least
+    GUTTER_MIN_GAP, kept when at least GUTTER_MIN_SHARE of the lines with words on both sides of
+    it (and at least 4) cross it so. A title across both columns is such a line without a gap.
+    A page where more than GUTTER_MAX_TABLE of the lines have two wide gaps or more is a table
+    (rows of three columns or more), read row by row: None."""
+    lines = [ws for _, ws in line_groups(words)]
+    if len(lines) < 4:
+        return None
+    lo = min(float(w[0]) for w in words)
+    hi = max(float(w[2]) for w in words)
+    wide = [
+        [(float(a[2]), float(b[0])) for a, b in zip(ws, ws[1:], strict=False)
+         if float(b[0]) - float(a[2]) >= GUTTER_MIN_GAP]
+        for ws in lines
+    ]  # fmt: skip
+    if sum(len(w) > 1 for w in wide) > GUTTER_MAX_TABLE * len(lines):
+        return None  # a table: its rows are read across, as its text is
+    gaps = [g for w in wide for g in w]
+    xs = range(int(lo + (hi - lo) / 4), int(hi - (hi - lo) / 4))
+    crossing = [sum(a <= x <= b for a, b in gaps) for x in xs]
+    best = max(crossing, default=0)
+    if not best:
+        return None
+    first = crossing.index(best)  # the middle of the first run of x that the most lines cross
+    run = next((i for i in range(first, len(crossing)) if crossing[i] < best), len(crossing))
+    best_x = float(xs[(first + run - 1) // 2])
+    both = sum(ws[0][0] < best_x < ws[-1][2] for ws in lines)
+    return best_x if best >= max(4, GUTTER_MIN_SHARE * both) else None
+
+
+def cell_targets(words: list, grid: int, columns: bool = False) -> list[str]:
     """Per token of a grid x grid layout (raster order), the characters that lie in its cell:
     the lines whose vertical centre lies in its row (as ``row_targets``), each cut to the
     characters whose horizontal centre lies in its column, joined by a newline. Every cell of a
@@ -206,12 +250,17 @@ def cell_targets(words: list, grid: int) -> list[str]:
         return min(grid - 1, max(0, int(v * grid / size)))
 
     cells: list[list[list[str]]] = [[[] for _ in range(grid)] for _ in range(grid)]
+    gutter = gutter_x(words) if columns else None
     for cy, line in line_groups(words):
         pieces = [""] * grid
         for i, w in enumerate(line):
             x0, x1, text = float(w[0]), float(w[2]), str(w[4])
             if i:
-                pieces[at((float(line[i - 1][2]) + x0) / 2)] += " "
+                before = float(line[i - 1][2])
+                if gutter is not None and before <= gutter <= x0 and x0 - before >= GUTTER_MIN_GAP:
+                    pieces[at(gutter)] += GUTTER  # the columns' lines meet here
+                else:
+                    pieces[at((before + x0) / 2)] += " "
             for j, ch in enumerate(text):
                 pieces[at(x0 + (j + 0.5) * (x1 - x0) / max(1, len(text)))] += ch
         for c in range(grid):
@@ -257,6 +306,7 @@ def step_loss(
     pages: list[int],
     layout: str = "row",
     crop: tuple[int, int, int] | None = None,
+    columns: bool = False,
 ):
     """Mean CTC loss per target byte over the rows (or cells) of ``pages``, and the bytes cut.
     ``crop`` (cell layout only): (row, column, k), the k x k cells from that cell on are read
@@ -264,8 +314,15 @@ def step_loss(
     pixels = pixels_of(pool, tier, pages)
     g = get_tier(tier).grid
     cells = layout == "cell"
-    targets_of = cell_targets if cells else row_targets
-    texts = [t for p in pages for t in targets_of(pool.tier_words(p, tier), g)]
+    texts = [
+        t
+        for p in pages
+        for t in (
+            cell_targets(pool.tier_words(p, tier), g, columns)
+            if cells
+            else row_targets(pool.tier_words(p, tier), g)
+        )
+    ]
     if crop is not None:
         if not cells:
             raise ValueError("crops are read cell by cell (--layout cell)")
@@ -288,17 +345,26 @@ def step_loss(
 
 @torch.no_grad()
 def evaluate(
-    model, reader: RowReader | CellReader, pool: data.Pool, tier: str, layout: str = "row"
+    model,
+    reader: RowReader | CellReader,
+    pool: data.Pool,
+    tier: str,
+    layout: str = "row",
+    columns: bool = False,
 ) -> dict[str, Any]:
     """Held-out pages read row by row: mean character precision of the page (rows joined by a
-    space) against its row targets joined the same way, and one example."""
+    space) against its row targets joined the same way, and one example. ``columns`` (cell
+    layout): against its cell targets with the gutter marked, assembled column by column."""
     model.eval()
     reader.eval()
     g = get_tier(tier).grid
     scores: list[float] = []
     example: dict[str, str] = {}
     for p in range(len(pool.texts)):
-        truth = " ".join(t for t in row_targets(pool.tier_words(p, tier), g) if t)
+        if columns and layout == "cell":
+            truth = assemble(cell_targets(pool.tier_words(p, tier), g, columns=True), g)
+        else:
+            truth = " ".join(t for t in row_targets(pool.tier_words(p, tier), g) if t)
         if not truth.strip():
             continue
         tokens = model.encode_images(pixels_of(pool, tier, [p]), tier)
@@ -369,17 +435,23 @@ def schedule(cfg: dict[str, Any], step: int, fraction: float) -> float:
 
 
 def measure(
-    model, reader, pool: data.Pool, tiers: list[str], layout: str, real: data.Pool | None = None
+    model,
+    reader,
+    pool: data.Pool,
+    tiers: list[str],
+    layout: str,
+    real: data.Pool | None = None,
+    columns: bool = False,
 ) -> dict[str, Any]:
     """``evaluate`` at each tier: the first tier's figures as they were, the others' precision
     as ``precision_<tier>``; the held-out real pages' as ``precision_real[_<tier>]``."""
-    row = evaluate(model, reader, pool, tiers[0], layout)
+    row = evaluate(model, reader, pool, tiers[0], layout, columns)
     for t in tiers[1:]:
-        row[f"precision_{t}"] = evaluate(model, reader, pool, t, layout)["precision"]
+        row[f"precision_{t}"] = evaluate(model, reader, pool, t, layout, columns)["precision"]
     if real is not None and real.texts:
         for i, t in enumerate(tiers):
             name = "precision_real" + ("" if i == 0 else f"_{t}")
-            row[name] = evaluate(model, reader, real, t, layout)["precision"]
+            row[name] = evaluate(model, reader, real, t, layout, columns)["precision"]
     return row
 
 
@@ -429,6 +501,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step, minutes_before = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
     if cfg["layout"] not in ("row", "cell"):
         raise SystemExit(f"--layout: 'row' or 'cell', not {cfg['layout']!r}")
+    if cfg["columns"] and cfg["layout"] != "cell":
+        raise SystemExit("--columns needs --layout cell")
     if cfg["crop"] and cfg["layout"] != "cell":
         raise SystemExit("--crop needs --layout cell")
     if cfg["model"] not in ("shipped", "fresh", "tiny"):
@@ -480,6 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     real = build(cfg, "heldout", 0, cfg["heldout_real"]) if cfg["heldout_real"] else None
     stop = {"now": False}
+    columns = bool(cfg["columns"])
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     base_lrs = [g["lr"] for g in groups]
     t0 = last_eval = time.time()
@@ -512,7 +587,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "step": step,
                 "minutes": round(minutes_before, 2),
-                **measure(model, reader, heldout, tiers, cfg["layout"], real),
+                **measure(model, reader, heldout, tiers, cfg["layout"], real, columns),
             }
         )
     rng = random.Random(f"kb-rows/{cfg['seed']}/{step}")
@@ -532,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k = min(cfg["crop"], get_tier(tier).grid)
             far = get_tier(tier).grid - k
             crop = (rng.randint(0, far), rng.randint(0, far), k)
-        loss, cut = step_loss(model, reader, train, tier, pages, cfg["layout"], crop)
+        loss, cut = step_loss(model, reader, train, tier, pages, cfg["layout"], crop, columns)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -542,12 +617,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log({"step": step, "minutes": round(minutes(), 2), "loss": round(loss.item(), 4),
                  "cut_bytes": cut, "tier": tier, "lr_factor": round(factor, 4)})  # fmt: skip
         if time.time() - last_eval >= cfg["eval_every"] * 60:
-            log({"step": step, "minutes": round(minutes(), 2),
-                 **measure(model, reader, heldout, tiers, cfg["layout"], real)})  # fmt: skip
+            held = measure(model, reader, heldout, tiers, cfg["layout"], real, columns)
+            log({"step": step, "minutes": round(minutes(), 2), **held})
             checkpoint()
             last_eval = time.time()
     final = {"step": step, "minutes": round(minutes(), 2),
-             **measure(model, reader, heldout, tiers, cfg["layout"], real)}  # fmt: skip
+             **measure(model, reader, heldout, tiers, cfg["layout"], real, columns)}  # fmt: skip
     log(final)
     checkpoint()
     return final

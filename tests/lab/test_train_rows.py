@@ -11,7 +11,7 @@ import torch
 from ingest.tiers import CANONICAL
 from kb.model.reference.backend import load_model, random_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
-from kb.model.reference.processing_reference import assemble
+from kb.model.reference.processing_reference import GUTTER, assemble
 from lab import train_rows
 from lab.train_rows import RowReader, cell_targets, lines_of, row_targets
 
@@ -177,3 +177,41 @@ def test_dense_training_pages_are_drawn_from_the_given_lengths(tmp_path: Path):
     for bad in ("4000", "5000,4000", "a,b", "10,20"):
         with pytest.raises(SystemExit, match="--target_chars"):
             train_rows.target_range(bad)
+
+
+def test_a_two_column_page_s_gutter_is_marked_and_read_column_by_column():
+    """gutter_x finds the gap that two columns' lines share (not a heading across both, nor a
+    table's rows); cell_targets(columns=True) marks it where each line crosses it, and the
+    marked cells assemble in the order of the page's text layer, column after column. Measured
+    on held-out two-column pages of the data engine, as make eval renders them: the row order
+    scores ~27% against their text, the column order ~100%."""
+    heading = [(100, 10, 300, 24, "Heading"), (310, 10, 700, 24, "across")]
+    left = [(100, 100 + 30 * i, 200, 114 + 30 * i, f"left{i}") for i in range(6)]
+    right = [(600, 100 + 30 * i, 700, 114 + 30 * i, f"right{i}") for i in range(6)]
+    words = heading + left + right
+    x = train_rows.gutter_x(words)
+    assert x is not None and 200 <= x <= 600
+    cells = cell_targets(words, 4, columns=True)
+    assert sum(c.count(GUTTER) for c in cells) == 6  # each row of the columns, not the heading
+    assert cell_targets(words, 4) == [c.replace(GUTTER, " ") for c in cells]
+    assert assemble(cells, 4) == " ".join(
+        ["Heading across", *(f"left{i}" for i in range(6)), *(f"right{i}" for i in range(6))]
+    )
+    table = [(100 + 200 * c, 100 + 30 * i, 150 + 200 * c, 114 + 30 * i, f"r{i}c{c}")
+             for i in range(6) for c in range(3)]  # fmt: skip
+    assert train_rows.gutter_x(table) is None  # three columns of a table: its rows are read across
+    assert train_rows.gutter_x(left) is None  # one column
+
+
+def test_held_out_two_column_pages_read_in_their_text_s_order():
+    from lab import data
+    from lab.metrics import precision
+
+    for seed in range(40):
+        doc = data.make_document(seed, "heldout", max_pages=1, target_chars=4000)
+        if doc.layout == "two_column":
+            break
+    page = doc.pages[0]
+    rows = assemble(cell_targets(page.words, 16), 16)
+    columns = assemble(cell_targets(page.words, 16, columns=True), 16)
+    assert precision(columns, page.text) > 0.95 > 0.5 > precision(rows, page.text)

@@ -111,17 +111,50 @@ def utf8_tensor(data: bytes) -> torch.Tensor:
     return torch.tensor(list(data), dtype=torch.uint8)
 
 
+# The cell reader writes this where a line crosses a page's column gutter (lab.train_rows'
+# gutter_x): the lines of two columns that share a row are read apart, column after column.
+GUTTER = "\t"
+GUTTER_MIN_MARKS = 3  # fewer marks than this on a page: stray ones, read as spaces
+
+
 def assemble(cells: list[str], grid: int) -> str:
     """A page's cell read-backs (raster order, grid x grid) -> its text. Each cell holds its
     characters of the lines of its row of cells, separated by newlines, so in a row line j is
-    the cells' j-th pieces left to right; lines and rows are joined by a space."""
+    the cells' j-th pieces left to right; lines and rows are joined by a space.
+
+    A page whose cells mark a column gutter (GUTTER, in the column of cells that holds most of
+    the marks) is read column by column, as its text layer is: a line's part left of the gutter
+    goes to the left column, the rest to the right one, and a line across both sides without a
+    mark (a heading over both columns) ends the columns above it, which are written out first."""
     if len(cells) != grid * grid:
         raise ValueError(f"{len(cells)} cells are not a {grid} x {grid} grid")
-    lines: list[str] = []
+    marks = [i % grid for i, cell in enumerate(cells) for _ in range(cell.count(GUTTER))]
+    gutter = max(set(marks), key=marks.count) if len(marks) >= GUTTER_MIN_MARKS else None
+    out: list[str] = []
+    left: list[str] = []
+    right: list[str] = []
     for r in range(grid):
         parts = [cells[r * grid + c].split("\n") for c in range(grid)]
         for j in range(max(len(p) for p in parts)):
-            line = "".join(p[j] for p in parts if j < len(p)).strip()
-            if line:
-                lines.append(line)
-    return " ".join(lines)
+            pieces = [p[j] if j < len(p) else "" for p in parts]
+            if gutter is None:
+                line = "".join(pieces).replace(GUTTER, " ").strip()
+                if line:
+                    out.append(line)
+                continue
+            a, mid, b = "".join(pieces[:gutter]), pieces[gutter], "".join(pieces[gutter + 1 :])
+            if GUTTER in mid:
+                m0, m1 = mid.split(GUTTER, 1)
+                a, b = a + m0, m1 + b
+            elif a.strip() and b.strip():  # across both columns: the columns above end here
+                out += left + right + ["".join(pieces).replace(GUTTER, " ").strip()]
+                left, right = [], []
+                continue
+            elif a.strip() or not b.strip():
+                a += mid
+            else:
+                b = mid + b
+            for side, text in ((left, a), (right, b)):
+                if text := text.replace(GUTTER, " ").strip():
+                    side.append(text)
+    return " ".join(out + left + right)

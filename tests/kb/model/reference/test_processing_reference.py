@@ -9,6 +9,7 @@ from kb.model.reference.processing_reference import (
     BLANK,
     BOS,
     EOS,
+    GUTTER_MIN_MARKS,
     PAD,
     READ,
     SEP,
@@ -80,6 +81,23 @@ def test_ctc_greedy_merges_repeats_and_drops_blanks():
     for t, c in enumerate(ids):
         log_probs[t, 0, c] = 0.0
     assert ctc_greedy(log_probs) == ["aab"]
+
+
+def test_assemble_reads_a_marked_gutter_column_by_column():
+    """Cells that mark a column gutter (GUTTER, in column 1 of a 3 x 3 grid here) are read
+    left column first, then the right one; a heading across both columns comes before the
+    columns under it; without marks (or with fewer than GUTTER_MIN_MARKS) rows are read across."""
+    cells = [
+        "Two col", "umn heading", "",  # row 0: one line across both columns, no mark
+        "left one\nleft two", "\t\n\t", "right one\nright two",  # row 1: two lines, marked
+        "left three", "\t", "right three",  # row 2
+    ]  # fmt: skip
+    assert assemble(cells, 3) == (
+        "Two column heading left one left two left three right one right two right three"
+    )
+    stray = ["a", "\t", "b", "", "", "", "c", "", ""]  # one mark: a space
+    assert assemble(stray, 3) == "a b c"
+    assert GUTTER_MIN_MARKS > 1
 
 
 def test_assemble_puts_a_rows_lines_back_together_from_its_cells():
