@@ -124,8 +124,9 @@ def assemble(cells: list[str], grid: int) -> str:
 
     A page whose cells mark a column gutter (GUTTER, in the column of cells that holds most of
     the marks) is read column by column, as its text layer is: a line's part left of the gutter
-    goes to the left column, the rest to the right one, and a line across both sides without a
-    mark (a heading over both columns) ends the columns above it, which are written out first."""
+    goes to the left column, the rest to the right one. A line across both sides above the
+    first marked line is a heading over both columns, read across; below it, a line without a
+    mark is a column line whose mark the reader missed, and is split at the gutter too."""
     if len(cells) != grid * grid:
         raise ValueError(f"{len(cells)} cells are not a {grid} x {grid} grid")
     marks = [i % grid for i, cell in enumerate(cells) for _ in range(cell.count(GUTTER))]
@@ -133,6 +134,7 @@ def assemble(cells: list[str], grid: int) -> str:
     out: list[str] = []
     left: list[str] = []
     right: list[str] = []
+    columns = False  # a marked line seen: from here on, every line is split at the gutter
     for r in range(grid):
         parts = [cells[r * grid + c].split("\n") for c in range(grid)]
         for j in range(max(len(p) for p in parts)):
@@ -146,7 +148,8 @@ def assemble(cells: list[str], grid: int) -> str:
             if GUTTER in mid:
                 m0, m1 = mid.split(GUTTER, 1)
                 a, b = a + m0, m1 + b
-            elif a.strip() and b.strip():  # across both columns: the columns above end here
+                columns = True
+            elif a.strip() and b.strip() and not columns:  # a heading above the columns
                 out += left + right + ["".join(pieces).replace(GUTTER, " ").strip()]
                 left, right = [], []
                 continue
