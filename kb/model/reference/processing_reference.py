@@ -114,7 +114,10 @@ def utf8_tensor(data: bytes) -> torch.Tensor:
 # The cell reader writes this where a line crosses a page's column gutter (lab.train_rows'
 # gutter_x): the lines of two columns that share a row are read apart, column after column.
 GUTTER = "\t"
-GUTTER_MIN_MARKS = 3  # fewer marks than this on a page: stray ones, read as spaces
+# Fewer marks on a page than this, or than this share of its lines: stray ones, read as spaces
+# (a two-column page's lines nearly all cross its gutter; the reader misses some marks)
+GUTTER_MIN_MARKS = 3
+GUTTER_MIN_SHARE = 0.3
 
 
 def assemble(cells: list[str], grid: int) -> str:
@@ -130,7 +133,12 @@ def assemble(cells: list[str], grid: int) -> str:
     if len(cells) != grid * grid:
         raise ValueError(f"{len(cells)} cells are not a {grid} x {grid} grid")
     marks = [i % grid for i, cell in enumerate(cells) for _ in range(cell.count(GUTTER))]
-    gutter = max(set(marks), key=marks.count) if len(marks) >= GUTTER_MIN_MARKS else None
+    lines = sum(
+        max(len(cells[r * grid + c].split("\n")) for c in range(grid)) for r in range(grid)
+    )  # lines of the page (a row of cells holds as many in each of its cells)
+    gutter = None
+    if len(marks) >= max(GUTTER_MIN_MARKS, GUTTER_MIN_SHARE * lines):
+        gutter = max(set(marks), key=marks.count)
     out: list[str] = []
     left: list[str] = []
     right: list[str] = []
