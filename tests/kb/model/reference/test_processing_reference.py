@@ -10,6 +10,7 @@ from kb.model.reference.processing_reference import (
     BOS,
     EOS,
     GUTTER_MIN_MARKS,
+    GUTTER_MIN_SHARE,
     PAD,
     READ,
     SEP,
@@ -98,6 +99,11 @@ def test_assemble_reads_a_marked_gutter_column_by_column():
     stray = ["a", "\t", "b", "", "", "", "c", "", ""]  # one mark: a space
     assert assemble(stray, 3) == "a b c"
     assert GUTTER_MIN_MARKS > 1
+    # three marks among twelve lines (four a row of cells): under GUTTER_MIN_SHARE, read across
+    few = ["a\nb\nc\nd", "\t\n\n\n", "e\nf\ng\nh"] + ["i\nj\nk\nl", "\t\n\n\n", "m\nn\no\np"]
+    few += ["q\nr\ns\nt", "\t\n\n\n", "u\nv\nw\nx"]
+    assert 3 < GUTTER_MIN_SHARE * 12
+    assert assemble(few, 3) == "a e bf cg dh i m jn ko lp q u rv sw tx"  # rows, marks as spaces
 
 
 def test_assemble_puts_a_rows_lines_back_together_from_its_cells():
