@@ -97,8 +97,9 @@ DEFAULTS: dict[str, Any] = {
     "crop": 0,
     # cell layout: the targets mark a two-column page's gutter (cell_targets' GUTTER, where
     # gutter_x finds one), so the read-back can be assembled column by column, as the page's
-    # text layer reads; held-out pages are then scored against that order
-    "columns": False,
+    # text layer reads; held-out pages are then scored against that order. The shipped weights
+    # (since reference-4ce2bc18f6d0) mark it: a run that goes on from them keeps it on
+    "columns": True,
     "groups": 0,  # cell layout: the cell reader's groups (configuration_reference.cell_groups)
     # --model fresh or tiny: the encoder's compressor ("conv", "stack"); "" as shipped
     "compressor": "",
@@ -201,17 +202,17 @@ def row_targets(words: list, grid: int) -> list[str]:
 # may be a column gutter; a gutter is such a gap at the same place in this share of the lines
 # that have words on both sides of it.
 GUTTER_MIN_GAP = 14.0
-GUTTER_MIN_SHARE = 0.5
+GUTTER_CROSSING_SHARE = 0.5
 GUTTER_MAX_TABLE = 0.1  # more lines than this share with two wide gaps or more: a table
 
 
 def gutter_x(words: list) -> float | None:
     """The x of a page's column gutter (canonical pixels), or None for a page of one column: the
     x in the middle half of the text's width that the most lines cross with a gap of at least
-    GUTTER_MIN_GAP, kept when at least GUTTER_MIN_SHARE of the lines with words on both sides of
-    it (and at least 4) cross it so. A title across both columns is such a line without a gap.
-    A page where more than GUTTER_MAX_TABLE of the lines have two wide gaps or more is a table
-    (rows of three columns or more), read row by row: None."""
+    GUTTER_MIN_GAP, kept when at least GUTTER_CROSSING_SHARE of the lines with words on both
+    sides of it (and at least 4) cross it so. A title across both columns is such a line without
+    a gap. A page where more than GUTTER_MAX_TABLE of the lines have two wide gaps or more is a
+    table (rows of three columns or more), read row by row: None."""
     lines = [ws for _, ws in line_groups(words)]
     if len(lines) < 4:
         return None
@@ -234,7 +235,7 @@ def gutter_x(words: list) -> float | None:
     run = next((i for i in range(first, len(crossing)) if crossing[i] < best), len(crossing))
     best_x = float(xs[(first + run - 1) // 2])
     both = sum(ws[0][0] < best_x < ws[-1][2] for ws in lines)
-    return best_x if best >= max(4, GUTTER_MIN_SHARE * both) else None
+    return best_x if best >= max(4, GUTTER_CROSSING_SHARE * both) else None
 
 
 def cell_targets(words: list, grid: int, columns: bool = False) -> list[str]:
@@ -501,8 +502,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         step, minutes_before = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
     if cfg["layout"] not in ("row", "cell"):
         raise SystemExit(f"--layout: 'row' or 'cell', not {cfg['layout']!r}")
-    if cfg["columns"] and cfg["layout"] != "cell":
-        raise SystemExit("--columns needs --layout cell")
     if cfg["crop"] and cfg["layout"] != "cell":
         raise SystemExit("--crop needs --layout cell")
     if cfg["model"] not in ("shipped", "fresh", "tiny"):
@@ -554,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     heldout = build(cfg, "heldout", cfg["heldout_documents"])
     real = build(cfg, "heldout", 0, cfg["heldout_real"]) if cfg["heldout_real"] else None
     stop = {"now": False}
-    columns = bool(cfg["columns"])
+    columns = bool(cfg["columns"]) and cfg["layout"] == "cell"  # rows are read across
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     base_lrs = [g["lr"] for g in groups]
     t0 = last_eval = time.time()
