@@ -32,3 +32,16 @@ def parse_config(
     cfg.update({k: v for k, v in vars(args).items() if v is not None and k != "config"})
     cfg["config"] = args.config
     return cfg
+
+
+def target_range(text: str, flag: str = "--target_chars") -> tuple[int, int] | None:
+    """A "lo,hi" page-length flag (characters) -> (lo, hi); "" -> None (the data's own mix)."""
+    if not text:
+        return None
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag}: 'lo,hi' in characters, not {text!r}") from None
+    if not 50 <= lo <= hi:
+        raise SystemExit(f"{flag}: need 50 <= lo <= hi, not {text!r}")
+    return lo, hi

@@ -756,13 +756,7 @@ def section_kind(backend: Backend, sizes: Sizes, seed: int, log: Log) -> dict[st
     for tier in (t for t in VISION_TIERS if t in backend.tier_tokens):
         features = {}
         for split, (_, images) in sets.items():
-            encoded = [
-                t
-                for i in range(0, len(images), ENCODE_BATCH)
-                for t in backend.encode(
-                    [tier_image(im, tier) for im in images[i : i + ENCODE_BATCH]], tier
-                )
-            ]
+            encoded = backend.encode([tier_image(im, tier) for im in images], tier)
             features[split] = np.stack([kind_features(t["tokens"]) for t in encoded])
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         probe.fit(features["train"], train_kinds)

@@ -70,7 +70,7 @@ from kb.model.reference.processing_reference import (
     read_prompt,
     text_to_ids,
 )
-from lab.config import parse_config
+from lab.config import parse_config, target_range
 from lab.data import DATA_VERSION, Pool, PoolSpec, build_pool
 from lab.metrics import precision
 
@@ -728,10 +728,7 @@ def lr_at(step: int, cfg: dict[str, Any], elapsed: float = 0.0) -> float:
 
 def pool_spec(cfg: dict[str, Any], split: str) -> PoolSpec:
     prefix = "pool" if split == "train" else "heldout"
-    target = None
-    if cfg["pool_target_chars"]:
-        lo, hi = (int(x) for x in cfg["pool_target_chars"].split(","))
-        target = (lo, hi)
+    target = target_range(cfg["pool_target_chars"], "--pool_target_chars")
     return PoolSpec(
         split=split,
         documents=cfg[f"{prefix}_documents"],

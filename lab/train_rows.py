@@ -52,7 +52,7 @@ from kb.model.reference.modeling_reference import CellReader, ReferenceModel, Vi
 from kb.model.reference.processing_reference import BLANK, GUTTER, assemble
 from kb.model.reference.processing_reference import ctc_greedy as greedy
 from lab import data
-from lab.config import parse_config
+from lab.config import parse_config, target_range
 from lab.metrics import precision
 
 DEFAULTS: dict[str, Any] = {
@@ -454,19 +454,6 @@ def measure(
             name = "precision_real" + ("" if i == 0 else f"_{t}")
             row[name] = evaluate(model, reader, real, t, layout, columns)["precision"]
     return row
-
-
-def target_range(text: str) -> tuple[int, int] | None:
-    """``--target_chars`` "lo,hi" -> (lo, hi); "" -> None (the data's own mix)."""
-    if not text:
-        return None
-    try:
-        lo, hi = (int(x) for x in text.split(","))
-    except ValueError:
-        raise SystemExit(f"--target_chars: 'lo,hi' in characters, not {text!r}") from None
-    if not 50 <= lo <= hi:
-        raise SystemExit(f"--target_chars: need 50 <= lo <= hi, not {text!r}")
-    return lo, hi
 
 
 def build(

@@ -13,6 +13,7 @@ from kb.model.reference.backend import load_model, random_model, save_weights
 from kb.model.reference.configuration_reference import ReferenceConfig
 from kb.model.reference.processing_reference import GUTTER, assemble
 from lab import train_rows
+from lab.config import target_range
 from lab.train_rows import RowReader, cell_targets, lines_of, row_targets
 
 
@@ -173,10 +174,10 @@ def test_dense_training_pages_are_drawn_from_the_given_lengths(tmp_path: Path):
     assert all(len(t) > 3000 for t in dense.texts), [len(t) for t in dense.texts]
     assert dense.spec.target_chars == (4000, 4400) and own.spec.target_chars is None
     assert dense.texts != own.texts
-    assert train_rows.target_range("") is None
+    assert target_range("") is None
     for bad in ("4000", "5000,4000", "a,b", "10,20"):
         with pytest.raises(SystemExit, match="--target_chars"):
-            train_rows.target_range(bad)
+            target_range(bad)
 
 
 def test_a_two_column_page_s_gutter_is_marked_and_read_column_by_column():
